@@ -1,0 +1,201 @@
+"""Dockerfile text ⇄ normalized instructions, through BuildKit's own parser (`dockerfile` package).
+
+Normalizing makes equal steps compare equal however they were written: keyword case, continuation
+lines, runs of whitespace outside quotes, flag order, and JSON arrays in one canonical spelling.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import dockerfile
+
+from .errors import UserError
+
+# Instructions whose result is a filesystem layer; every other one only edits the image config.
+LAYER_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
+KNOWN_KEYWORDS = LAYER_KEYWORDS | {
+    "ENV", "ARG", "LABEL", "WORKDIR", "USER", "EXPOSE", "VOLUME", "CMD", "ENTRYPOINT", "SHELL",
+    "STOPSIGNAL", "HEALTHCHECK", "ONBUILD", "MAINTAINER", "FROM",
+}
+# Instructions whose argument is one free-form string (the rest of the line).
+_REST_KEYWORDS = frozenset({"RUN", "CMD", "ENTRYPOINT", "WORKDIR", "USER", "MAINTAINER", "STOPSIGNAL"})
+_PAIR_KEYWORDS = frozenset({"ENV", "LABEL"})
+_SYNTAX_DIRECTIVE = re.compile(r"^\s*#\s*syntax\s*=", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One parsed instruction: normalized text plus what later stages need to know about it."""
+
+    keyword: str
+    text: str                 # normalized, valid Dockerfile text
+    flags: tuple[str, ...]
+    args: tuple[str, ...]     # the parser's value tuple
+    json_form: bool
+    line: int                 # line within the parsed text (1-based)
+    heredoc: bool = False
+
+    @property
+    def creates_layer(self) -> bool:
+        return self.keyword in LAYER_KEYWORDS
+
+    @property
+    def copy_sources(self) -> tuple[str, ...]:
+        """Build-context paths a COPY/ADD reads (none for --from copies or URLs)."""
+        if self.keyword not in ("COPY", "ADD") or any(f.startswith("--from") for f in self.flags):
+            return ()
+        return tuple(s for s in self.args[:-1] if "://" not in s and not s.startswith("git@"))
+
+
+def collapse_whitespace(text: str) -> str:
+    """Runs of whitespace become one space, except inside single or double quotes."""
+    out: list[str] = []
+    quote = ""
+    pending_space = False
+    escaped = False
+    for ch in text.strip():
+        if quote:
+            out.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = ""
+            continue
+        if escaped:
+            out.append(ch)
+            escaped = False
+            continue
+        if ch.isspace():
+            pending_space = True
+            continue
+        if pending_space and out:
+            out.append(" ")
+        pending_space = False
+        out.append(ch)
+        if ch == "\\":
+            escaped = True
+        elif ch in "'\"":
+            quote = ch
+    return "".join(out)
+
+
+def _quote_value(value: str) -> str:
+    """ENV/LABEL values: keep the user's quoting; quote bare values that contain whitespace."""
+    if value[:1] in "'\"" or not any(c.isspace() for c in value):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _json_array(args: tuple[str, ...]) -> str:
+    return json.dumps(list(args), ensure_ascii=False, separators=(", ", ":"))
+
+
+def _normalize(cmd: dockerfile.Command) -> str:
+    keyword = cmd.cmd.upper()
+    if keyword == "ONBUILD":
+        inner = parse_instructions(cmd.original.split(None, 1)[1])
+        return f"ONBUILD {inner[0].text}"
+    parts = [keyword, *sorted(cmd.flags)]
+    args = cmd.value
+    if cmd.json:
+        if keyword == "HEALTHCHECK":
+            parts += [args[0], _json_array(args[1:])]
+        elif keyword in ("COPY", "ADD") and not any(c.isspace() or c in "'\"[]" for a in args for c in a):
+            parts += list(args)  # the shell form says the same thing when no path needs quoting
+        else:
+            parts.append(_json_array(args))
+    elif keyword in _PAIR_KEYWORDS:
+        parts += [f"{args[i]}={_quote_value(args[i + 1])}" for i in range(0, len(args) - 1, 2)]
+    elif keyword in _REST_KEYWORDS:
+        parts.append(collapse_whitespace(args[0]) if args else "")
+    elif keyword == "HEALTHCHECK" and len(args) == 2:
+        parts += [args[0], collapse_whitespace(args[1])]
+    else:
+        parts += [a for a in args]
+    return " ".join(p for p in parts if p != "")
+
+
+def parse_instructions(text: str, *, file: str | None = None, first_line: int = 1) -> list[Instruction]:
+    """Parse Dockerfile text (a whole file or a fragment) into normalized instructions.
+
+    Raises UserError naming the file and line for anything BuildKit rejects or we do not know.
+    """
+    try:
+        commands = dockerfile.parse_string(text)
+    except dockerfile.GoParseError as e:
+        raise UserError(f"Dockerfile parser rejected this: {e}", file, first_line) from None
+    result = []
+    for cmd in commands:
+        line = first_line + cmd.start_line - 1
+        keyword = cmd.cmd.upper()
+        if keyword not in KNOWN_KEYWORDS:
+            raise UserError(
+                f"unknown instruction {cmd.cmd!r} in {cmd.original.strip()!r}; "
+                "write a Dockerfile instruction such as RUN, COPY or ENV",
+                file, line,
+            )
+        result.append(Instruction(
+            keyword=keyword, text=_normalize(cmd), flags=tuple(cmd.flags), args=tuple(cmd.value),
+            json_form=bool(cmd.json), line=line, heredoc=bool(cmd.heredocs),
+        ))
+    return result
+
+
+def unbuildable_reason(text: str) -> str | None:
+    """Why the legacy builder must not be sent this Dockerfile text, or None if it is safe.
+
+    A `# syntax=` directive makes the daemon fetch a frontend from the internet, and heredocs are
+    BuildKit-only: the legacy builder would misread them.
+    """
+    for line in text.splitlines():
+        if _SYNTAX_DIRECTIVE.match(line):
+            return "it has a '# syntax=' directive (the daemon would fetch a frontend from the internet)"
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+    for ins in parse_instructions(text):
+        if ins.heredoc:
+            return f"line {ins.line} uses a heredoc, which the legacy builder cannot build"
+    return None
+
+
+# Shell builtins whose effect would leak into the next command once two RUNs share one shell.
+_STATEFUL = re.compile(r"(^|[;&|(]|\bthen|\bdo)\s*(cd|pushd|popd|export|unset|set|umask|source|\.|alias|shopt|exec)\b")
+
+
+def join_runs(commands: list[str]) -> str:
+    """One shell command doing what consecutive RUNs did, each in its own shell as before.
+
+    Commands that change shell state (cd, export, set, ...) run in a subshell so that the
+    next command starts where the separate RUN would have started.
+    """
+    parts = [f"({c})" if _STATEFUL.search(c) else c for c in commands]
+    return " && ".join(parts)
+
+
+def can_join(ins: Instruction) -> bool:
+    """A RUN can be joined with its neighbours when it is plain shell form with no comment in it."""
+    return (ins.keyword == "RUN" and not ins.json_form and not ins.flags and not ins.heredoc
+            and not re.search(r"(^|\s)#", _strip_quoted(ins.args[0] if ins.args else "")))
+
+
+def _strip_quoted(text: str) -> str:
+    return re.sub(r"'[^']*'|\"(?:\\.|[^\"\\])*\"", "''", text)
+
+
+def render_dockerfile(from_ref: str, instructions: list[tuple[str, str]], header: list[str]) -> str:
+    """Dockerfile text: comment header, FROM, then (group, instruction) pairs with a comment
+    line wherever the group (category) changes. Never emits a parser directive."""
+    lines = [f"# {h}" for h in header]
+    lines.append(f"FROM {from_ref}")
+    group = None
+    for g, text in instructions:
+        if g != group:
+            lines.append(f"# -- {g}")
+            group = g
+        lines.append(text)
+    return "\n".join(lines) + "\n"
