@@ -36,16 +36,18 @@ def resolve_sources(root: Path, sources: tuple[str, ...], *, file: str | None, l
     for src in sources:
         pattern = src.lstrip("/") or "."
         matches = sorted(glob.glob(pattern, root_dir=root)) if glob.has_magic(pattern) else [pattern]
-        if not matches or not (root / matches[0]).exists() and not (root / matches[0]).is_symlink():
-            raise UserError(
-                f"COPY source {src!r} does not exist in {root}; create it or fix the path "
-                "(sources are relative to the stack file's folder)", file, line)
+        if not matches:
+            raise UserError(f"COPY source {src!r} matches no file in {root}", file, line)
         for rel in matches:
             full = (root / rel).resolve()
             if full != root and root not in full.parents:
                 raise UserError(
                     f"COPY source {src!r} escapes the stack file's folder {root}; "
                     "move the files inside it", file, line)
+            if not (root / rel).exists() and not (root / rel).is_symlink():
+                raise UserError(
+                    f"COPY source {src!r} does not exist in {root}; create it or fix the path "
+                    "(sources are relative to the stack file's folder)", file, line)
             found.append(os.path.normpath(rel))  # the path as written: a link is copied as a link
     return found
 

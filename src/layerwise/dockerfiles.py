@@ -139,11 +139,30 @@ def parse_instructions(text: str, *, file: str | None = None, first_line: int = 
                 "write a Dockerfile instruction such as RUN, COPY or ENV",
                 file, line,
             )
+        problem = _argument_problem(keyword, cmd)
+        if problem:
+            raise UserError(f"{cmd.original.strip()!r}: {problem}", file, line)
         result.append(Instruction(
             keyword=keyword, text=_normalize(cmd), flags=tuple(cmd.flags), args=tuple(cmd.value),
             json_form=bool(cmd.json), line=line, heredoc=bool(cmd.heredocs),
         ))
     return result
+
+
+def _argument_problem(keyword: str, cmd: dockerfile.Command) -> str | None:
+    """The argument checks BuildKit makes after parsing (its `instructions` package)."""
+    values = [v for v in cmd.value if v != ""]
+    if keyword in ("COPY", "ADD") and len(values) < 2:
+        return f"{keyword} needs at least a source and a destination"
+    if keyword == "ONBUILD":
+        if not cmd.sub_cmd:
+            return "ONBUILD needs an instruction to run later"
+        if cmd.sub_cmd.upper() in ("ONBUILD", "FROM", "MAINTAINER"):
+            return f"ONBUILD cannot run {cmd.sub_cmd.upper()}"
+        return None
+    if keyword != "FROM" and not values and not cmd.heredocs:
+        return f"{keyword} needs an argument"
+    return None
 
 
 def unbuildable_reason(text: str) -> str | None:

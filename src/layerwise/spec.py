@@ -147,7 +147,10 @@ def _read_yaml(path: Path) -> tuple[Any, _Lines]:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        context = getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
+        if context is not None and mark is not None and context.line != mark.line:
+            problem += f" ({getattr(e, 'context', None) or 'started'} at line {context.line + 1})"
         raise UserError(f"invalid YAML: {problem}", path, mark.line + 1 if mark else None) from None
     lines: dict = {}
     texts: dict = {}
