@@ -29,3 +29,15 @@ def write_stack(tmp_path):
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "layerwise", *args], capture_output=True, text=True,
                           cwd=cwd)
+
+
+@pytest.fixture
+def small_seed(tmp_path):
+    """A copy of the seed example with a 1 MiB model and no wheels (fast to digest and copy)."""
+    import shutil
+
+    dest = tmp_path / "seed"
+    shutil.copytree(SEED, dest, ignore=shutil.ignore_patterns("*.model", "*.whl", "*.tmp"))
+    subprocess.run([sys.executable, str(dest / "prepare.py"), str(dest), "--model-mb", "1", "--skip-wheels"],
+                   check=True, capture_output=True)
+    return dest / "layerwise.yaml"
