@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -13,8 +14,10 @@ from .cost import summarize
 from .errors import UserError
 from .generate import generate as generate_family
 from .planner import build_plan
-from .report import console, cost_dict, cost_tables, plan_tree, size_note
+from .report import (PlainProgress, RichProgress, build_table, console, cost_dict, cost_tables,
+                     plan_tree, size_note)
 from .spec import load_stack
+from .state import load_state, with_measured_sizes
 
 STACK_ARG = click.argument("stack", type=click.Path(path_type=Path), default="layerwise.yaml")
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
@@ -41,7 +44,8 @@ def _print_plan(plan, summary) -> None:
 @JSON_OPT
 def plan(stack: Path, as_json: bool) -> None:
     """Show the tree of images for STACK (default layerwise.yaml) and what it saves."""
-    the_plan = build_plan(load_stack(stack))
+    loaded = load_stack(stack)
+    the_plan = with_measured_sizes(build_plan(loaded), load_state(loaded.path).measured_sizes())
     summary = summarize(the_plan)
     if as_json:
         doc = {"plan": the_plan.to_dict(), "cost": cost_dict(summary)}
@@ -61,6 +65,67 @@ def generate(stack: Path, output: Path, force: bool) -> None:
     the_plan = build_plan(loaded)
     out = generate_family(the_plan, loaded, output, force=force)
     console().print(f"wrote {len(the_plan.images)} images to {out}")
+
+
+@app.command()
+@STACK_ARG
+@click.option("--push", is_flag=True, help="Push every image to the registry (incremental against it).")
+@click.option("--parallel", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="How many independent images to build at once.")
+@click.option("--only", multiple=True, metavar="IMAGE", help="Build only this image (key, ref or app) "
+              "and the ancestors it needs; repeatable.")
+@click.option("--dry-run", is_flag=True, help="Say per image build or skip and why; build nothing.")
+@JSON_OPT
+def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Build (and with --push, push) every image of the plan in dependency order, skipping the
+    ones whose fingerprint tag already exists."""
+    sys.exit(run_build(stack, push=push, parallel=parallel, only=list(only), dry_run=dry_run,
+                       as_json=as_json))
+
+
+def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
+              dry_run: bool = False, as_json: bool = False) -> int:
+    from .build import Builder, decide, select   # the engine client loads only when building
+
+    loaded = load_stack(stack)
+    the_plan = build_plan(loaded)
+    state = load_state(loaded.path)
+    out = console()
+    progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))
+    builder = Builder(loaded, the_plan, state, push=push, parallel=parallel, progress=progress)
+    builder.connect()
+    started = time.monotonic()
+    decisions = decide(the_plan, builder.present(), state, select(the_plan, only))
+    by_key = {d.key: d for d in decisions}
+    if dry_run:
+        if as_json:
+            print(json.dumps([d.__dict__ for d in decisions], indent=2))
+        else:
+            for d in decisions:
+                out.print(f"{d.action:<12} {d.key:<36} {d.reason}", highlight=False, markup=False)
+        return 0
+    if isinstance(progress, RichProgress):
+        with progress:
+            results = builder.run(decisions)
+    else:
+        results = builder.run(decisions)
+    seconds = time.monotonic() - started
+    counts = {s: sum(r.status == s for r in results)
+              for s in ("built", "skipped", "failed", "not attempted", "not selected")}
+    if as_json:
+        print(json.dumps({"seconds": round(seconds, 2), "counts": counts,
+                          "images": [r.__dict__ for r in results]}, indent=2))
+    else:
+        out.print(build_table(results, by_key))
+        for r in results:
+            if r.status == "failed" and r.log_tail:
+                out.print(f"[red]{r.key} failed[/]; last lines of its build:")
+                out.print("\n".join("  " + l for l in r.log_tail), highlight=False, markup=False)
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        if counts["built"] == 0 and not counts["failed"]:
+            summary = "nothing to build: " + summary
+        out.print(f"{summary} in {seconds:.1f} s" + (" (pushed to " + loaded.registry + ")" if push else ""))
+    return 1 if counts["failed"] or counts["not attempted"] else 0
 
 
 @app.command()

@@ -89,3 +89,97 @@ def cost_dict(summary: CostSummary) -> dict:
             for sc in summary.scenarios
         ],
     }
+
+
+# ----------------------------------------------------------------------------- build progress
+
+import re as _re
+import threading as _threading
+
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+_STEP = _re.compile(r"^Step (\d+)/(\d+) : (.*)")
+
+
+class PlainProgress:
+    """Off a terminal: one line per build step and per phase, nothing that redraws."""
+
+    def __init__(self, out: Console):
+        self.out = out
+        self._lock = _threading.Lock()
+
+    def __call__(self, key: str, phase: str, event: dict) -> None:
+        line = None
+        if phase == "build" and "stream" in event:
+            m = _STEP.match(event["stream"].strip())
+            if m:
+                line = f"{key}: step {m.group(1)}/{m.group(2)}: {m.group(3)[:90]}"
+        elif phase in ("build", "push", "pull") and "status" in event and "id" not in event:
+            line = f"{key}: {phase}: {event['status']}"
+        elif phase == "failed":
+            line = f"{key}: FAILED: {event.get('error')}"
+        elif phase == "done":
+            line = f"{key}: {event['status']}"
+        if line:
+            with self._lock:
+                self.out.print(line, highlight=False, markup=False)
+
+
+class RichProgress:
+    """On a terminal: a bar per image, build steps then push bytes."""
+
+    def __init__(self, out: Console):
+        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                             TextColumn("{task.fields[detail]}"), console=out, transient=False)
+        self.tasks: dict[str, int] = {}
+        self.pushed: dict[str, dict[str, tuple[int, int]]] = {}
+        self._lock = _threading.Lock()
+
+    def __enter__(self):
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bars.__exit__(*exc)
+
+    def _task(self, key: str) -> int:
+        if key not in self.tasks:
+            self.tasks[key] = self.bars.add_task(f"{key:<32}", total=None, detail="")
+        return self.tasks[key]
+
+    def __call__(self, key: str, phase: str, event: dict) -> None:
+        with self._lock:
+            task = self._task(key)
+            if phase == "build" and "stream" in event:
+                m = _STEP.match(event["stream"].strip())
+                if m:
+                    self.bars.update(task, completed=int(m.group(1)) - 1, total=int(m.group(2)),
+                                     detail=f"step {m.group(1)}/{m.group(2)} {m.group(3)[:40]}")
+            elif phase == "push" and event.get("id") and "progressDetail" in event:
+                detail = event["progressDetail"] or {}
+                layers = self.pushed.setdefault(key, {})
+                if detail.get("total"):
+                    layers[event["id"]] = (detail.get("current", 0), detail["total"])
+                done = sum(c for c, _ in layers.values())
+                total = sum(t for _, t in layers.values()) or None
+                self.bars.update(task, completed=done, total=total,
+                                 detail=f"push {format_size(done)} / {format_size(total)}")
+            elif phase == "failed":
+                self.bars.update(task, detail=f"[red]failed[/]: {str(event.get('error'))[:60]}")
+            elif phase == "done":
+                self.bars.update(task, completed=1, total=1, detail=event["status"])
+            elif "status" in event and "id" not in event:
+                self.bars.update(task, detail=f"{phase}: {event['status'][:50]}")
+
+
+def build_table(results, decisions_by_key: dict) -> Table:
+    t = Table(title="build", title_justify="left")
+    for col, just in (("image", "left"), ("result", "left"), ("why", "left"), ("seconds", "right"),
+                      ("new layers", "right")):
+        t.add_column(col, justify=just)
+    colors = {"built": "green", "skipped": "dim", "failed": "red", "not attempted": "yellow"}
+    for r in results:
+        why = r.reason if not r.error else f"{r.reason} — {r.error}"
+        t.add_row(r.key, f"[{colors.get(r.status, 'white')}]{r.status}[/]", why[:80],
+                  f"{r.seconds:.1f}" if r.seconds else "", format_size(r.new_bytes) if r.new_bytes else "")
+    return t

@@ -1,0 +1,291 @@
+"""`layerwise build`: build and push the planned family in dependency order, incrementally.
+
+`decide` is pure: from the plan, which fingerprint tags already exist, and the state file, it says
+per image build or skip and why. `Builder` carries the decisions out on the real engine and registry:
+parents before children, independent subtrees in parallel, a failure stopping only its own subtree,
+and a human tag moved only after the image is pushed under its fingerprint tag.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import BuildFailed, Engine
+from .errors import UserError
+from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
+from .model import ImageNode, Plan
+from .registry import Registry, is_loopback, split_reference
+from .spec import Stack
+from .state import ImageRecord, LayerRecord, State
+
+BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
+
+BUILD, SKIP, NOT_SELECTED = "build", "skip", "not selected"
+
+
+@dataclass(frozen=True)
+class Decision:
+    key: str
+    action: str          # build | skip | not selected
+    reason: str
+
+
+def short_name(plan: Plan, key: str) -> str:
+    img = plan.image(key)
+    if img.kind == "app" and len(img.apps) >= 1 and key.endswith("/" + img.apps[0]):
+        return img.apps[0]
+    return key.rsplit("/", 1)[-1]
+
+
+def _why_changed(plan: Plan, img: ImageNode, before: ImageRecord | None) -> str:
+    if before is None:
+        return "not built before"
+    if before.fingerprint == img.fingerprint:
+        return "fingerprint tag missing"
+    now = ImageRecord.of(img, plan.image(img.parent) if img.parent else None)
+    changed = [c for c in img.categories if now.category_steps.get(c) != before.category_steps.get(c)]
+    changed += [c for c in before.category_steps if c not in now.category_steps]
+    reasons = []
+    if changed:
+        reasons.append(f"{', '.join(changed)} of {short_name(plan, img.key)} changed")
+    if img.parent and now.parent_fingerprint != before.parent_fingerprint:
+        reasons.append(f"parent {short_name(plan, img.parent)} rebuilt")
+    if not img.parent and img.base != before.base:
+        reasons.append(f"base changed to {img.base}")
+    return "; ".join(reasons) or "fingerprint changed"
+
+
+def select(plan: Plan, only: list[str] | None) -> set[str]:
+    """Keys to consider: all, or the named images (by key, ref or app name) and their ancestors."""
+    if not only:
+        return {img.key for img in plan.images}
+    keys: set[str] = set()
+    for name in only:
+        key = plan.apps.get(name) or next(
+            (i.key for i in plan.images if name in (i.key, i.ref, i.repository)), None)
+        if key is None:
+            raise UserError(f"--only {name}: no such image or app in the plan "
+                            f"(images: {', '.join(i.key for i in plan.images)})")
+        keys |= {i.key for i in plan.chain(key)}
+    return keys
+
+
+def decide(plan: Plan, present: set[str], state: State, selected: set[str]) -> list[Decision]:
+    """Build or skip each image, parents first. `present`: keys whose fingerprint tag exists."""
+    decisions: dict[str, Decision] = {}
+    for img in plan.images:
+        if img.key not in selected:
+            decisions[img.key] = Decision(img.key, NOT_SELECTED, "not selected by --only")
+            continue
+        if img.key in present:
+            decisions[img.key] = Decision(img.key, SKIP, f"unchanged ({img.fingerprint_tag} exists)")
+        else:
+            decisions[img.key] = Decision(img.key, BUILD, _why_changed(plan, img, state.images.get(img.key)))
+    return [decisions[img.key] for img in plan.images]
+
+
+# ----------------------------------------------------------------------------- execution
+
+@dataclass
+class Result:
+    key: str
+    status: str                   # built | skipped | failed | not attempted | not selected
+    reason: str
+    seconds: float = 0.0
+    digest: str | None = None
+    new_bytes: int = 0            # compressed bytes of the image's own layers, pushed
+    error: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str, str, dict], None]   # (image key, phase, event)
+
+
+class Builder:
+    def __init__(self, stack: Stack, plan: Plan, state: State, *, push: bool, parallel: int = 2,
+                 progress: Progress | None = None):
+        self.stack, self.plan, self.state = stack, plan, state
+        self.push = push
+        self.parallel = max(1, parallel)
+        self.progress = progress or (lambda key, phase, event: None)
+        self.engine: Engine | None = None
+        self.registry: Registry | None = None
+        self._lock = threading.Lock()
+        self._digests: dict[str, str] = {}    # key -> manifest digest (pushed) or image ID (local)
+
+    # -- what exists
+    def connect(self) -> None:
+        self.engine = Engine()
+        if self.push:
+            host, _, _ = split_reference(self.stack.registry + "/x")
+            self.registry = Registry(host)
+            self.registry.ping()
+
+    def present(self) -> set[str]:
+        found = set()
+        for img in self.plan.images:
+            if self.push:
+                digest = self.registry.manifest_digest(_name(img.repository), img.fingerprint_tag)
+            else:
+                local = self.engine.inspect(f"{img.repository}:{img.fingerprint_tag}")
+                digest = local.id if local else None
+            if digest:
+                found.add(img.key)
+                self._digests[img.key] = digest
+        return found
+
+    def check_base(self) -> str:
+        """The OS base must be local or on a loopback registry (then it is pulled); its digest."""
+        base = self.plan.base
+        local = self.engine.inspect(base)
+        if local is None:
+            host, name, tag = split_reference(base)
+            if is_loopback(host):
+                with Registry(host) as reg:
+                    if reg.manifest_digest(name, tag):
+                        self.engine.pull(base.rsplit(":", 1)[0] if not "@" in base else base, tag)
+                        local = self.engine.inspect(base)
+            if local is None:
+                raise UserError(f"base image {base} is neither in the local engine nor on the loopback "
+                                "registry; make it (sudo scripts/services start) or change 'base:'",
+                                self.stack.path)
+        for rd in local.repo_digests:
+            if rd.split("@")[0] == base.rsplit(":", 1)[0]:
+                return rd.split("@")[1]
+        return local.id
+
+    # -- doing it
+    def run(self, decisions: list[Decision]) -> list[Result]:
+        results: dict[str, Result] = {}
+        to_build = {d.key for d in decisions if d.action == BUILD}
+        by_key = {d.key: d for d in decisions}
+        if to_build and any(not self.plan.image(k).parent for k in to_build):
+            self._digests[""] = self.check_base()
+        elif to_build:
+            self._digests[""] = ""
+        workdir = Path(tempfile.mkdtemp(prefix="layerwise-build-"))
+        try:
+            if to_build:
+                write_tree(self.plan, self.stack, workdir)   # contexts with fixed mtimes
+            for d in decisions:
+                if d.action == SKIP:
+                    results[d.key] = self._skip(d, needed_locally=any(
+                        c.key in to_build for c in self.plan.children(d.key)))
+                elif d.action == NOT_SELECTED:
+                    results[d.key] = Result(d.key, "not selected", d.reason)
+            self._build_all(to_build, by_key, results, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            self.state.save()
+        return [results[img.key] for img in self.plan.images]
+
+    def _skip(self, d: Decision, needed_locally: bool) -> Result:
+        img = self.plan.image(d.key)
+        fp_ref = f"{img.repository}:{img.fingerprint_tag}"
+        if needed_locally and self.engine.inspect(fp_ref) is None:
+            self.progress(img.key, "pull", {"status": f"pulling {fp_ref} for its children"})
+            self.engine.pull(img.repository, img.fingerprint_tag)
+        if needed_locally or self.engine.inspect(fp_ref):
+            self.engine.tag(fp_ref, img.repository, img.tag)
+        if self.push:
+            self._publish(img)   # a rerun after an interrupted push moves the human tag now
+        return Result(img.key, "skipped", d.reason, digest=self._digests.get(img.key))
+
+    def _build_all(self, to_build: set[str], by_key: dict[str, Decision], results: dict[str, Result],
+                   workdir: Path) -> None:
+        pending = set(to_build)
+        running: dict[Future, str] = {}
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            while pending or running:
+                for key in sorted(pending):
+                    parent = self.plan.image(key).parent
+                    if parent in pending or any(k == parent for k in running.values()):
+                        continue
+                    pending.discard(key)
+                    if parent and results[parent].status not in ("built", "skipped"):
+                        results[key] = Result(key, "not attempted", by_key[key].reason,
+                                              error=f"parent {short_name(self.plan, parent)} "
+                                                    f"{results[parent].status}")
+                        continue
+                    running[pool.submit(self._build_one, key, by_key[key].reason, workdir)] = key
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    key = running.pop(future)
+                    results[key] = future.result()
+
+    def _build_one(self, key: str, reason: str, workdir: Path) -> Result:
+        img = self.plan.image(key)
+        started = time.monotonic()
+        parent_digest = self._digests.get(img.parent or "", "")
+        labels = {FINGERPRINT_LABEL: img.fingerprint, BASE_NAME_LABEL: img.base,
+                  BASE_DIGEST_LABEL: parent_digest}
+        fp_ref = f"{img.repository}:{img.fingerprint_tag}"
+        try:
+            self.progress(key, "build", {"status": reason})
+            image_id = self.engine.build(workdir / img.key, fp_ref, labels,
+                                         lambda e: self.progress(key, "build", e))
+        except BuildFailed as e:
+            self.progress(key, "failed", {"error": str(e)})
+            return Result(key, "failed", reason, time.monotonic() - started, error=str(e),
+                          log_tail=e.log[-15:])
+        self.engine.tag(image_id, img.repository, img.tag)
+        digest, new_bytes = image_id, 0
+        if self.push:
+            self.progress(key, "push", {"status": f"pushing {fp_ref}"})
+            self.engine.push(img.repository, img.fingerprint_tag, lambda e: self.progress(key, "push", e))
+            digest, new_bytes = self._publish(img)
+        else:
+            with self._lock:
+                self.state.images[key] = ImageRecord.of(img, self.plan.image(img.parent) if img.parent else None)
+        with self._lock:
+            self._digests[key] = digest
+        self.progress(key, "done", {"status": "built"})
+        return Result(key, "built", reason, time.monotonic() - started, digest=digest, new_bytes=new_bytes)
+
+    def _publish(self, img: ImageNode) -> tuple[str, int]:
+        """Point the human tag at the fingerprint tag's manifest and record the measured layers."""
+        name = _name(img.repository)
+        manifest = self.registry.manifest(name, img.fingerprint_tag)
+        if self.registry.manifest_digest(name, img.tag) != manifest.digest:
+            self.registry.put_manifest(name, img.tag, manifest)
+        config = self.registry.config(name, manifest)
+        parent = self.plan.image(img.parent) if img.parent else None
+        record = ImageRecord.of(img, parent)
+        record.digest = manifest.digest
+        record.layers = _own_layers(img, manifest, config)
+        with self._lock:
+            self.state.images[img.key] = record
+            self._digests[img.key] = manifest.digest
+        return manifest.digest, sum(l.size for l in record.layers)
+
+
+def _name(repository: str) -> str:
+    return repository.split("/", 1)[1]
+
+
+def _own_layers(img: ImageNode, manifest, config: dict) -> list[LayerRecord]:
+    """Match the image's own layers (the top of the manifest) to the steps that made them.
+
+    The config's history has one entry per instruction, parents first; entries with
+    `empty_layer` made no layer. The layerwise labels add one empty entry at the end.
+    """
+    history = config.get("history") or []
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    layer_steps = [s for s in img.steps if s.creates_layer]
+    nonempty = [h for h in history if not h.get("empty_layer")]
+    own = manifest.layers[len(manifest.layers) - len(layer_steps):] if layer_steps else ()
+    if len(nonempty) != len(manifest.layers) or len(own) != len(layer_steps):
+        return []   # an unexpected shape: better no measurement than a wrong one
+    offset = len(manifest.layers) - len(layer_steps)
+    return [LayerRecord(step=s.identity, digest=l.digest, size=l.size,
+                        diff_id=diff_ids[offset + i] if offset + i < len(diff_ids) else "")
+            for i, (s, l) in enumerate(zip(layer_steps, own))]

@@ -1,0 +1,140 @@
+"""The Docker Engine, through its API (the `docker` package): build, tag, push, pull, inspect.
+
+Every build runs with network mode `none`, and nothing here pulls from anywhere but a loopback
+registry: the daemon must never reach for the internet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .dockerfiles import unbuildable_reason
+from .errors import UserError
+from .registry import is_loopback, split_reference
+
+Event = Callable[[dict], None]
+
+
+class BuildFailed(Exception):
+    """A Dockerfile step failed: the image's own failure, not the tool's."""
+
+    def __init__(self, message: str, log: list[str]):
+        super().__init__(message)
+        self.log = log
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    id: str
+    repo_digests: tuple[str, ...]
+    diff_ids: tuple[str, ...]
+    labels: dict
+    history: tuple[dict, ...]
+
+
+class Engine:
+    def __init__(self, timeout: int = 900):
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        try:
+            self.client = docker.from_env(version="auto", timeout=timeout)
+            self.client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise UserError(f"the Docker Engine at {where} is not answering ({type(e).__name__}); "
+                            "start it with: sudo scripts/services start") from None
+        self.api = self.client.api
+
+    def close(self) -> None:
+        self.client.close()
+
+    def inspect(self, ref: str) -> LocalImage | None:
+        try:
+            attrs = self.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as e:
+            if e.status_code == 404:
+                return None
+            raise UserError(f"the Docker Engine could not inspect {ref}: {e.explanation}") from None
+        try:
+            history = tuple(self.api.history(attrs["Id"]))[::-1]   # oldest first
+        except docker.errors.APIError:
+            history = ()
+        return LocalImage(
+            id=attrs["Id"], repo_digests=tuple(attrs.get("RepoDigests") or ()),
+            diff_ids=tuple(attrs.get("RootFS", {}).get("Layers") or ()),
+            labels=dict((attrs.get("Config") or {}).get("Labels") or {}), history=history,
+        )
+
+    def build(self, context: Path, tag: str, labels: dict[str, str], on_event: Event | None = None) -> str:
+        """Build context/Dockerfile with the legacy builder, network `none`; returns the image ID."""
+        reason = unbuildable_reason((context / "Dockerfile").read_text())
+        if reason:
+            raise UserError(f"refusing to build {tag}: {reason}", context / "Dockerfile")
+        log: list[str] = []
+        image_id = None
+        try:
+            stream = self.api.build(path=str(context), tag=tag, labels=labels, network_mode="none",
+                                    rm=True, forcerm=True, pull=False, decode=True)
+            for event in stream:
+                if on_event:
+                    on_event(event)
+                if "stream" in event:
+                    log.append(event["stream"].rstrip("\n"))
+                if "error" in event:
+                    raise BuildFailed(event["error"].strip(), log)
+                if "aux" in event and "ID" in event["aux"]:
+                    image_id = event["aux"]["ID"]
+        except docker.errors.APIError as e:
+            raise BuildFailed(str(e.explanation), log) from None
+        except (requests.exceptions.ConnectionError, docker.errors.DockerException) as e:
+            raise UserError(f"lost the Docker Engine while building {tag}: {e}") from None
+        if not image_id:
+            raise BuildFailed("the engine reported no image", log)
+        return image_id
+
+    def tag(self, image: str, repository: str, tag: str) -> None:
+        self.api.tag(image, repository, tag=tag)
+
+    def push(self, repository: str, tag: str, on_event: Event | None = None) -> str:
+        """Push repository:tag; returns the manifest digest the registry stored."""
+        digest = None
+        try:
+            for event in self.api.push(repository, tag=tag, stream=True, decode=True):
+                if on_event:
+                    on_event(event)
+                if "error" in event:
+                    raise UserError(f"push of {repository}:{tag} was rejected: {event['error'].strip()}")
+                aux = event.get("aux") or {}
+                digest = aux.get("Digest", digest)
+        except docker.errors.APIError as e:
+            raise UserError(f"push of {repository}:{tag} failed: {e.explanation}") from None
+        if not digest:
+            raise UserError(f"push of {repository}:{tag} reported no digest")
+        return digest
+
+    def pull(self, repository: str, tag: str, on_event: Event | None = None) -> None:
+        """Pull from a loopback registry only: anything else would reach for the internet."""
+        host, _, _ = split_reference(f"{repository}:{tag}")
+        if not is_loopback(host):
+            raise UserError(f"refusing to pull {repository}:{tag}: only loopback registries are used here")
+        try:
+            for event in self.api.pull(repository, tag=tag, stream=True, decode=True):
+                if on_event:
+                    on_event(event)
+                if "error" in event:
+                    raise UserError(f"pull of {repository}:{tag} failed: {event['error'].strip()}")
+        except docker.errors.APIError as e:
+            raise UserError(f"pull of {repository}:{tag} failed: {e.explanation}") from None
+
+    def remove(self, ref: str) -> None:
+        try:
+            self.api.remove_image(ref, force=True, noprune=False)
+        except docker.errors.ImageNotFound:
+            pass
