@@ -37,7 +37,44 @@ def small_seed(tmp_path):
     import shutil
 
     dest = tmp_path / "seed"
-    shutil.copytree(SEED, dest, ignore=shutil.ignore_patterns("*.model", "*.whl", "*.tmp"))
+    shutil.copytree(SEED, dest, ignore=shutil.ignore_patterns("*.model", "*.tmp", "layerwise.state.json"))
     subprocess.run([sys.executable, str(dest / "prepare.py"), str(dest), "--model-mb", "1", "--skip-wheels"],
                    check=True, capture_output=True)
     return dest / "layerwise.yaml"
+
+
+REGISTRY = "localhost:5000"
+
+
+def services_problem() -> str | None:
+    """Why the real engine and registry cannot be used, or None when both answer."""
+    import httpx
+    try:
+        import docker
+        docker.from_env(version="auto", timeout=5).ping()
+    except Exception as e:   # noqa: BLE001 - any failure means "not available"
+        return f"Docker Engine not answering ({type(e).__name__}); run: sudo scripts/services start"
+    try:
+        httpx.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
+    except Exception as e:   # noqa: BLE001
+        return f"registry on {REGISTRY} not answering ({type(e).__name__}); run: sudo scripts/services start"
+    return None
+
+
+@pytest.fixture(scope="session")
+def services():
+    """The real Docker Engine and registry. Outside CI a missing service skips; in CI it fails."""
+    import os
+    problem = services_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return REGISTRY
+
+
+@pytest.fixture
+def namespace():
+    """A registry namespace of its own for one test, so tests never see each other's tags."""
+    import uuid
+    return "t" + uuid.uuid4().hex[:10]

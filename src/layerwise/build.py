@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .engine import BuildFailed, Engine
 from .errors import UserError
-from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
+from .dockerfiles import unbuildable_reason
+from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, dockerfile_text, write_tree
 from .model import ImageNode, Plan
 from .registry import Registry, is_loopback, split_reference
 from .spec import Stack
@@ -60,6 +61,14 @@ def _why_changed(plan: Plan, img: ImageNode, before: ImageRecord | None) -> str:
     if not img.parent and img.base != before.base:
         reasons.append(f"base changed to {img.base}")
     return "; ".join(reasons) or "fingerprint changed"
+
+
+def check_buildable(plan: Plan, stack: Stack) -> None:
+    """Refuse, before anything reaches the daemon, Dockerfiles the legacy builder must not get."""
+    for img in plan.images:
+        reason = unbuildable_reason(dockerfile_text(img, stack))
+        if reason:
+            raise UserError(f"cannot build {img.key}: {reason}; rewrite that step", stack.path)
 
 
 def select(plan: Plan, only: list[str] | None) -> set[str]:

@@ -85,10 +85,11 @@ def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run
 
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
               dry_run: bool = False, as_json: bool = False) -> int:
-    from .build import Builder, decide, select   # the engine client loads only when building
+    from .build import Builder, check_buildable, decide, select   # the engine loads only to build
 
     loaded = load_stack(stack)
     the_plan = build_plan(loaded)
+    check_buildable(the_plan, loaded)
     state = load_state(loaded.path)
     out = console()
     progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))

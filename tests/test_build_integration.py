@@ -1,0 +1,135 @@
+"""`layerwise build --push` against the real Docker Engine and registry (scripts/services)."""
+
+import json
+
+import pytest
+
+from layerwise.registry import Registry
+
+from conftest import REGISTRY, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def build(stack, *extra):
+    result = run_cli("build", str(stack), "--push", "--json", *extra)
+    assert "Traceback" not in result.stderr, result.stderr
+    doc = json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
+    return result, doc
+
+
+def statuses(doc):
+    return {i["key"]: i["status"] for i in doc["images"]}
+
+
+@pytest.fixture
+def seed_family(services, small_seed, namespace):
+    """The seed example (1 MiB model) under a registry namespace of its own."""
+    text = small_seed.read_text().replace("project: ai", f"project: {namespace}-ai")
+    for name in ("library/", "ai-tools/"):
+        text = text.replace("{name: " + name, "{name: " + namespace + "/" + name)
+    small_seed.write_text(text)
+    return small_seed, namespace
+
+
+def test_seed_family_builds_shares_layers_and_rebuilds_exactly_what_changed(seed_family):
+    stack, ns = seed_family
+    keys = {"sec": f"{ns}/library/python3", "tools": f"{ns}/ai-tools/env-anaconda",
+            "dust": f"{ns}/ai-tools/env-anaconda-dust", "app1": f"{ns}-ai/app1", "app2": f"{ns}-ai/app2"}
+
+    result, doc = build(stack)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert statuses(doc) == {k: "built" for k in keys.values()}
+
+    with Registry(REGISTRY) as reg:
+        dust = reg.manifest(keys["dust"], "runtime")
+        app1 = reg.manifest(keys["app1"], "latest")
+        app2 = reg.manifest(keys["app2"], "latest")
+        # Both apps carry every base layer, same digests, same order; then 2 layers of their own.
+        n = len(dust.layers)
+        assert [l.digest for l in app1.layers[:n]] == [l.digest for l in dust.layers]
+        assert [l.digest for l in app2.layers[:n]] == [l.digest for l in dust.layers]
+        assert len(app1.layers) == len(app2.layers) == n + 2
+        assert app1.layers[n].digest != app2.layers[n].digest
+        # Provenance labels name the parent and its pushed digest; tags agree.
+        labels = reg.config(keys["app1"], app1)["config"]["Labels"]
+        assert labels["org.opencontainers.image.base.name"] == f"{REGISTRY}/{keys['dust']}:runtime"
+        assert labels["org.opencontainers.image.base.digest"] == dust.digest
+        fp_tag = "lw-" + labels["io.layerwise.fingerprint"][:16]
+        assert reg.manifest_digest(keys["app1"], fp_tag) == app1.digest
+        assert reg.manifest_digest(keys["tools"], "12") is not None
+
+    # State file has measured sizes; plan uses them.
+    plan = json.loads(run_cli("plan", str(stack), "--json").stdout)
+    sources = {s["size_source"] for i in plan["plan"]["images"] for s in i["steps"] if s["creates_layer"]}
+    assert sources == {"measured"}
+
+    result, doc = build(stack)
+    assert result.returncode == 0 and statuses(doc) == {k: "skipped" for k in keys.values()}
+
+    (stack.parent / "code.1" / "app.py").write_text("print('app1 v2')\n")
+    result, doc = build(stack)
+    assert statuses(doc) == {keys["sec"]: "skipped", keys["tools"]: "skipped", keys["dust"]: "skipped",
+                             keys["app1"]: "built", keys["app2"]: "skipped"}
+    assert next(i for i in doc["images"] if i["key"] == keys["app1"])["reason"] == "code of app1 changed"
+
+    with open(stack.parent / "tools" / "setup.sh", "a") as f:
+        f.write("echo tools v2\n")
+    result, doc = build(stack)
+    assert result.returncode == 0, result.stdout
+    assert statuses(doc) == {keys["sec"]: "skipped", keys["tools"]: "built", keys["dust"]: "built",
+                             keys["app1"]: "built", keys["app2"]: "built"}
+    reasons = {i["key"]: i["reason"] for i in doc["images"]}
+    assert reasons[keys["tools"]] == "tools of env-anaconda changed"
+    assert reasons[keys["dust"]] == "parent env-anaconda rebuilt"
+
+
+BUSYBOX_STACK = """\
+registry: localhost:5000
+project: {ns}
+base: {base}
+categories:
+  - {{name: tools, owner: platform}}
+  - {{name: code, owner: apps}}
+apps:
+  app1: {{tools: [RUN mkdir -p /opt/t, "RUN echo tools > /opt/t/v"], code: RUN echo one > /app}}
+  app2: {{tools: [RUN mkdir -p /opt/t, "RUN echo tools > /opt/t/v"], code: {code2}}}
+"""
+
+
+def test_failure_stops_only_its_subtree_and_a_rerun_resumes(services, namespace, write_stack):
+    base = f"{REGISTRY}/os/busybox:latest"
+    stack = write_stack(BUSYBOX_STACK.format(ns=namespace, base=base, code2="RUN exit 3"))
+    result, doc = build(stack)
+    assert result.returncode == 1
+    assert statuses(doc)[f"{namespace}/app1"] == "built"
+    assert statuses(doc)[f"{namespace}/app2"] == "failed"
+    with Registry(REGISTRY) as reg:
+        assert reg.manifest_digest(f"{namespace}/app1", "latest") is not None
+        assert reg.manifest_digest(f"{namespace}/app2", "latest") is None
+
+    stack.write_text(BUSYBOX_STACK.format(ns=namespace, base=base, code2="RUN echo two > /app"))
+    result, doc = build(stack)
+    assert result.returncode == 0, result.stdout
+    assert [s for k, s in statuses(doc).items() if s == "built"] == ["built"]
+    assert statuses(doc)[f"{namespace}/app2"] == "built"
+
+
+def test_missing_base_is_a_clear_error_before_any_build(services, namespace, write_stack):
+    stack = write_stack(BUSYBOX_STACK.format(ns=namespace, base=f"{REGISTRY}/os/nothere:1",
+                                             code2="RUN echo two > /app"))
+    result = run_cli("build", str(stack), "--push")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "base image localhost:5000/os/nothere:1 is neither" in result.stderr
+    with Registry(REGISTRY) as reg:
+        assert reg.manifest_digest(f"{namespace}/app1", "latest") is None
+
+
+def test_dry_run_builds_nothing(services, namespace, write_stack):
+    stack = write_stack(BUSYBOX_STACK.format(ns=namespace, base=f"{REGISTRY}/os/busybox:latest",
+                                             code2="RUN echo two > /app"))
+    result = run_cli("build", str(stack), "--push", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("not built before") == 3
+    with Registry(REGISTRY) as reg:
+        assert reg.manifest_digest(f"{namespace}/app1", "latest") is None

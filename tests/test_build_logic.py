@@ -1,0 +1,88 @@
+"""Build decisions without an engine: ordering, skip logic, reasons, --only, and refusals."""
+
+import pytest
+
+from layerwise.build import BUILD, NOT_SELECTED, SKIP, check_buildable, decide, select
+from layerwise.errors import UserError
+from layerwise.planner import build_plan
+from layerwise.spec import load_stack
+from layerwise.state import ImageRecord, State
+
+STACK = """\
+registry: localhost:5000
+project: t
+base: localhost:5000/os/busybox:latest
+categories:
+  - {name: tools, owner: p}
+  - {name: code, owner: a}
+apps:
+  a: {tools: RUN echo tools, code: RUN echo a}
+  b: {tools: RUN echo tools, code: RUN echo b}
+"""
+
+
+def plan_of(write_stack, text=STACK):
+    path = write_stack(text)
+    return build_plan(load_stack(path)), path
+
+
+def recorded(plan, path):
+    state = State(path.parent / "state.json")
+    for img in plan.images:
+        state.images[img.key] = ImageRecord.of(img, plan.image(img.parent) if img.parent else None)
+    return state
+
+
+def test_everything_is_built_first_in_dependency_order(write_stack):
+    plan, path = plan_of(write_stack)
+    decisions = decide(plan, set(), State(path), select(plan, None))
+    assert [d.action for d in decisions] == [BUILD, BUILD, BUILD]
+    tools = plan.images[0].key
+    assert tools.startswith("t/tools-") and [d.key for d in decisions] == [tools, "t/a", "t/b"]
+    assert all(d.reason == "not built before" for d in decisions)
+
+
+def test_present_fingerprints_are_skipped(write_stack):
+    plan, path = plan_of(write_stack)
+    present = {img.key for img in plan.images}
+    decisions = decide(plan, present, recorded(plan, path), select(plan, None))
+    assert {d.action for d in decisions} == {SKIP}
+
+
+def test_changed_code_rebuilds_only_that_app_and_says_why(write_stack):
+    plan, path = plan_of(write_stack)
+    state = recorded(plan, path)
+    new_plan, _ = plan_of(write_stack, STACK.replace("RUN echo a}", "RUN echo a2}"))
+    present = {k for k in (img.key for img in new_plan.images) if plan.image(k).fingerprint ==
+               new_plan.image(k).fingerprint}
+    decisions = {d.key: d for d in decide(new_plan, present, state, select(new_plan, None))}
+    assert decisions["t/a"].action == BUILD and decisions["t/a"].reason == "code of a changed"
+    assert decisions["t/b"].action == SKIP
+
+
+def test_changed_base_layer_rebuilds_descendants_with_parent_reason(write_stack):
+    plan, path = plan_of(write_stack)
+    state = recorded(plan, path)
+    new_plan, _ = plan_of(write_stack, STACK.replace("RUN echo tools", "RUN echo tools2"))
+    decisions = decide(new_plan, set(), state, select(new_plan, None))
+    tools_key = new_plan.images[0].key
+    # The derived name follows the fingerprint, so the tools image is new; the apps say why.
+    reasons = {d.key: d.reason for d in decisions}
+    assert reasons[tools_key] == "not built before"
+    assert reasons["t/a"] == "parent " + tools_key.split("/")[1] + " rebuilt"
+
+
+def test_only_selects_the_image_and_its_ancestors(write_stack):
+    plan, path = plan_of(write_stack)
+    decisions = {d.key: d.action for d in decide(plan, set(), State(path), select(plan, ["b"]))}
+    assert decisions["t/b"] == BUILD and decisions["t/a"] == NOT_SELECTED
+    assert decisions[plan.images[0].key] == BUILD
+    with pytest.raises(UserError, match="no such image or app"):
+        select(plan, ["nope"])
+
+
+def test_heredoc_is_refused_before_the_daemon(write_stack):
+    text = STACK.replace("code: RUN echo b}", "code: \"RUN <<EOF\\necho hi\\nEOF\\n\"}")
+    plan, path = plan_of(write_stack, text)
+    with pytest.raises(UserError, match="heredoc"):
+        check_buildable(plan, load_stack(path))
