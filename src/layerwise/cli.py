@@ -11,7 +11,7 @@ import click
 
 from . import __version__
 from .cost import summarize
-from .errors import UserError
+from .errors import ServiceDown, UserError
 from .generate import generate as generate_family
 from .planner import build_plan
 from .report import (PlainProgress, RichProgress, build_table, console, cost_dict, cost_tables,
@@ -146,9 +146,25 @@ def demo(output: Path) -> None:
     out = generate_family(the_plan, loaded, output)
     out_console = console()
     out_console.print(f"[bold]The seed's App1/App2 family[/] ({SEED_STACK})")
+    out_console.print(f"Generated {len(the_plan.images)} image folders, docker-bake.hcl and CODEOWNERS "
+                      f"in {out}\n")
+    code = 0
+    try:
+        out_console.print("[bold]Building and pushing it[/] (layerwise build --push)")
+        code = run_build(SEED_STACK, push=True)
+        if code == 0:
+            from .engine import Engine
+            engine = Engine()
+            for app_name, key in sorted(the_plan.apps.items()):
+                ref = the_plan.image(key).ref
+                out_console.print(f"$ docker run --network none {ref}\n"
+                                  f"{engine.run(ref).rstrip()}", highlight=False, markup=False)
+        the_plan = with_measured_sizes(the_plan, load_state(loaded.path).measured_sizes())
+    except ServiceDown as e:
+        out_console.print(f"[yellow]Not building: {e}[/]\nThe tree and savings below use size hints.")
+    out_console.print()
     _print_plan(the_plan, summarize(the_plan))
-    out_console.print(f"\nGenerated {len(the_plan.images)} image folders, docker-bake.hcl and CODEOWNERS "
-                      f"in {out}")
+    sys.exit(code)
 
 
 def main() -> None:

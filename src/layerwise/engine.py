@@ -16,7 +16,7 @@ import docker.errors
 import requests.exceptions
 
 from .dockerfiles import unbuildable_reason
-from .errors import UserError
+from .errors import ServiceDown, UserError
 from .registry import is_loopback, split_reference
 
 Event = Callable[[dict], None]
@@ -46,7 +46,7 @@ class Engine:
             self.client = docker.from_env(version="auto", timeout=timeout)
             self.client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise UserError(f"the Docker Engine at {where} is not answering ({type(e).__name__}); "
+            raise ServiceDown(f"the Docker Engine at {where} is not answering ({type(e).__name__}); "
                             "start it with: sudo scripts/services start") from None
         self.api = self.client.api
 
@@ -132,6 +132,15 @@ class Engine:
                     raise UserError(f"pull of {repository}:{tag} failed: {event['error'].strip()}")
         except docker.errors.APIError as e:
             raise UserError(f"pull of {repository}:{tag} failed: {e.explanation}") from None
+
+    def run(self, ref: str, command: list[str] | None = None) -> str:
+        """Run a container with no network and return what it printed."""
+        try:
+            out = self.client.containers.run(ref, command, network_mode="none", remove=True,
+                                             stdout=True, stderr=True)
+        except docker.errors.ContainerError as e:
+            raise UserError(f"{ref} exited with {e.exit_status}: {(e.stderr or b'').decode()[-300:]}") from None
+        return out.decode(errors="replace")
 
     def remove(self, ref: str) -> None:
         try:

@@ -21,3 +21,7 @@ class UserError(Exception):
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         return f"{where}{self.message}"
+
+
+class ServiceDown(UserError):
+    """The Docker Engine or the registry does not answer."""

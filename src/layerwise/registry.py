@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .errors import UserError
+from .errors import ServiceDown, UserError
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -79,7 +79,7 @@ class Registry:
         try:
             response = self._http.request(method, url, **kw)
         except httpx.TransportError as e:
-            raise UserError(f"registry {self.host} is not answering ({type(e).__name__}); "
+            raise ServiceDown(f"registry {self.host} is not answering ({type(e).__name__}); "
                             "start it (scripts/services start) or check 'registry:' in the stack file") from None
         if response.status_code in (401, 403):
             raise UserError(f"registry {self.host} refused access to {what} (HTTP {response.status_code}); "
