@@ -463,6 +463,7 @@ def test_cd_runs_in_a_subshell():
     assert join_runs(["cd /src", "make"]) == "(cd /src) && make"
     assert join_runs(["apt-get update", "apt-get install -y curl"]) == "apt-get update && apt-get install -y curl"
     assert join_runs(["make && cd /x && ls", "pwd"]) == "(make && cd /x && ls) && pwd"
+    assert join_runs(["A=1", ". ./env.sh", "echo a;"]) == "(A=1) && (. ./env.sh) && (echo a;)"
 
 
 @pytest.mark.parametrize(("source", "joinable"), [
@@ -502,7 +503,7 @@ def _run_separately(commands: list[str], cwd: Path, env: dict) -> tuple[str, boo
     ["export A=1", "echo ${A:-unset}"],
     ["umask 077", "umask"],
     ["set -e; echo x", "false; echo still-runs"],
-    # state leaks join_runs does not guard against:
+    # state leaks and early exits, each kept inside a subshell:
     [". ./env.sh", "echo ${A:-unset}"],
     ["A=1", "echo ${A:-unset}"],
     ["test -e /nonexistent || exit 0", "echo ran"],

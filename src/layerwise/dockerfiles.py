@@ -84,11 +84,8 @@ def collapse_whitespace(text: str) -> str:
     return "".join(out)
 
 
-def _quote_value(value: str) -> str:
-    """ENV/LABEL values: keep the user's quoting; quote bare values that contain whitespace."""
-    if value[:1] in "'\"" or not any(c.isspace() for c in value):
-        return value
-    return json.dumps(value, ensure_ascii=False)
+def _has_unquoted_space(value: str) -> bool:
+    return collapse_whitespace(value) != value.strip() or " " in _strip_quoted(value)
 
 
 def _json_array(args: tuple[str, ...]) -> str:
@@ -97,6 +94,8 @@ def _json_array(args: tuple[str, ...]) -> str:
 
 def _normalize(cmd: dockerfile.Command) -> str:
     keyword = cmd.cmd.upper()
+    if cmd.heredocs:
+        return keyword + cmd.original.strip()[len(keyword):]   # the body is part of the step
     if keyword == "ONBUILD":
         inner = parse_instructions(cmd.original.split(None, 1)[1])
         return f"ONBUILD {inner[0].text}"
@@ -110,7 +109,14 @@ def _normalize(cmd: dockerfile.Command) -> str:
         else:
             parts.append(_json_array(args))
     elif keyword in _PAIR_KEYWORDS:
-        parts += [f"{args[i]}={_quote_value(args[i + 1])}" for i in range(0, len(args) - 1, 2)]
+        if len(args) == 2 and _has_unquoted_space(args[1]):
+            # The legacy `ENV KEY a value` form: quoted when nothing in it is special to
+            # BuildKit's word processing, else kept exactly as written.
+            value = args[1]
+            plain = not any(c in value for c in "\"'\\$")
+            parts += [f'{args[0]}="{value}"'] if plain else [args[0], value]
+        else:
+            parts += [f"{args[i]}={args[i + 1]}" for i in range(0, len(args) - 1, 2)]
     elif keyword in _REST_KEYWORDS:
         parts.append(collapse_whitespace(args[0]) if args else "")
     elif keyword == "HEALTHCHECK" and len(args) == 2:
@@ -125,6 +131,7 @@ def parse_instructions(text: str, *, file: str | None = None, first_line: int = 
 
     Raises UserError naming the file and line for anything BuildKit rejects or we do not know.
     """
+    text = text.removeprefix("\ufeff")   # BuildKit drops a byte-order mark too
     try:
         commands = dockerfile.parse_string(text)
     except dockerfile.GoParseError as e:
@@ -160,6 +167,8 @@ def _argument_problem(keyword: str, cmd: dockerfile.Command) -> str | None:
         if cmd.sub_cmd.upper() in ("ONBUILD", "FROM", "MAINTAINER"):
             return f"ONBUILD cannot run {cmd.sub_cmd.upper()}"
         return None
+    if keyword in ("CMD", "ENTRYPOINT") and cmd.json:
+        return None   # `CMD []` is how an image clears its command
     if keyword != "FROM" and not values and not cmd.heredocs:
         return f"{keyword} needs an argument"
     return None
@@ -171,7 +180,7 @@ def unbuildable_reason(text: str) -> str | None:
     A `# syntax=` directive makes the daemon fetch a frontend from the internet, and heredocs are
     BuildKit-only: the legacy builder would misread them.
     """
-    for line in text.splitlines():
+    for line in text.removeprefix("\ufeff").splitlines():
         if _SYNTAX_DIRECTIVE.match(line):
             return "it has a '# syntax=' directive (the daemon would fetch a frontend from the internet)"
         if line.strip() and not line.lstrip().startswith("#"):
@@ -182,18 +191,24 @@ def unbuildable_reason(text: str) -> str | None:
     return None
 
 
-# Shell builtins whose effect would leak into the next command once two RUNs share one shell.
-_STATEFUL = re.compile(r"(^|[;&|(]|\bthen|\bdo)\s*(cd|pushd|popd|export|unset|set|umask|source|\.|alias|shopt|exec)\b")
+# A command made only of plain words, whose first word is not an assignment or a builtin that
+# changes shell state, behaves the same joined with `&&` as in a RUN of its own.
+_PLAIN_COMMAND = re.compile(r"^[\w./@:+,%=-]+(?:\s+[\w./@:+,%=\-\"']+)*$")
+_STATEFUL = frozenset({"cd", "pushd", "popd", "export", "unset", "set", "umask", "source", ".", "alias",
+                       "shopt", "exec", "exit", "trap", "readonly", "local", "eval", "return", "ulimit"})
 
 
 def join_runs(commands: list[str]) -> str:
-    """One shell command doing what consecutive RUNs did, each in its own shell as before.
+    """One shell command doing what consecutive RUNs did, each as if in its own shell.
 
-    Commands that change shell state (cd, export, set, ...) run in a subshell so that the
-    next command starts where the separate RUN would have started.
+    Anything but a plain command (one that could change shell state, exit early, or end in `;`
+    or `&`) runs in a subshell, so the next command starts where its own RUN would have.
     """
-    parts = [f"({c})" if _STATEFUL.search(c) else c for c in commands]
-    return " && ".join(parts)
+    def safe(command: str) -> bool:
+        first = command.split(None, 1)[0] if command.strip() else ""
+        return bool(_PLAIN_COMMAND.match(command.strip())) and first not in _STATEFUL and "=" not in first
+
+    return " && ".join(c.strip() if safe(c) else f"({c.strip()})" for c in commands)
 
 
 def can_join(ins: Instruction) -> bool:

@@ -72,7 +72,8 @@ class Engine:
             labels=dict((attrs.get("Config") or {}).get("Labels") or {}), history=history,
         )
 
-    def build(self, context: Path, tag: str, labels: dict[str, str], on_event: Event | None = None) -> str:
+    def build(self, context: Path, tag: str, labels: dict[str, str], on_event: Event | None = None,
+              nocache: bool = False) -> str:
         """Build context/Dockerfile with the legacy builder, network `none`; returns the image ID."""
         reason = unbuildable_reason((context / "Dockerfile").read_text())
         if reason:
@@ -81,7 +82,7 @@ class Engine:
         image_id = None
         try:
             stream = self.api.build(path=str(context), tag=tag, labels=labels, network_mode="none",
-                                    rm=True, forcerm=True, pull=False, decode=True)
+                                    rm=True, forcerm=True, pull=False, decode=True, nocache=nocache)
             for event in stream:
                 if on_event:
                     on_event(event)

@@ -33,6 +33,7 @@ def merge_layers(steps: tuple[Step, ...] | list[Step], categories: tuple[Categor
     merging = {c.name for c in categories if c.merge}
     out: list[Step] = []
     pending: list[Step] = []
+    custom_shell = False   # after a SHELL instruction RUN is not POSIX sh: `&&` may mean nothing
 
     def flush() -> None:
         if pending:
@@ -40,7 +41,9 @@ def merge_layers(steps: tuple[Step, ...] | list[Step], categories: tuple[Categor
             pending.clear()
 
     for step in steps:
-        joinable = step.category in merging and can_join(parse_instructions(step.instruction)[0])
+        custom_shell = custom_shell or step.keyword == "SHELL"
+        joinable = (step.category in merging and not custom_shell
+                    and can_join(parse_instructions(step.instruction)[0]))
         if joinable and (not pending or pending[0].category == step.category):
             pending.append(step)
             continue

@@ -235,7 +235,7 @@ def _app_config_texts(app: AppSpec) -> list[str]:
     """Dockerfile text for the app-level settings, in a fixed order."""
     out = []
     if app.env:
-        out.append("ENV " + " ".join(f"{k}={json.dumps(_env_str(v))}" for k, v in app.env.items()))
+        out.append("ENV " + " ".join(f"{k}={json.dumps(_env_str(v), ensure_ascii=False)}" for k, v in app.env.items()))
     if app.workdir:
         out.append(f"WORKDIR {app.workdir}")
     if app.user:
