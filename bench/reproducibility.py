@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Which layers of a family are byte-reproducible: build every image twice without cache, compare.
 
-    .venv/bin/python bench/reproducibility.py [STACK]     (after `layerwise build STACK`)
+    .venv/bin/python bench/reproducibility.py [STACK]     (after `layerwise build STACK --push`)
 
-Each image is built twice from the same generated context (fixed mtimes) on top of the same parent,
-with the build cache off, and its own layers' diff_ids are compared. A layer that differs is pulled
-again by every host after a cache-less rebuild (a fresh CI runner) even though nothing changed.
-Prints a table and a summary; uses the real engine. Scratch tags are removed at the end.
+Each image is built twice from the same generated context (fixed mtimes) on the same parent, with
+the build cache off. For each of its own layers it compares the diff_ids the legacy builder made,
+and the diff_ids and compressed digests after layerwise's normalization (what `build --push`
+pushes). A layer that still differs is pulled again by every host after a cache-less rebuild (a
+fresh CI runner) although nothing changed. Uses the real engine; scratch tags are removed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from layerwise.build import normalized_own_layers
 from layerwise.engine import Engine
 from layerwise.generate import write_tree
 from layerwise.planner import build_plan
@@ -30,40 +32,43 @@ def main() -> None:
     plan = build_plan(stack)
     measured = load_state(stack.path).measured_sizes()
     engine = Engine()
-    for img in plan.images:
-        if img.parent and engine.inspect(plan.image(img.parent).ref) is None:
-            sys.exit(f"{plan.image(img.parent).ref} is not in the local engine: run layerwise build first")
-    rows, scratch = [], []
+    rows = []
     with tempfile.TemporaryDirectory(prefix="layerwise-repro-") as tmp:
-        write_tree(plan, stack, Path(tmp))
+        tmp = Path(tmp)
+        write_tree(plan, stack, tmp / "ctx")
         for img in plan.images:
-            layer_steps = [s for s in img.steps if s.creates_layer]
-            diff_ids = []
+            lower = engine.inspect(plan.image(img.parent).ref if img.parent else plan.base)
+            if lower is None:
+                sys.exit(f"the parent of {img.key} is not in the local engine: run layerwise build first")
+            runs = []
             for run in (1, 2):
                 tag = f"layerwise-repro/{img.key}:{run}"
                 started = time.monotonic()
-                engine.build(Path(tmp) / img.key, tag, {}, nocache=True)
+                image_id = engine.build(tmp / "ctx" / img.key, tag, {}, nocache=True)
                 seconds = time.monotonic() - started
-                scratch.append(tag)
-                diff_ids.append(engine.inspect(tag).diff_ids[-len(layer_steps):])
-            for step, a, b in zip(layer_steps, *diff_ids):
-                rows.append((img.key, step, a == b, measured.get(step.identity)))
-            print(f"built {img.key} twice without cache (last build {seconds:.1f} s)", file=sys.stderr)
-    for tag in scratch:
-        engine.remove(tag)
+                raw = engine.inspect(image_id).diff_ids[len(lower.diff_ids):]
+                _, own = normalized_own_layers(engine, image_id, list(lower.diff_ids), tmp / f"{run}")
+                runs.append((raw, [layer for layer, _ in own]))
+                engine.remove(tag)
+            steps = [s for s in img.steps if s.creates_layer]
+            for step, raw_a, raw_b, norm_a, norm_b in zip(steps, runs[0][0], runs[1][0], runs[0][1], runs[1][1]):
+                rows.append((img.key, step, raw_a == raw_b, norm_a == norm_b, measured.get(step.identity)))
+            print(f"built {img.key} twice without cache ({seconds:.1f} s each)", file=sys.stderr)
 
-    print(f"{'image':<28} {'kind':<5} {'same':<5} {'size':>10}  step")
-    for key, step, same, size in rows:
-        print(f"{key:<28} {step.keyword:<5} {'yes' if same else 'NO':<5} {format_size(size):>10}  {step.short(60)}")
+    print(f"{'image':<28} {'kind':<5} {'builder':<8} {'normalized':<10} {'size':>10}  step")
+    for key, step, raw_same, norm_same, size in rows:
+        print(f"{key:<28} {step.keyword:<5} {'same' if raw_same else 'differs':<8} "
+              f"{'same' if norm_same else 'DIFFERS':<10} {format_size(size):>10}  {step.short(56)}")
     for kind in ("COPY", "RUN", "ADD"):
         of_kind = [r for r in rows if r[1].keyword == kind]
         if of_kind:
-            same = sum(r[2] for r in of_kind)
-            print(f"{kind}: {same}/{len(of_kind)} layers reproducible")
-    lost = sum(r[3] or 0 for r in rows if not r[2])
-    total = sum(r[3] or 0 for r in rows)
-    print(f"a cache-less rebuild with no change makes hosts pull {format_size(lost)} again "
-          f"of {format_size(total)} (compressed sizes from the state file)")
+            print(f"{kind}: {sum(r[2] for r in of_kind)}/{len(of_kind)} reproducible as built, "
+                  f"{sum(r[3] for r in of_kind)}/{len(of_kind)} after normalization")
+    total = sum(r[4] or 0 for r in rows)
+    for label, col in (("as built", 2), ("normalized", 3)):
+        lost = sum(r[4] or 0 for r in rows if not r[col])
+        print(f"{label}: a cache-less rebuild with no change makes hosts pull {format_size(lost)} again "
+              f"of {format_size(total)}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ and a human tag moved only after the image is pushed under its fingerprint tag.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 import threading
@@ -22,11 +24,14 @@ from .errors import UserError
 from .dockerfiles import unbuildable_reason
 from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, dockerfile_text, write_tree
 from .model import ImageNode, Plan
-from .registry import Registry, is_loopback, split_reference
+from .mutate import NormalizedLayer, normalize_config, normalize_layer
+from .registry import DOCKER_MANIFEST, Manifest, Registry, is_loopback, split_reference
 from .spec import Stack
 from .state import ImageRecord, LayerRecord, State
 
 BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 BUILD, SKIP, NOT_SELECTED = "build", "skip", "not selected"
 
@@ -119,9 +124,10 @@ Progress = Callable[[str, str, dict], None]   # (image key, phase, event)
 
 class Builder:
     def __init__(self, stack: Stack, plan: Plan, state: State, *, push: bool, parallel: int = 2,
-                 progress: Progress | None = None):
+                 no_cache: bool = False, progress: Progress | None = None):
         self.stack, self.plan, self.state = stack, plan, state
         self.push = push
+        self.no_cache = no_cache
         self.parallel = max(1, parallel)
         self.progress = progress or (lambda key, phase, event: None)
         self.engine: Engine | None = None
@@ -241,7 +247,7 @@ class Builder:
         try:
             self.progress(key, "build", {"status": reason})
             image_id = self.engine.build(workdir / img.key, fp_ref, labels,
-                                         lambda e: self.progress(key, "build", e))
+                                         lambda e: self.progress(key, "build", e), nocache=self.no_cache)
         except BuildFailed as e:
             self.progress(key, "failed", {"error": str(e)})
             return Result(key, "failed", reason, time.monotonic() - started, error=str(e),
@@ -249,9 +255,11 @@ class Builder:
         self.engine.tag(image_id, img.repository, img.tag)
         digest, new_bytes = image_id, 0
         if self.push:
-            self.progress(key, "push", {"status": f"pushing {fp_ref}"})
-            self.engine.push(img.repository, img.fingerprint_tag, lambda e: self.progress(key, "push", e))
-            digest, new_bytes = self._publish(img)
+            new_bytes = self._push_reproducible(img, image_id)
+            digest, _ = self._publish(img)
+            # Children build on what the registry holds: the normalized image.
+            self.engine.pull(img.repository, img.fingerprint_tag)
+            self.engine.tag(fp_ref, img.repository, img.tag)
         else:
             with self._lock:
                 self.state.images[key] = ImageRecord.of(img, self.plan.image(img.parent) if img.parent else None)
@@ -259,6 +267,64 @@ class Builder:
             self._digests[key] = digest
         self.progress(key, "done", {"status": "built"})
         return Result(key, "built", reason, time.monotonic() - started, digest=digest, new_bytes=new_bytes)
+
+    def _lower(self, img: ImageNode) -> tuple[str, Manifest, list[str]]:
+        """Where the image's lower layers live in the registry: repository, manifest, diff_ids."""
+        if img.parent:
+            parent = self.plan.image(img.parent)
+            name, ref = _name(parent.repository), parent.fingerprint_tag
+        else:
+            host, name, ref = split_reference(self.plan.base)
+            if host != self.registry.host:
+                raise UserError(f"base {self.plan.base} must be on {self.registry.host} to push images "
+                                "built on it; push it there or change 'base:'", self.stack.path)
+        manifest = self.registry.manifest(name, ref)
+        diff_ids = self.registry.config(name, manifest).get("rootfs", {}).get("diff_ids", [])
+        return name, manifest, diff_ids
+
+    def _push_reproducible(self, img: ImageNode, image_id: str) -> int:
+        """Push the built image with its own layers normalized (mtimes clamped, config times fixed),
+        by digest under the fingerprint tag. Returns the compressed bytes uploaded."""
+        name = _name(img.repository)
+        lower_name, lower, lower_diff_ids = self._lower(img)
+        self.progress(img.key, "push", {"status": "normalizing layers"})
+        uploaded = 0
+        with tempfile.TemporaryDirectory(prefix="layerwise-save-") as tmp:
+            config, own = normalized_own_layers(self.engine, image_id, lower_diff_ids, Path(tmp))
+            if config["rootfs"]["diff_ids"][:len(lower_diff_ids)] != lower_diff_ids:
+                raise UserError(f"{img.key} was not built on the registry's {lower_name}: the local "
+                                "parent differs; run the build again")
+            for layer in lower.layers:
+                if not self.registry.has_blob(name, layer.digest) and \
+                        not self.registry.mount_blob(name, layer.digest, lower_name):
+                    raise UserError(f"registry {self.registry.host} could not link {layer.digest} "
+                                    f"from {lower_name} into {name}")
+            for layer, blob in own:
+                if not self.registry.has_blob(name, layer.digest):
+                    with open(blob, "rb") as f:
+                        reader = _reporting_chunks(f, layer.size, lambda done, total, d=layer.digest: self.progress(
+                            img.key, "push", {"id": d[7:19], "progressDetail": {"current": done, "total": total}}))
+                        self.registry.upload_blob(name, layer.digest, reader, layer.size)
+                    uploaded += layer.size
+        config = normalize_config(config, lower_diff_ids + [layer.diff_id for layer, _ in own])
+        config_raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        config_digest = "sha256:" + hashlib.sha256(config_raw).hexdigest()
+        if not self.registry.has_blob(name, config_digest):
+            self.registry.upload_blob(name, config_digest, config_raw, len(config_raw))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": len(config_raw), "digest": config_digest},
+            "layers": [{"mediaType": l.media_type or DOCKER_LAYER, "size": l.size, "digest": l.digest}
+                       for l in lower.layers]
+                      + [{"mediaType": DOCKER_LAYER, "size": layer.size, "digest": layer.digest}
+                         for layer, _ in own],
+        }
+        raw = json.dumps(manifest, indent=3).encode()
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        self.registry.put_manifest_bytes(name, digest, raw, DOCKER_MANIFEST)      # by digest first,
+        self.registry.put_manifest_bytes(name, img.fingerprint_tag, raw, DOCKER_MANIFEST)  # then the tag
+        return uploaded
 
     def _publish(self, img: ImageNode) -> tuple[str, int]:
         """Point the human tag at the fingerprint tag's manifest and record the measured layers."""
@@ -275,6 +341,28 @@ class Builder:
             self.state.images[img.key] = record
             self._digests[img.key] = manifest.digest
         return manifest.digest, sum(l.size for l in record.layers)
+
+
+def _reporting_chunks(f, total: int, report: Callable[[int, int], None], size: int = 1 << 20):
+    """The file's bytes in chunks (an upload body for httpx), reporting progress as they go."""
+    done = 0
+    while chunk := f.read(size):
+        done += len(chunk)
+        report(done, total)
+        yield chunk
+
+
+def normalized_own_layers(engine: Engine, image_id: str, lower_diff_ids: list[str],
+                          tmp: Path) -> tuple[dict, list[tuple[NormalizedLayer, Path]]]:
+    """Save a built image and write its own layers (those above the lower ones) normalized,
+    as gzip blobs in tmp. Returns the built config and (layer, blob path) per own layer."""
+    config, layer_tars = engine.save(image_id, tmp / "image")
+    own = []
+    for i, tar_path in enumerate(layer_tars[len(lower_diff_ids):]):
+        blob = tmp / f"layer-{i}.tar.gz"
+        with open(tar_path, "rb") as src, open(blob, "wb") as dst:
+            own.append((normalize_layer(src, dst), blob))
+    return config, own
 
 
 def _name(repository: str) -> str:

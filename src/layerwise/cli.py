@@ -75,16 +75,18 @@ def generate(stack: Path, output: Path, force: bool) -> None:
 @click.option("--only", multiple=True, metavar="IMAGE", help="Build only this image (key, ref or app) "
               "and the ancestors it needs; repeatable.")
 @click.option("--dry-run", is_flag=True, help="Say per image build or skip and why; build nothing.")
+@click.option("--no-cache", is_flag=True, help="Build every step anew (the engine's cache is not used).")
 @JSON_OPT
-def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run: bool, no_cache: bool,
+          as_json: bool) -> None:
     """Build (and with --push, push) every image of the plan in dependency order, skipping the
     ones whose fingerprint tag already exists."""
     sys.exit(run_build(stack, push=push, parallel=parallel, only=list(only), dry_run=dry_run,
-                       as_json=as_json))
+                       no_cache=no_cache, as_json=as_json))
 
 
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
-              dry_run: bool = False, as_json: bool = False) -> int:
+              dry_run: bool = False, no_cache: bool = False, as_json: bool = False) -> int:
     from .build import Builder, check_buildable, decide, select   # the engine loads only to build
 
     loaded = load_stack(stack)
@@ -93,7 +95,8 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
     state = load_state(loaded.path)
     out = console()
     progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))
-    builder = Builder(loaded, the_plan, state, push=push, parallel=parallel, progress=progress)
+    builder = Builder(loaded, the_plan, state, push=push, parallel=parallel, no_cache=no_cache,
+                      progress=progress)
     builder.connect()
     started = time.monotonic()
     decisions = decide(the_plan, builder.present(), state, select(the_plan, only))

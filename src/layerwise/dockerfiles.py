@@ -221,11 +221,13 @@ def _strip_quoted(text: str) -> str:
     return re.sub(r"'[^']*'|\"(?:\\.|[^\"\\])*\"", "''", text)
 
 
-def render_dockerfile(from_ref: str, instructions: list[tuple[str, str]], header: list[str]) -> str:
-    """Dockerfile text: comment header, FROM, then (group, instruction) pairs with a comment
-    line wherever the group (category) changes. Never emits a parser directive."""
+def render_dockerfile(from_ref: str, instructions: list[tuple[str, str]], header: list[str],
+                      prelude: list[str] = ()) -> str:
+    """Dockerfile text: comment header, FROM, prelude lines, then (group, instruction) pairs with
+    a comment line wherever the group (category) changes. Never emits a parser directive."""
     lines = [f"# {h}" for h in header]
     lines.append(f"FROM {from_ref}")
+    lines += prelude
     group = None
     for g, text in instructions:
         if g != group:

@@ -14,6 +14,10 @@ from .model import Category, ImageNode, Plan, Step, sha256_text
 from .spec import Stack
 
 
+# How images are made from steps; bumped when that changes, so fingerprints (and builds) follow.
+RECIPE = "layerwise-recipe/3: legacy builder, SOURCE_DATE_EPOCH, layers normalized"
+
+
 # ----------------------------------------------------------------------------- rule 2: merge
 
 def _merged(run_steps: list[Step]) -> Step:
@@ -158,7 +162,7 @@ def build_plan(stack: Stack) -> Plan:
         parent_key = image_of_node[first.parent] if first.parent is not None else None
         parent = by_key[parent_key] if parent_key else None
         steps = tuple(nodes[i].step for i in run)
-        fingerprint = sha256_text(parent.fingerprint if parent else "base:" + stack.base,
+        fingerprint = sha256_text(RECIPE, parent.fingerprint if parent else "base:" + stack.base,
                                   *(s.identity for s in steps))
         key, tag, named_by = _name(stack, last, run[-1], named, fingerprint)
         if key in by_key:

@@ -129,6 +129,49 @@ class Registry:
         self._check(response, what)
         return response.headers.get("Docker-Content-Digest", manifest.digest)
 
+    def has_blob(self, name: str, digest: str) -> bool:
+        response = self._request("HEAD", f"/v2/{name}/blobs/{digest}", f"{name}@{digest}")
+        if response.status_code == 404:
+            return False
+        self._check(response, f"{self.host}/{name}@{digest}")
+        return True
+
+    def mount_blob(self, name: str, digest: str, from_name: str) -> bool:
+        """Link a blob that `from_name` holds into `name` without sending it; False if not mounted."""
+        response = self._request("POST", f"/v2/{name}/blobs/uploads/", f"{name}@{digest}",
+                                 params={"mount": digest, "from": from_name})
+        if response.status_code == 201:
+            return True
+        if response.status_code == 202:   # not mountable: the registry opened an upload; drop it
+            location = response.headers.get("Location")
+            if location:
+                self._request("DELETE", location, f"{name}@{digest}")
+            return False
+        self._check(response, f"{self.host}/{name}@{digest}")
+        return False
+
+    def upload_blob(self, name: str, digest: str, data, size: int) -> None:
+        """Monolithic upload of `data` (bytes or a binary file) under its known digest."""
+        what = f"{self.host}/{name}@{digest}"
+        response = self._request("POST", f"/v2/{name}/blobs/uploads/", what)
+        self._check(response, what)
+        location = response.headers["Location"]
+        # The upload URL carries its own query (_state); httpx's params= would replace it.
+        location += ("&" if "?" in location else "?") + "digest=" + digest.replace(":", "%3A")
+        response = self._request("PUT", location, what, content=data,
+                                 headers={"Content-Type": "application/octet-stream",
+                                          "Content-Length": str(size)})
+        if response.status_code == 400 and "DIGEST_INVALID" in response.text:
+            raise UserError(f"registry {self.host} rejected blob {digest} of {name}: digest mismatch")
+        self._check(response, what)
+
+    def put_manifest_bytes(self, name: str, ref: str, raw: bytes, media_type: str) -> str:
+        what = f"{self.host}/{name}:{ref}"
+        response = self._request("PUT", f"/v2/{name}/manifests/{ref}", what, content=raw,
+                                 headers={"Content-Type": media_type})
+        self._check(response, what)
+        return response.headers.get("Docker-Content-Digest", "sha256:" + hashlib.sha256(raw).hexdigest())
+
     def blob(self, name: str, digest: str) -> bytes:
         what = f"{self.host}/{name}@{digest}"
         response = self._request("GET", f"/v2/{name}/blobs/{digest}", what, follow_redirects=True)
