@@ -29,7 +29,7 @@ def plan_of(write_stack, text=STACK):
 def recorded(plan, path):
     state = State(path.parent / "state.json")
     for img in plan.images:
-        state.images[img.key] = ImageRecord.of(img, plan.image(img.parent) if img.parent else None)
+        state.images[img.key] = ImageRecord.of(plan, img)
     return state
 
 
@@ -86,3 +86,13 @@ def test_heredoc_is_refused_before_the_daemon(write_stack):
     plan, path = plan_of(write_stack, text)
     with pytest.raises(UserError, match="heredoc"):
         check_buildable(plan, load_stack(path))
+
+
+def test_new_os_base_digest_rebuilds_everything_and_says_so(write_stack):
+    path = write_stack(STACK.replace("apps:", "images:\n  tools: {name: t/tools}\napps:"))
+    old = build_plan(load_stack(path), base_digest="sha256:" + "1" * 64)
+    state = recorded(old, path)
+    new = build_plan(load_stack(path), base_digest="sha256:" + "2" * 64)
+    decisions = decide(new, set(), state, select(new, None))
+    assert all(d.action == BUILD for d in decisions)
+    assert decisions[0].reason == "base image localhost:5000/os/busybox:latest changed"

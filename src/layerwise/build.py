@@ -55,7 +55,7 @@ def _why_changed(plan: Plan, img: ImageNode, before: ImageRecord | None) -> str:
         return "not built before"
     if before.fingerprint == img.fingerprint:
         return "fingerprint tag missing"
-    now = ImageRecord.of(img, plan.image(img.parent) if img.parent else None)
+    now = ImageRecord.of(plan, img)
     changed = [c for c in img.categories if now.category_steps.get(c) != before.category_steps.get(c)]
     changed += [c for c in before.category_steps if c not in now.category_steps]
     reasons = []
@@ -63,8 +63,8 @@ def _why_changed(plan: Plan, img: ImageNode, before: ImageRecord | None) -> str:
         reasons.append(f"{', '.join(changed)} of {short_name(plan, img.key)} changed")
     if img.parent and now.parent_fingerprint != before.parent_fingerprint:
         reasons.append(f"parent {short_name(plan, img.parent)} rebuilt")
-    if not img.parent and img.base != before.base:
-        reasons.append(f"base changed to {img.base}")
+    if not img.parent and (img.base, now.parent_fingerprint) != (before.base, before.parent_fingerprint):
+        reasons.append(f"base image {img.base} changed")
     return "; ".join(reasons) or "fingerprint changed"
 
 
@@ -107,6 +107,41 @@ def decide(plan: Plan, present: set[str], state: State, selected: set[str]) -> l
 
 # ----------------------------------------------------------------------------- execution
 
+def connect(stack: Stack, push: bool) -> tuple[Engine, Registry | None]:
+    """The engine, and with --push the stack's registry; a clear error when either is down."""
+    engine = Engine()
+    registry = None
+    if push:
+        host, _, _ = split_reference(stack.registry + "/x")
+        registry = Registry(host)
+        registry.ping()
+    return engine, registry
+
+
+def resolve_base(engine: Engine, stack: Stack) -> str:
+    """The digest of the OS base, from the loopback registry or the local engine.
+
+    It goes into the fingerprints, so a new OS image under the same tag rebuilds the family.
+    """
+    host, name, ref = split_reference(stack.base)
+    if ref.startswith("sha256:"):
+        return ref
+    if is_loopback(host):
+        with Registry(host) as reg:
+            try:
+                digest = reg.manifest_digest(name, ref)
+            except UserError:
+                digest = None
+            if digest:
+                return digest
+    local = engine.inspect(stack.base)
+    if local is None:
+        raise UserError(f"base image {stack.base} is neither in the local engine nor on the loopback "
+                        "registry; make it (sudo scripts/services start) or change 'base:'", stack.path)
+    repo = f"{host}/{name}"
+    return next((rd.split("@")[1] for rd in local.repo_digests if rd.split("@")[0] == repo), local.id)
+
+
 @dataclass
 class Result:
     key: str
@@ -123,25 +158,19 @@ Progress = Callable[[str, str, dict], None]   # (image key, phase, event)
 
 
 class Builder:
-    def __init__(self, stack: Stack, plan: Plan, state: State, *, push: bool, parallel: int = 2,
-                 no_cache: bool = False, progress: Progress | None = None):
+    def __init__(self, stack: Stack, plan: Plan, state: State, engine: Engine, registry: Registry | None,
+                 *, parallel: int = 2, no_cache: bool = False, progress: Progress | None = None):
         self.stack, self.plan, self.state = stack, plan, state
-        self.push = push
+        self.engine, self.registry = engine, registry
+        self.push = registry is not None
         self.no_cache = no_cache
         self.parallel = max(1, parallel)
         self.progress = progress or (lambda key, phase, event: None)
-        self.engine: Engine | None = None
-        self.registry: Registry | None = None
         self._lock = threading.Lock()
-        self._digests: dict[str, str] = {}    # key -> manifest digest (pushed) or image ID (local)
+        # key -> manifest digest (pushed) or image ID (local); "" is the OS base
+        self._digests: dict[str, str] = {"": plan.base_digest or ""}
 
     # -- what exists
-    def connect(self) -> None:
-        self.engine = Engine()
-        if self.push:
-            host, _, _ = split_reference(self.stack.registry + "/x")
-            self.registry = Registry(host)
-            self.registry.ping()
 
     def present(self) -> set[str]:
         found = set()
@@ -156,35 +185,19 @@ class Builder:
                 self._digests[img.key] = digest
         return found
 
-    def check_base(self) -> str:
-        """The OS base must be local or on a loopback registry (then it is pulled); its digest."""
-        base = self.plan.base
-        local = self.engine.inspect(base)
-        if local is None:
-            host, name, tag = split_reference(base)
-            if is_loopback(host):
-                with Registry(host) as reg:
-                    if reg.manifest_digest(name, tag):
-                        self.engine.pull(base.rsplit(":", 1)[0] if not "@" in base else base, tag)
-                        local = self.engine.inspect(base)
-            if local is None:
-                raise UserError(f"base image {base} is neither in the local engine nor on the loopback "
-                                "registry; make it (sudo scripts/services start) or change 'base:'",
-                                self.stack.path)
-        for rd in local.repo_digests:
-            if rd.split("@")[0] == base.rsplit(":", 1)[0]:
-                return rd.split("@")[1]
-        return local.id
+    def ensure_base_local(self) -> None:
+        """Root images build FROM the OS base: pull it from the loopback registry if missing."""
+        if self.engine.inspect(self.plan.base) is None:
+            host, name, ref = split_reference(self.plan.base)
+            self.engine.pull(f"{host}/{name}", ref)
 
     # -- doing it
     def run(self, decisions: list[Decision]) -> list[Result]:
         results: dict[str, Result] = {}
         to_build = {d.key for d in decisions if d.action == BUILD}
         by_key = {d.key: d for d in decisions}
-        if to_build and any(not self.plan.image(k).parent for k in to_build):
-            self._digests[""] = self.check_base()
-        elif to_build:
-            self._digests[""] = ""
+        if any(not self.plan.image(k).parent for k in to_build):
+            self.ensure_base_local()
         workdir = Path(tempfile.mkdtemp(prefix="layerwise-build-"))
         try:
             if to_build:
@@ -262,7 +275,7 @@ class Builder:
             self.engine.tag(fp_ref, img.repository, img.tag)
         else:
             with self._lock:
-                self.state.images[key] = ImageRecord.of(img, self.plan.image(img.parent) if img.parent else None)
+                self.state.images[key] = ImageRecord.of(self.plan, img)
         with self._lock:
             self._digests[key] = digest
         self.progress(key, "done", {"status": "built"})
@@ -333,8 +346,7 @@ class Builder:
         if self.registry.manifest_digest(name, img.tag) != manifest.digest:
             self.registry.put_manifest(name, img.tag, manifest)
         config = self.registry.config(name, manifest)
-        parent = self.plan.image(img.parent) if img.parent else None
-        record = ImageRecord.of(img, parent)
+        record = ImageRecord.of(self.plan, img)
         record.digest = manifest.digest
         record.layers = _own_layers(img, manifest, config)
         with self._lock:

@@ -45,7 +45,8 @@ def _print_plan(plan, summary) -> None:
 def plan(stack: Path, as_json: bool) -> None:
     """Show the tree of images for STACK (default layerwise.yaml) and what it saves."""
     loaded = load_stack(stack)
-    the_plan = with_measured_sizes(build_plan(loaded), load_state(loaded.path).measured_sizes())
+    state = load_state(loaded.path)
+    the_plan = with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes())
     summary = summarize(the_plan)
     if as_json:
         doc = {"plan": the_plan.to_dict(), "cost": cost_dict(summary)}
@@ -87,18 +88,19 @@ def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run
 
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
               dry_run: bool = False, no_cache: bool = False, as_json: bool = False) -> int:
-    from .build import Builder, check_buildable, decide, select   # the engine loads only to build
+    from .build import Builder, check_buildable, connect, decide, resolve_base, select
 
     loaded = load_stack(stack)
-    the_plan = build_plan(loaded)
-    check_buildable(the_plan, loaded)
+    check_buildable(build_plan(loaded), loaded)          # before anything reaches the daemon
     state = load_state(loaded.path)
     out = console()
     progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))
-    builder = Builder(loaded, the_plan, state, push=push, parallel=parallel, no_cache=no_cache,
-                      progress=progress)
-    builder.connect()
     started = time.monotonic()
+    engine, registry = connect(loaded, push)
+    state.base_digest = resolve_base(engine, loaded)
+    the_plan = build_plan(loaded, state.base_digest)
+    builder = Builder(loaded, the_plan, state, engine, registry, parallel=parallel, no_cache=no_cache,
+                      progress=progress)
     decisions = decide(the_plan, builder.present(), state, select(the_plan, only))
     by_key = {d.key: d for d in decisions}
     if dry_run:
@@ -162,7 +164,8 @@ def demo(output: Path) -> None:
                 ref = the_plan.image(key).ref
                 out_console.print(f"$ docker run --network none {ref}\n"
                                   f"{engine.run(ref).rstrip()}", highlight=False, markup=False)
-        the_plan = with_measured_sizes(the_plan, load_state(loaded.path).measured_sizes())
+        state = load_state(loaded.path)
+        the_plan = with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes())
     except ServiceDown as e:
         out_console.print(f"[yellow]Not building: {e}[/]\nThe tree and savings below use size hints.")
     out_console.print()

@@ -106,6 +106,7 @@ class Plan:
     categories: tuple[Category, ...]
     images: tuple[ImageNode, ...]         # parents before children, then by key
     apps: dict[str, str] = field(default_factory=dict)   # app -> key of its image
+    base_digest: str | None = None        # the OS base's digest, when the fingerprints used it
 
     def image(self, key: str) -> ImageNode:
         for img in self.images:
@@ -138,6 +139,7 @@ class Plan:
             "registry": self.registry,
             "project": self.project,
             "base": self.base,
+            "base_digest": self.base_digest,
             "categories": [asdict(c) for c in self.categories],
             "images": [
                 {
@@ -187,5 +189,5 @@ class Plan:
         return cls(
             registry=data["registry"], project=data["project"], base=data["base"],
             categories=tuple(Category(**c) for c in data["categories"]),
-            images=images, apps=dict(data["apps"]),
+            images=images, apps=dict(data["apps"]), base_digest=data.get("base_digest"),
         )

@@ -145,8 +145,12 @@ def image_runs(nodes: list[TreeNode], named: dict[int, str], owners: dict[str, s
 
 # ----------------------------------------------------------------------------- rules 5–6: plan
 
-def build_plan(stack: Stack) -> Plan:
-    """The whole pipeline: a deterministic plan for a loaded stack file."""
+def build_plan(stack: Stack, base_digest: str | None = None) -> Plan:
+    """The whole pipeline: a deterministic plan for a loaded stack file.
+
+    With the OS base's digest (known once the registry or engine was asked), fingerprints follow
+    the base's content; without it, its reference.
+    """
     chains = {app: merge_layers(steps, stack.categories) for app, steps in stack.apps.items()}
     nodes, paths = prefix_tree(chains)
     named = named_nodes(nodes, paths, stack.names)
@@ -162,7 +166,7 @@ def build_plan(stack: Stack) -> Plan:
         parent_key = image_of_node[first.parent] if first.parent is not None else None
         parent = by_key[parent_key] if parent_key else None
         steps = tuple(nodes[i].step for i in run)
-        fingerprint = sha256_text(RECIPE, parent.fingerprint if parent else "base:" + stack.base,
+        fingerprint = sha256_text(RECIPE, parent.fingerprint if parent else "base:" + (base_digest or stack.base),
                                   *(s.identity for s in steps))
         key, tag, named_by = _name(stack, last, run[-1], named, fingerprint)
         if key in by_key:
@@ -182,7 +186,7 @@ def build_plan(stack: Stack) -> Plan:
     ordered = sorted(images, key=lambda img: (_depth(by_key, img), img.key))
     apps = {app: image_of_node[path[-1]] for app, path in paths.items()}
     return Plan(registry=stack.registry, project=stack.project, base=stack.base,
-                categories=stack.categories, images=tuple(ordered), apps=apps)
+                categories=stack.categories, images=tuple(ordered), apps=apps, base_digest=base_digest)
 
 
 def _name(stack: Stack, node: TreeNode, index: int, named: dict[int, str],

@@ -29,31 +29,33 @@ class LayerRecord:
 @dataclass
 class ImageRecord:
     fingerprint: str
-    parent_fingerprint: str | None
+    parent_fingerprint: str | None     # the parent's fingerprint; for a root image the OS base digest
     base: str
     category_steps: dict[str, list[str]]     # category -> step identities, in order
     digest: str | None = None                # manifest digest once pushed
     layers: list[LayerRecord] = field(default_factory=list)   # the image's own layers
 
     @classmethod
-    def of(cls, img: ImageNode, parent: ImageNode | None) -> "ImageRecord":
+    def of(cls, plan: Plan, img: ImageNode) -> "ImageRecord":
         steps: dict[str, list[str]] = {}
         for s in img.steps:
             steps.setdefault(s.category, []).append(s.identity)
-        return cls(img.fingerprint, parent.fingerprint if parent else None, img.base, steps)
+        below = plan.image(img.parent).fingerprint if img.parent else plan.base_digest
+        return cls(img.fingerprint, below, img.base, steps)
 
 
 @dataclass
 class State:
     path: Path
     images: dict[str, ImageRecord] = field(default_factory=dict)
+    base_digest: str | None = None     # the OS base's digest at the last build
 
     def measured_sizes(self) -> dict[str, int]:
         """Step identity → compressed bytes of the layer it made, from every pushed image."""
         return {l.step: l.size for rec in self.images.values() for l in rec.layers}
 
     def save(self) -> None:
-        doc = {"schema": STATE_SCHEMA,
+        doc = {"schema": STATE_SCHEMA, "base_digest": self.base_digest,
                "images": {k: asdict(v) for k, v in sorted(self.images.items())}}
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -78,7 +80,7 @@ def load_state(stack_path: Path) -> State:
     for key, rec in doc.get("images", {}).items():
         layers = [LayerRecord(**l) for l in rec.pop("layers", [])]
         images[key] = ImageRecord(**rec, layers=layers)
-    return State(path, images)
+    return State(path, images, doc.get("base_digest"))
 
 
 def with_measured_sizes(plan: Plan, sizes: dict[str, int]) -> Plan:
