@@ -53,3 +53,37 @@ def test_one_host_per_app_shares_nothing_across_hosts(summary):
 def test_size_sources_are_counted(summary):
     assert summary.size_sources == {"hint": 5}
     assert summary.unknown_layers == 0
+
+
+COPY_STACK = """\
+registry: localhost:5000
+project: t
+base: localhost:5000/os/busybox:latest
+categories:
+  - {name: tools, owner: p, changes_per_month: 1}
+  - {name: lib,   owner: p}
+  - {name: code,  owner: p}
+apps:
+  a: {tools: {steps: RUN t, size: 100}, lib: {steps: COPY l/ /l/, size: 10}, code: {steps: COPY c1/ /c/, size: 1}}
+  b: {tools: {steps: RUN t, size: 100}, lib: {steps: COPY l/ /l/, size: 10}, code: {steps: COPY c2/ /c/, size: 1}}
+"""
+
+
+def test_host_kinds_differ_when_a_lower_layer_changes(write_stack):
+    from layerwise.cost import CONTAINERD, DOCKER, FLAT, PLANNED, floor_cost, pull_cost
+    path = write_stack(COPY_STACK, {"l/x": "l", "c1/x": "1", "c2/x": "2"})
+    plan = build_plan(load_stack(path))
+    both = ("a", "b")
+    # Docker Engine: everything above the changed RUN has a new chain.
+    assert pull_cost(plan, both, DOCKER, PLANNED, updated="tools").bytes == 100 + 10 + 1 + 1
+    # containerd: the reproducible COPY layers above it keep their blobs; only the change moves.
+    assert pull_cost(plan, both, CONTAINERD, PLANNED, updated="tools").bytes == 100
+    assert floor_cost(plan, both, updated="tools") == 100
+    # Flat builds are not reproducible: both kinds pull every rebuilt layer of both apps.
+    assert pull_cost(plan, both, DOCKER, FLAT, updated="tools").bytes == 222
+    assert pull_cost(plan, both, CONTAINERD, FLAT, updated="tools").bytes == 222
+    # Cold and arrival: the shared image is pulled once in the plan, twice flat.
+    assert pull_cost(plan, both, CONTAINERD, PLANNED).bytes == 112
+    assert pull_cost(plan, both, DOCKER, FLAT).bytes == 222
+    arrival = pull_cost(plan, both, DOCKER, PLANNED, arriving="b")
+    assert (arrival.bytes, arrival.layers) == (1, 1)

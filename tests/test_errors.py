@@ -86,7 +86,7 @@ def test_identical_apps_are_refused(tmp_path):
 
 def test_missing_stack_file(tmp_path):
     result = run_cli("plan", str(tmp_path / "nope.yaml"))
-    assert result.returncode == 2 and "stack file not found" in result.stderr
+    assert result.returncode == 2 and "file not found" in result.stderr
 
 
 def test_generate_refuses_a_foreign_folder(tmp_path):

@@ -14,8 +14,8 @@ from .cost import summarize
 from .errors import ServiceDown, UserError
 from .generate import generate as generate_family
 from .planner import build_plan
-from .report import (PlainProgress, RichProgress, build_table, console, cost_dict, cost_tables,
-                     plan_tree, size_note)
+from .report import (PlainProgress, RichProgress, bar_chart_svg, build_table, console, cost_dict,
+                     cost_tables, plan_tree, simulate_dict, simulate_tables, size_note)
 from .spec import load_stack
 from .state import load_state, with_measured_sizes
 
@@ -135,6 +135,67 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
 
 
 @app.command()
+@STACK_ARG
+@click.option("--fleet", "fleet_path", type=click.Path(path_type=Path), required=True,
+              help="The fleet file: host groups, the apps they run, links, update rates.")
+@click.option("--host-kind", type=click.Choice(["docker", "containerd"]),
+              help="Model every host as this kind (default: as the fleet file says).")
+@click.option("--compare", type=click.Path(path_type=Path),
+              help="A hand-made tree to compare with, as a second stack file.")
+@click.option("--chart", type=click.Path(path_type=Path), help="Write an SVG chart of monthly bytes here.")
+@JSON_OPT
+def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path | None,
+             chart: Path | None, as_json: bool) -> None:
+    """Cold-start and monthly update bytes and time for a fleet: flat vs planned, with the floor."""
+    from dataclasses import replace as dc_replace
+
+    from .cost import ASSUMED_COSTS, FLAT, PLANNED, TREE, EngineCosts, simulate_group
+    from .fleet import load_fleet
+
+    loaded = load_stack(stack)
+    state = load_state(loaded.path)
+    the_plan = with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes())
+    fleet = load_fleet(fleet_path, the_plan)
+    plans = {"flat": (the_plan, FLAT), "planned": (the_plan, PLANNED)}
+    if compare:
+        other = load_stack(compare)
+        other_state = load_state(other.path)
+        other_plan = with_measured_sizes(build_plan(other, other_state.base_digest), state.measured_sizes())
+        if set(other_plan.apps) != set(the_plan.apps):
+            raise UserError(f"the apps differ from {stack}'s: {sorted(other_plan.apps)}", compare)
+        plans["hand-made"] = (other_plan, TREE)
+    rates = {c.name: fleet.updates.get(c.name, c.changes_per_month) for c in the_plan.categories}
+    results = []
+    for g in fleet.groups:
+        kind = host_kind or g.host_kind
+        if fleet.per_pull is not None or fleet.per_layer is not None:
+            costs = EngineCosts(fleet.per_pull if fleet.per_pull is not None else ASSUMED_COSTS.per_pull,
+                                fleet.per_layer if fleet.per_layer is not None else ASSUMED_COSTS.per_layer,
+                                "fleet file")
+        elif kind in state.pull_costs:
+            costs = EngineCosts(**state.pull_costs[kind], source="measured")
+        else:
+            costs = ASSUMED_COSTS
+        results.append(simulate_group(plans, g.name, g.count, g.apps, kind, g.bandwidth_bps, rates, costs))
+    labels = list(plans)
+    if chart:
+        svg = bar_chart_svg("monthly update bytes per host", [r.name for r in results],
+                            {l: [r.monthly[l].bytes for r in results] for l in labels}
+                            | {"floor": [r.floor_monthly for r in results]})
+        write_atomically(chart, svg)
+    if as_json:
+        print(json.dumps(simulate_dict(results, labels, rates), indent=2, sort_keys=True))
+        return
+    out = console()
+    for table in simulate_tables(results, labels):
+        out.print(table)
+    engine_costs = sorted({f"{r.host_kind}: {r.costs.per_pull:g} s per pull, {r.costs.per_layer:g} s per "
+                           f"layer ({r.costs.source})" for r in results})
+    out.print(f"[dim]{size_note(summarize(the_plan))} Engine costs: {'; '.join(engine_costs)}."
+              + (f" Chart: {chart}" if chart else "") + "[/]")
+
+
+@app.command()
 @click.option("-o", "--output", type=click.Path(path_type=Path), default="demo-out", show_default=True,
               help="Where to generate the family.")
 def demo(output: Path) -> None:
@@ -171,6 +232,14 @@ def demo(output: Path) -> None:
     out_console.print()
     _print_plan(the_plan, summarize(the_plan))
     sys.exit(code)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Never a half-written output: write beside, then rename."""
+    import os
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main() -> None:

@@ -1,62 +1,127 @@
-"""The cost model: bytes a host pulls cold and on each update, planned vs flat, with the floor.
+"""The cost model: bytes a host pulls cold, when an app arrives, and on each update.
 
-Planned layers are identified by their place in the tree, so apps that share an image share its
-layers. Flat layers are identified per app: every app is its own build from the OS base, so even
-identical content gets other digests and is pulled again (the seed's Fig. 3/5). The floor is the
-content that changed, counted once. This is the Docker Engine's rule (a layer is reused only on the
-same parent chain); the OS base is the same in every variant and is left out.
+Every layer of an app gets three identities:
+- `chain`: the layer with everything below it. The **Docker Engine** reuses a layer only when it
+  holds the same chain; from the first miss on it downloads everything.
+- `blob`: the compressed blob. **containerd** reuses any blob it holds, whatever sits below it.
+- `content`: what the step put there, for the **floor** (only the changed content, counted once).
+
+Variants of the same apps:
+- **planned** (layerwise): shared images are built once; layers are byte-reproducible, so a step
+  rebuilt with unchanged input gives the same blob. COPY/ADD output depends only on the files copied;
+  a RUN's output is assumed to depend on everything below it (conservative).
+- **flat** (how teams build without a plan): every app its own build from the OS base; builds are
+  not reproducible, so identical content in two apps, or a step rebuilt unchanged, gets a new blob.
+- **tree** (a hand-made tree, built the usual way): shared images are built once, but a rebuilt
+  layer gets a new blob even when its content did not change.
+An update of a category rebuilds each app from that category's first step up (the engine's cache
+keeps what is below). The OS base is the same in every variant and is left out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Plan, Step
+from .model import Plan, Step, sha256_text
+
+DOCKER, CONTAINERD = "docker", "containerd"
+HOST_KINDS = (DOCKER, CONTAINERD)
+PLANNED, FLAT, TREE = "planned", "flat", "tree"
 
 
 @dataclass(frozen=True)
 class HostLayer:
-    place: tuple          # identity under the variant's rule (what a host can reuse)
-    content: str          # identity of the content (for the floor)
+    chain: str
+    blob: str
+    content: str
     step: Step
-    position: int         # index of the step in the app's full chain
 
+    def key(self, host_kind: str) -> str:
+        return self.chain if host_kind == DOCKER else self.blob
 
-def planned_layers(plan: Plan, app: str) -> list[HostLayer]:
-    out, position = [], 0
-    for img in plan.chain(plan.apps[app]):
-        for i, step in enumerate(img.steps):
-            if step.creates_layer:
-                out.append(HostLayer(("planned", img.key, i), step.identity, step, position))
-            position += 1
-    return out
-
-
-def flat_layers(plan: Plan, app: str) -> list[HostLayer]:
-    return [HostLayer(("flat", app, h.position), h.content, h.step, h.position)
-            for h in planned_layers(plan, app)]
+    @property
+    def size(self) -> int:
+        return self.step.size or 0
 
 
 def app_steps(plan: Plan, app: str) -> list[Step]:
     return [s for img in plan.chain(plan.apps[app]) for s in img.steps]
 
 
-def changed_by(plan: Plan, app: str, layers: list[HostLayer], category: str) -> list[HostLayer]:
-    """Layers an update of `category` replaces in this app: from its first step of it upwards."""
+def app_layers(plan: Plan, app: str, variant: str = PLANNED, updated: str | None = None) -> list[HostLayer]:
+    """The app's layers, bottom first, after an update of category `updated` (None: as built)."""
     steps = app_steps(plan, app)
-    first = next((i for i, s in enumerate(steps) if s.category == category), None)
-    return [] if first is None else [h for h in layers if h.position >= first]
+    first = next((i for i, s in enumerate(steps) if s.category == updated), None) if updated else None
+    out: list[HostLayer] = []
+    chain = below = ""
+    for i, step in enumerate(steps):
+        changed = step.category == updated
+        rebuilt = first is not None and i >= first
+        content = sha256_text(step.identity, "updated" if changed else "")
+        below = sha256_text(below, content)      # everything the step ran on, as content
+        if not step.creates_layer:
+            continue
+        if variant == PLANNED:
+            blob = content if step.keyword in ("COPY", "ADD") else below
+        elif variant == TREE:   # shared where the tree shares, new on every rebuild
+            blob = sha256_text("tree", below, "rebuilt" if rebuilt else "")
+        else:   # a build of its own, not reproducible: a fresh blob per app and per rebuild
+            blob = sha256_text("flat", app, str(i), "rebuilt" if rebuilt else "")
+        chain = sha256_text(chain, blob)
+        out.append(HostLayer(chain, blob, content, step))
+    return out
 
 
-def _bytes(layers, key) -> int:
-    distinct = {key(h): h.step.size or 0 for h in layers}
-    return sum(distinct.values())
+def _bytes(layers: list[HostLayer], key) -> int:
+    return sum({key(h): h.size for h in layers}.values())
 
+
+def _count(layers: list[HostLayer], key) -> int:
+    return len({key(h) for h in layers})
+
+
+@dataclass
+class Pull:
+    """What one host downloads in one case."""
+    bytes: int
+    layers: int
+
+
+def pull_cost(plan: Plan, apps: tuple[str, ...], host_kind: str, variant: str,
+              *, updated: str | None = None, arriving: str | None = None) -> Pull:
+    """Bytes and layers a host running `apps` downloads:
+    cold (neither `updated` nor `arriving`), when `arriving` joins the others, or on an update."""
+    key = lambda h: h.key(host_kind)
+    if arriving:
+        held = {key(h) for a in apps if a != arriving for h in app_layers(plan, a, variant)}
+        new = [h for h in app_layers(plan, arriving, variant) if key(h) not in held]
+    elif updated:
+        held = {key(h) for a in apps for h in app_layers(plan, a, variant)}
+        new = [h for a in apps for h in app_layers(plan, a, variant, updated) if key(h) not in held]
+    else:
+        new = [h for a in apps for h in app_layers(plan, a, variant)]
+    return Pull(_bytes(new, key), _count(new, key))
+
+
+def floor_cost(plan: Plan, apps: tuple[str, ...], *, updated: str | None = None,
+               arriving: str | None = None) -> int:
+    """The least any scheme could send: content the host lacks, counted once."""
+    content = lambda h: h.content
+    if arriving:
+        held = {h.content for a in apps if a != arriving for h in app_layers(plan, a)}
+        return _bytes([h for h in app_layers(plan, arriving) if h.content not in held], content)
+    if updated:
+        return _bytes([h for a in apps for h in app_layers(plan, a, PLANNED, updated)
+                       if h.step.category == updated], content)
+    return _bytes([h for a in apps for h in app_layers(plan, a)], content)
+
+
+# ----------------------------------------------------------------------------- the plan summary
 
 @dataclass
 class Row:
     label: str
-    rate: float            # updates per month (0 for cold)
+    rate: float            # updates per month (0 for one-off cases)
     planned: int
     flat: int
     floor: int
@@ -74,70 +139,104 @@ class Scenario:
 
 @dataclass
 class CostSummary:
+    host_kind: str
     scenarios: list[Scenario]
     size_sources: dict[str, int]     # how many layers got their size from where
     unknown_layers: int
 
 
-def _host_rows(plan: Plan, host: tuple[str, ...]) -> list[Row]:
-    planned = {a: planned_layers(plan, a) for a in host}
-    flat = {a: flat_layers(plan, a) for a in host}
-    place = lambda h: h.place
-    content = lambda h: h.content
-    all_planned = [h for a in host for h in planned[a]]
-    all_flat = [h for a in host for h in flat[a]]
-    rows = [Row("cold pull", 0, _bytes(all_planned, place), _bytes(all_flat, place),
-                _bytes(all_planned, content))]
+def _rows(plan: Plan, hosts: list[tuple[str, ...]], host_kind: str, with_arrival: bool) -> list[Row]:
+    def total(**case) -> tuple[int, int, int]:
+        return (sum(pull_cost(plan, h, host_kind, PLANNED, **case).bytes for h in hosts),
+                sum(pull_cost(plan, h, host_kind, FLAT, **case).bytes for h in hosts),
+                sum(floor_cost(plan, h, **case) for h in hosts))
+
+    rows = [Row("cold pull", 0, *total())]
+    if with_arrival:
+        apps = hosts[0]
+        sums = [0, 0, 0]
+        for app in apps:
+            for i, v in enumerate(total(arriving=app)):
+                sums[i] += v
+        rows.append(Row("add one app (others present)", 0, *(v // len(apps) for v in sums)))
     for cat in plan.categories:
-        p = [h for a in host for h in changed_by(plan, a, planned[a], cat.name)]
-        f = [h for a in host for h in changed_by(plan, a, flat[a], cat.name)]
-        floor = [h for h in p if h.step.category == cat.name]
-        rows.append(Row(f"update {cat.name}", cat.changes_per_month,
-                        _bytes(p, place), _bytes(f, place), _bytes(floor, content)))
+        rows.append(Row(f"update {cat.name}", cat.changes_per_month, *total(updated=cat.name)))
     return rows
 
 
-def _add_rows(a: list[Row], b: list[Row]) -> list[Row]:
-    return [Row(x.label, x.rate, x.planned + y.planned, x.flat + y.flat, x.floor + y.floor)
-            for x, y in zip(a, b)]
-
-
-def _scenario(plan: Plan, name: str, hosts: list[tuple[str, ...]]) -> Scenario:
-    rows: list[Row] | None = None
-    for host in hosts:
-        host_rows = _host_rows(plan, host)
-        rows = host_rows if rows is None else _add_rows(rows, host_rows)
-    return Scenario(name, hosts, rows or [])
-
-
-def add_app_row(plan: Plan) -> Row:
-    """The seed's measurement: pull one more app onto a host that already runs the others
-    (averaged over the apps)."""
-    apps = sorted(plan.apps)
-    totals = [0, 0, 0]
-    for app in apps:
-        others = [a for a in apps if a != app]
-        have_p = {h.place for a in others for h in planned_layers(plan, a)}
-        have_c = {h.content for a in others for h in planned_layers(plan, a)}
-        new_p = [h for h in planned_layers(plan, app) if h.place not in have_p]
-        new_c = [h for h in planned_layers(plan, app) if h.content not in have_c]
-        totals[0] += _bytes(new_p, lambda h: h.place)
-        totals[1] += _bytes(flat_layers(plan, app), lambda h: h.place)
-        totals[2] += _bytes(new_c, lambda h: h.content)
-    n = len(apps)
-    return Row("add one app (others present)", 0, totals[0] // n, totals[1] // n, totals[2] // n)
-
-
-def summarize(plan: Plan) -> CostSummary:
-    apps = sorted(plan.apps)
-    per_app = _scenario(plan, "one host per app", [(a,) for a in apps])
-    shared = _scenario(plan, "all apps on one host", [tuple(apps)])
-    if len(apps) > 1:
-        shared.rows.insert(1, add_app_row(plan))
+def summarize(plan: Plan, host_kind: str = DOCKER) -> CostSummary:
+    apps = tuple(sorted(plan.apps))
+    per_app = Scenario("one host per app", [(a,) for a in apps])
+    per_app.rows = _rows(plan, per_app.hosts, host_kind, with_arrival=False)
+    shared = Scenario("all apps on one host", [apps])
+    shared.rows = _rows(plan, shared.hosts, host_kind, with_arrival=len(apps) > 1)
     sources: dict[str, int] = {}
     unknown = 0
     for img in plan.images:
         for s in img.layers:
             sources[s.size_source] = sources.get(s.size_source, 0) + 1
             unknown += s.size is None
-    return CostSummary([per_app, shared], dict(sorted(sources.items())), unknown)
+    return CostSummary(host_kind, [per_app, shared], dict(sorted(sources.items())), unknown)
+
+
+# ----------------------------------------------------------------------------- fleet simulation
+
+@dataclass(frozen=True)
+class EngineCosts:
+    """Fixed work per pull and per layer downloaded, beside the bytes."""
+    per_pull: float
+    per_layer: float
+    source: str          # "fleet file", "measured" or "assumed"
+
+
+# Used only when neither the fleet file nor a bench measurement gives them; said so in the output.
+ASSUMED_COSTS = EngineCosts(per_pull=0.3, per_layer=0.05, source="assumed")
+
+
+@dataclass
+class Estimate:
+    bytes: float = 0.0
+    seconds: float = 0.0
+    layers: float = 0.0
+
+    def add(self, pull: Pull, pulls: int, rate: float, bandwidth_bps: float, costs: EngineCosts) -> None:
+        self.bytes += rate * pull.bytes
+        self.layers += rate * pull.layers
+        if pull.layers:
+            self.seconds += rate * (pull.bytes * 8 / bandwidth_bps + pull.layers * costs.per_layer
+                                    + pulls * costs.per_pull)
+
+
+@dataclass
+class GroupResult:
+    name: str
+    count: int
+    apps: tuple[str, ...]
+    host_kind: str
+    bandwidth_bps: float
+    cold: dict[str, Estimate]        # variant -> one host's cold start
+    monthly: dict[str, Estimate]     # variant -> one host's updates in a month
+    floor_cold: int
+    floor_monthly: float
+    costs: EngineCosts
+
+
+def simulate_group(plans: dict[str, tuple[Plan, str]], name: str, count: int, apps: tuple[str, ...],
+                   host_kind: str, bandwidth_bps: float, rates: dict[str, float],
+                   costs: EngineCosts) -> GroupResult:
+    """One host of the group, per variant. `plans`: label -> (plan, variant rule)."""
+    cold: dict[str, Estimate] = {}
+    monthly: dict[str, Estimate] = {}
+    first_plan = next(iter(plans.values()))[0]
+    for label, (plan, variant) in plans.items():
+        cold[label] = Estimate()
+        cold[label].add(pull_cost(plan, apps, host_kind, variant), len(apps), 1, bandwidth_bps, costs)
+        monthly[label] = Estimate()
+        for category, rate in rates.items():
+            if rate:
+                pulls = sum(any(s.category == category for s in app_steps(plan, a)) for a in apps)
+                monthly[label].add(pull_cost(plan, apps, host_kind, variant, updated=category), pulls,
+                                   rate, bandwidth_bps, costs)
+    floor_monthly = sum(rate * floor_cost(first_plan, apps, updated=c) for c, rate in rates.items())
+    return GroupResult(name, count, apps, host_kind, bandwidth_bps, cold, monthly,
+                       floor_cost(first_plan, apps), floor_monthly, costs)

@@ -183,3 +183,97 @@ def build_table(results, decisions_by_key: dict) -> Table:
         t.add_row(r.key, f"[{colors.get(r.status, 'white')}]{r.status}[/]", why[:80],
                   f"{r.seconds:.1f}" if r.seconds else "", format_size(r.new_bytes) if r.new_bytes else "")
     return t
+
+
+# ----------------------------------------------------------------------------- simulate
+
+def _est(e, with_time: bool = True) -> str:
+    from .units import format_seconds
+    return f"{format_size(e.bytes)} / {format_seconds(e.seconds)}" if with_time else format_size(e.bytes)
+
+
+def simulate_tables(results, labels: list[str]) -> list[Table]:
+    from .units import format_seconds
+    tables = []
+    for part in ("cold", "monthly"):
+        title = ("cold start of one host" if part == "cold" else "updates per month, one host") + \
+                ": bytes / time"
+        t = Table(title=title, title_justify="left")
+        t.add_column("group (hosts × apps)")
+        t.add_column("kind, link")
+        for label in labels:
+            t.add_column(label, justify="right")
+        t.add_column("floor", justify="right")
+        for r in results:
+            est = getattr(r, part)
+            floor = r.floor_cold if part == "cold" else r.floor_monthly
+            t.add_row(f"{r.name} ({r.count} × {', '.join(r.apps)})",
+                      f"{r.host_kind}, {r.bandwidth_bps / 1e6:g} Mbit/s",
+                      *(_est(est[l]) for l in labels), format_size(floor))
+        t.add_section()
+        t.add_row("[bold]whole fleet[/] (bytes, host time)", "",
+                  *(f"{format_size(sum(getattr(r, part)[l].bytes * r.count for r in results))} / "
+                    f"{format_seconds(sum(getattr(r, part)[l].seconds * r.count for r in results))}"
+                    for l in labels),
+                  format_size(sum((r.floor_cold if part == 'cold' else r.floor_monthly) * r.count
+                                  for r in results)))
+        tables.append(t)
+    return tables
+
+
+def simulate_dict(results, labels: list[str], rates: dict) -> dict:
+    def est(e):
+        return {"bytes": round(e.bytes), "seconds": round(e.seconds, 3), "layers": round(e.layers, 3)}
+
+    return {
+        "rates": rates,
+        "groups": [
+            {"name": r.name, "count": r.count, "apps": list(r.apps), "host_kind": r.host_kind,
+             "bandwidth_bps": r.bandwidth_bps,
+             "engine_costs": {"per_pull": r.costs.per_pull, "per_layer": r.costs.per_layer,
+                              "source": r.costs.source},
+             "cold": {l: est(r.cold[l]) for l in labels}, "monthly": {l: est(r.monthly[l]) for l in labels},
+             "floor": {"cold": r.floor_cold, "monthly": round(r.floor_monthly)}}
+            for r in results
+        ],
+        "fleet": {
+            part: {l: round(sum(getattr(r, part)[l].bytes * r.count for r in results)) for l in labels}
+            for part in ("cold", "monthly")
+        },
+    }
+
+
+def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float]], unit: str = "bytes") -> str:
+    """A grouped bar chart as a small standalone SVG (no plotting library needed)."""
+    from xml.sax.saxutils import escape
+    colors = ["#8c8c8c", "#2b7bba", "#e08a2b", "#3a9c4a", "#b04a8c"]
+    width, height, left, bottom, top = 760, 360, 90, 60, 40
+    plot_w, plot_h = width - left - 20, height - top - bottom
+    peak = max((v for vs in series.values() for v in vs), default=0) or 1
+    n = len(series)
+    slot = plot_w / max(1, len(groups))
+    bar = slot * 0.8 / max(1, n)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{escape(title)}</text>',
+           f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>']
+    for tick in range(5):
+        v = peak * tick / 4
+        y = top + plot_h - plot_h * tick / 4
+        label = format_size(v) if unit == "bytes" else f"{v:.1f} s"
+        out.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{escape(label)}</text>')
+        out.append(f'<line x1="{left}" y1="{y}" x2="{left + plot_w}" y2="{y}" stroke="#ddd"/>')
+    for gi, group in enumerate(groups):
+        x0 = left + gi * slot + slot * 0.1
+        for si, (name, values) in enumerate(series.items()):
+            h = plot_h * values[gi] / peak
+            out.append(f'<rect x="{x0 + si * bar:.1f}" y="{top + plot_h - h:.1f}" width="{bar * 0.9:.1f}" '
+                       f'height="{h:.1f}" fill="{colors[si % len(colors)]}"/>')
+        out.append(f'<text x="{x0 + slot * 0.4:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+                   f'{escape(group)}</text>')
+    for si, name in enumerate(series):
+        x = left + si * 130
+        out.append(f'<rect x="{x}" y="{height - 22}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
+        out.append(f'<text x="{x + 16}" y="{height - 12}">{escape(name)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

@@ -106,7 +106,7 @@ def _first_text_line(node: yaml.Node) -> int:
     return line + 1 if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">") else line
 
 
-class _Lines:
+class Lines:
     def __init__(self, lines: dict, text_lines: dict):
         self._lines = lines
         self._text = text_lines
@@ -135,13 +135,13 @@ def _text_lines(node: yaml.Node, path: tuple, out: dict, depth: int = 0) -> None
             _text_lines(item, path + (i,), out, depth + 1)
 
 
-def _read_yaml(path: Path) -> tuple[Any, _Lines]:
+def read_yaml(path: Path) -> tuple[Any, "Lines"]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise UserError("stack file not found; pass the path to a layerwise.yaml", path) from None
+        raise UserError("file not found; check the path", path) from None
     except OSError as e:
-        raise UserError(f"cannot read the stack file: {e.strerror}", path) from None
+        raise UserError(f"cannot read the file: {e.strerror}", path) from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -157,7 +157,7 @@ def _read_yaml(path: Path) -> tuple[Any, _Lines]:
     if root is not None:
         _line_map(root, (), lines)
         _text_lines(root, (), texts)
-    return data, _Lines(lines, texts)
+    return data, Lines(lines, texts)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -188,13 +188,13 @@ def _explain(err: dict, path: tuple) -> str:
     return f"{where}: {err['msg']}"
 
 
-def _validate(data: Any, path: Path, lines: _Lines) -> StackSpec:
+def validate_model(model: type[BaseModel], data: Any, path: Path, lines: Lines, what: str):
+    """Validate loaded YAML against a pydantic model; the first problem becomes a file:line error."""
     if not isinstance(data, dict):
-        raise UserError("the stack file must be a mapping with registry, project, base, "
-                        "categories and apps", path, 1)
+        raise UserError(f"the file must be a mapping ({what})", path, 1)
     try:
         # Top-level `x-` keys hold YAML anchors for reuse, as in compose files.
-        return StackSpec.model_validate({k: v for k, v in data.items() if not str(k).startswith("x-")})
+        return model.model_validate({k: v for k, v in data.items() if not str(k).startswith("x-")})
     except ValidationError as e:
         err = e.errors()[0]
         where = _data_path(data, tuple(err["loc"]))
@@ -203,7 +203,7 @@ def _validate(data: Any, path: Path, lines: _Lines) -> StackSpec:
 
 # ----------------------------------------------------------------------------- steps
 
-def _category_texts(value: Any, where: tuple, path: Path, lines: _Lines) -> tuple[list[tuple[str, int | None]], int | None]:
+def _category_texts(value: Any, where: tuple, path: Path, lines: Lines) -> tuple[list[tuple[str, int | None]], int | None]:
     """Instruction texts (with their lines) and the size hint of one category value."""
     size = None
     if isinstance(value, dict):
@@ -294,8 +294,9 @@ def load_stack(path: str | Path) -> Stack:
     path = Path(path)
     if path.is_dir():
         path = path / "layerwise.yaml"
-    data, lines = _read_yaml(path)
-    spec = _validate(data, path, lines)
+    data, lines = read_yaml(path)
+    spec = validate_model(StackSpec, data, path, lines,
+                          "registry, project, base, categories and apps")
 
     names_seen: set[str] = set()
     for cat_index, cat in enumerate(spec.categories):

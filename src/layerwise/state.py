@@ -49,13 +49,14 @@ class State:
     path: Path
     images: dict[str, ImageRecord] = field(default_factory=dict)
     base_digest: str | None = None     # the OS base's digest at the last build
+    pull_costs: dict[str, dict[str, float]] = field(default_factory=dict)   # host kind -> measured
 
     def measured_sizes(self) -> dict[str, int]:
         """Step identity → compressed bytes of the layer it made, from every pushed image."""
         return {l.step: l.size for rec in self.images.values() for l in rec.layers}
 
     def save(self) -> None:
-        doc = {"schema": STATE_SCHEMA, "base_digest": self.base_digest,
+        doc = {"schema": STATE_SCHEMA, "base_digest": self.base_digest, "pull_costs": self.pull_costs,
                "images": {k: asdict(v) for k, v in sorted(self.images.items())}}
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -80,7 +81,7 @@ def load_state(stack_path: Path) -> State:
     for key, rec in doc.get("images", {}).items():
         layers = [LayerRecord(**l) for l in rec.pop("layers", [])]
         images[key] = ImageRecord(**rec, layers=layers)
-    return State(path, images, doc.get("base_digest"))
+    return State(path, images, doc.get("base_digest"), doc.get("pull_costs") or {})
 
 
 def with_measured_sizes(plan: Plan, sizes: dict[str, int]) -> Plan:

@@ -37,3 +37,42 @@ def format_size(n: int | float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(bit|bps|B)?(/s)?\s*$")
+_PREFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_rate(text: str | int | float) -> float:
+    """Bits per second from "100Mbit", "1Gbit/s", "12.5MB/s" (bytes) or a plain number of bits."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"a bandwidth must be positive: {text!r}")
+        return float(text)
+    m = _RATE.match(str(text))
+    if not m or float(m[1]) <= 0 or (m[3] is None and (m[2] or m[4])):
+        raise ValueError(f"not a bandwidth: {text!r} (write e.g. 100Mbit, 1Gbit or 12.5MB/s)")
+    return float(m[1]) * _PREFIX[m[2].lower()] * (8 if m[3] == "B" else 1)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|)\s*$")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds from "50ms", "0.3s" or a plain number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"a duration cannot be negative: {text!r}")
+        return float(text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (write e.g. 50ms or 0.3s)")
+    return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+
+
+def format_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{s / 3600:.1f} h"
