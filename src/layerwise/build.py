@@ -27,7 +27,8 @@ from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
 from .registry import DOCKER_MANIFEST, Manifest, Registry, is_loopback, split_reference
 from .spec import Stack
-from .state import ImageRecord, LayerRecord, State
+from .planner import build_plan
+from .state import ImageRecord, LayerRecord, State, load_state
 
 BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -353,6 +354,27 @@ class Builder:
             self.state.images[img.key] = record
             self._digests[img.key] = manifest.digest
         return manifest.digest, sum(l.size for l in record.layers)
+
+
+def build_family(stack: Stack, *, push: bool, parallel: int = 2, only: list[str] | None = None,
+                 no_cache: bool = False, progress: Progress | None = None,
+                 dry_run: bool = False) -> tuple[Plan, list[Decision], list[Result]]:
+    """Plan, decide and (unless dry_run) build the family; the state file is updated."""
+    check_buildable(build_plan(stack), stack)          # before anything reaches the daemon
+    state = load_state(stack.path)
+    engine, registry = connect(stack, push)
+    try:
+        state.base_digest = resolve_base(engine, stack)
+        plan = build_plan(stack, state.base_digest)
+        builder = Builder(stack, plan, state, engine, registry, parallel=parallel, no_cache=no_cache,
+                          progress=progress)
+        decisions = decide(plan, builder.present(), state, select(plan, only))
+        results = [] if dry_run else builder.run(decisions)
+    finally:
+        if registry:
+            registry.close()
+        engine.close()
+    return plan, decisions, results
 
 
 def _reporting_chunks(f, total: int, report: Callable[[int, int], None], size: int = 1 << 20):

@@ -88,20 +88,19 @@ def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run
 
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
               dry_run: bool = False, no_cache: bool = False, as_json: bool = False) -> int:
-    from .build import Builder, check_buildable, connect, decide, resolve_base, select
+    from .build import build_family
 
     loaded = load_stack(stack)
-    check_buildable(build_plan(loaded), loaded)          # before anything reaches the daemon
-    state = load_state(loaded.path)
     out = console()
     progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))
     started = time.monotonic()
-    engine, registry = connect(loaded, push)
-    state.base_digest = resolve_base(engine, loaded)
-    the_plan = build_plan(loaded, state.base_digest)
-    builder = Builder(loaded, the_plan, state, engine, registry, parallel=parallel, no_cache=no_cache,
-                      progress=progress)
-    decisions = decide(the_plan, builder.present(), state, select(the_plan, only))
+    if isinstance(progress, RichProgress) and not dry_run:
+        with progress:
+            the_plan, decisions, results = build_family(loaded, push=push, parallel=parallel, only=only,
+                                                        no_cache=no_cache, progress=progress)
+    else:
+        the_plan, decisions, results = build_family(loaded, push=push, parallel=parallel, only=only,
+                                                    no_cache=no_cache, progress=progress, dry_run=dry_run)
     by_key = {d.key: d for d in decisions}
     if dry_run:
         if as_json:
@@ -110,11 +109,6 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
             for d in decisions:
                 out.print(f"{d.action:<12} {d.key:<36} {d.reason}", highlight=False, markup=False)
         return 0
-    if isinstance(progress, RichProgress):
-        with progress:
-            results = builder.run(decisions)
-    else:
-        results = builder.run(decisions)
     seconds = time.monotonic() - started
     counts = {s: sum(r.status == s for r in results)
               for s in ("built", "skipped", "failed", "not attempted", "not selected")}
