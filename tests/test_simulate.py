@@ -90,7 +90,7 @@ def test_hand_made_tree_is_compared(files):
 FLEET_ERRORS = {
     "unknown app": ("groups:\n  g: {apps: [a, zz]}\n", 2, "'zz', which is not an app"),
     "negative count": ("groups:\n  g: {count: -3, apps: [a]}\n", 2, "greater than or equal to 0"),
-    "bad bandwidth unit": ("bandwidth: 10 furlongs\ngroups:\n  g: {apps: [a]}\n", 1, "not a bandwidth"),
+    "bad bandwidth unit": ("bandwidth: 10 furlongs\ngroups:\n  g: {apps: [a]}\n", 1, "bandwidth"),
     "bad group bandwidth": ("groups:\n  g: {apps: [a], bandwidth: fast}\n", 2, "not a bandwidth"),
     "unknown category": ("groups:\n  g: {apps: [a]}\nupdates: {nope: 1}\n", 3, "not a category"),
     "unknown key": ("groups:\n  g: {apps: [a], size: 3}\n", 2, "unknown key 'groups.g.size'"),

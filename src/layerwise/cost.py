@@ -240,3 +240,42 @@ def simulate_group(plans: dict[str, tuple[Plan, str]], name: str, count: int, ap
     floor_monthly = sum(rate * floor_cost(first_plan, apps, updated=c) for c, rate in rates.items())
     return GroupResult(name, count, apps, host_kind, bandwidth_bps, cold, monthly,
                        floor_cost(first_plan, apps), floor_monthly, costs)
+
+
+# ----------------------------------------------------------------------------- real pulls
+
+def predict_pulls(pulls: list, held: list, host_kind: str) -> Pull:
+    """Bytes and layers a host downloads to pull the images `pulls` (registry manifests, in order)
+    while holding `held`: manifests and configs, and every layer its rule does not let it reuse.
+
+    Exact where the cost model estimates: digests and sizes come from the registry.
+    """
+    chains: set[str] = set()
+    blobs: set[str] = set()
+
+    def walk(manifest):
+        chain = ""
+        for layer in manifest.layers:
+            chain = sha256_text(chain, layer.digest)
+            yield layer, chain
+
+    for m in held:
+        for layer, chain in walk(m):
+            chains.add(chain)
+            blobs.add(layer.digest)
+    total = Pull(0, 0)
+    for m in pulls:
+        total.bytes += len(m.raw) + m.config_size
+        missed = False
+        for layer, chain in walk(m):
+            if host_kind == DOCKER:
+                missed = missed or chain not in chains   # from the first miss on, everything
+                fetch = missed
+            else:
+                fetch = layer.digest not in blobs
+            if fetch:
+                total.bytes += layer.size
+                total.layers += 1
+            chains.add(chain)
+            blobs.add(layer.digest)
+    return total

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import UserError
 from .model import Plan
 from .spec import read_yaml, validate_model
-from .units import parse_duration, parse_rate
+from .units import parse_duration, parse_bandwidth
 
 
 class GroupSpec(BaseModel):
@@ -71,14 +71,14 @@ def load_fleet(path: str | Path, plan: Plan) -> Fleet:
         except ValueError as e:
             raise UserError(str(e), path, lines.at(where)) from None
 
-    default_bw = parsed(parse_rate, spec.bandwidth, ("bandwidth",))
+    default_bw = parsed(parse_bandwidth, spec.bandwidth, ("bandwidth",))
     groups = []
     for name, g in spec.groups.items():
         for i, app in enumerate(g.apps):
             if app not in plan.apps:
                 raise UserError(f"group {name!r} runs {app!r}, which is not an app of the stack file "
                                 f"(apps: {', '.join(sorted(plan.apps))})", path, lines.at(("groups", name, "apps", i)))
-        bw = parsed(parse_rate, g.bandwidth, ("groups", name, "bandwidth")) if g.bandwidth is not None else default_bw
+        bw = parsed(parse_bandwidth, g.bandwidth, ("groups", name, "bandwidth")) if g.bandwidth is not None else default_bw
         groups.append(HostGroup(name, g.count, tuple(sorted(set(g.apps))), bw, g.host_kind or spec.host_kind))
     categories = {c.name for c in plan.categories}
     for cat, rate in spec.updates.items():

@@ -36,6 +36,7 @@ class Manifest:
     raw: bytes
     config_digest: str | None
     layers: tuple[Layer, ...]
+    config_size: int = 0
 
     @property
     def total_size(self) -> int:
@@ -118,8 +119,8 @@ class Registry:
             raise UserError(f"{what} has a manifest of unknown media type {media_type!r}")
         layers = tuple(Layer(l["digest"], int(l["size"]), l.get("mediaType", ""))
                        for l in doc.get("layers", []))
-        config = doc.get("config", {}).get("digest")
-        return Manifest(digest, media_type, raw, config, layers)
+        config = doc.get("config", {})
+        return Manifest(digest, media_type, raw, config.get("digest"), layers, int(config.get("size", 0)))
 
     def put_manifest(self, name: str, ref: str, manifest: Manifest) -> str:
         """Point `ref` at exactly this manifest (same bytes, so the same digest)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {
@@ -39,20 +40,54 @@ def format_size(n: int | float | None) -> str:
     return f"{n:.1f} TB"
 
 
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(bit|bps|B)?(/s)?\s*$")
-_PREFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+_PREFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_BANDWIDTH = re.compile(r"^\s*(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[A-Za-z]*)"
+                        r"\s*(?P<per>/\s*s(?:ec)?)?\s*$")
+_BITS = re.compile(r"^(?P<prefix>[kmgt]i?)?bits?$", re.IGNORECASE)
+_BYTES = re.compile(r"^(?P<prefix>[kKmMgGtT]i?)?B$")          # capital B only: "Mb" is a bit elsewhere
 
 
-def parse_rate(text: str | int | float) -> float:
-    """Bits per second from "100Mbit", "1Gbit/s", "12.5MB/s" (bytes) or a plain number of bits."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError(f"a bandwidth must be positive: {text!r}")
-        return float(text)
-    m = _RATE.match(str(text))
-    if not m or float(m[1]) <= 0 or (m[3] is None and (m[2] or m[4])):
-        raise ValueError(f"not a bandwidth: {text!r} (write e.g. 100Mbit, 1Gbit or 12.5MB/s)")
-    return float(m[1]) * _PREFIX[m[2].lower()] * (8 if m[3] == "B" else 1)
+def parse_bandwidth(text: str | int | float) -> float:
+    """Bits per second from "100Mbit", "100mbit/s", "1Gbit", "800kbit", "12.5MB/s" (bytes, x8),
+    "10MiB/s" or a plain number (bits/s). ValueError on anything else.
+
+    "Mbps", "Mb/s" and "mb" are refused on purpose: tools disagree on whether they mean bits or
+    bytes (Linux tc reads "mbps" as megaBYTES), and a silent factor of 8 would spoil a benchmark.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not a bandwidth: {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        s = str(text).strip()
+        if s.startswith("-"):
+            raise ValueError(f"a bandwidth cannot be negative: {text!r}")
+        match = _BANDWIDTH.match(s)
+        if not match:
+            raise ValueError(f"not a bandwidth: {text!r} (write e.g. 100Mbit, 1Gbit/s, 12.5MB/s or 800000)")
+        unit = match["unit"]
+        if not unit:
+            factor = 1                                            # plain number: bits per second
+        elif m := _BITS.match(unit):
+            factor = _PREFIX[(m["prefix"] or "").lower()]
+        elif m := _BYTES.match(unit):
+            factor = 8 * _PREFIX[(m["prefix"] or "").lower()]
+        elif re.fullmatch(r"[kmgt]?i?(b|bps)", unit, re.IGNORECASE):
+            raise ValueError(f"ambiguous bandwidth unit {unit!r} in {text!r}: write "
+                             f"{unit[:-3] if unit.lower().endswith('bps') else unit[:-1]}bit/s for bits "
+                             f"or {unit[:1].upper() if len(unit) > 1 else ''}B/s for bytes per second")
+        else:
+            raise ValueError(f"unknown bandwidth unit {unit!r} in {text!r} "
+                             f"(use bit, kbit, Mbit, Gbit for bits or B, kB, MB, GB, MiB for bytes per second)")
+        value = float(match["num"]) * factor
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"not a bandwidth: {text!r}")
+    if value < 0:
+        raise ValueError(f"a bandwidth cannot be negative: {text!r}")
+    if value == 0:
+        raise ValueError(f"a bandwidth must be more than zero: {text!r} (leave it unset for no limit)")
+    return value
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|)\s*$")
