@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from . import __version__
 from .cost import summarize
 from .errors import ServiceDown, UserError
 from .generate import generate as generate_family
 from .planner import build_plan
-from .report import (PlainProgress, RichProgress, bar_chart_svg, build_table, console, cost_dict,
-                     cost_tables, plan_tree, simulate_dict, simulate_tables, size_note)
+from .report import (PlainProgress, RichProgress, bar_chart_svg, bench_dict, bench_summary, bench_table,
+                     build_table, console, cost_dict, cost_tables, plan_tree, simulate_dict,
+                     simulate_tables, size_note)
 from .spec import load_stack
 from .state import load_state, with_measured_sizes
 
@@ -187,6 +190,65 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
                            f"layer ({r.costs.source})" for r in results})
     out.print(f"[dim]{size_note(summarize(the_plan))} Engine costs: {'; '.join(engine_costs)}."
               + (f" Chart: {chart}" if chart else "") + "[/]")
+
+
+@app.group()
+def bench() -> None:
+    """Measure what the layering saves, for real."""
+
+
+@bench.command("pull")
+@STACK_ARG
+@click.option("--bandwidth", default="100Mbit", show_default=True,
+              help="The link hosts pull through (a throttling proxy on loopback).")
+@click.option("--host-kind", "host_kinds", type=click.Choice(["docker", "containerd", "both"]),
+              default="both", show_default=True, help="Which kind of host to pull on.")
+@click.option("--no-updates", is_flag=True, help="Only cold and warm pulls, no update per category.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Folder for the table, JSON and chart (default: bench-pull/ beside the stack file).")
+@JSON_OPT
+def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates: bool,
+                       output: Path | None, as_json: bool) -> None:
+    """Real pulls on a Docker Engine host and a containerd host: cold vs warm, layered vs flat,
+    and after an update of each category; measured bytes beside the cost model's prediction."""
+    from .units import parse_bandwidth
+    try:
+        bps = parse_bandwidth(bandwidth)
+    except ValueError as e:
+        raise UserError(f"--bandwidth: {e}") from None
+    report = run_bench_pull(stack, bps, ["docker", "containerd"] if host_kinds == "both" else [host_kinds],
+                            updates=not no_updates, output=output, quiet=as_json)
+    if as_json:
+        print(json.dumps(bench_dict(report), indent=2, sort_keys=True))
+
+
+def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
+                   quiet: bool = False):
+    from .bench import bench_pull
+
+    out = console()
+    say = (lambda line: None) if quiet else (lambda line: out.print(line, highlight=False, markup=False))
+    loaded = load_stack(stack)
+    report = bench_pull(loaded.path, bps, kinds, updates=updates, say=say)
+    folder = output or loaded.root / "bench-pull"
+    folder.mkdir(parents=True, exist_ok=True)
+    table_console = Console(width=140, record=True, file=io.StringIO(), color_system=None)
+    table_console.print(bench_table(report))
+    for line in bench_summary(report):
+        table_console.print(line, highlight=False, markup=False)
+    write_atomically(folder / "bench-pull.txt", table_console.export_text())
+    write_atomically(folder / "bench-pull.json", json.dumps(bench_dict(report), indent=2, sort_keys=True) + "\n")
+    kinds_seen = sorted({c.host_kind for c in report.cases})
+    labels = [f"{c.variant} {c.name}" for c in report.cases if c.host_kind == kinds_seen[0]]
+    series = {k: [c.seconds for c in report.cases if c.host_kind == k] for k in kinds_seen}
+    write_atomically(folder / "bench-pull.svg", bar_chart_svg(
+        f"pull time through {bps / 1e6:g} Mbit/s", labels, series, unit="seconds"))
+    if not quiet:
+        out.print(bench_table(report))
+        for line in bench_summary(report):
+            out.print(line, highlight=False, markup=False)
+        out.print(f"table, JSON and chart in {folder}/")
+    return report
 
 
 @app.command()

@@ -277,3 +277,47 @@ def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float]],
         out.append(f'<text x="{x + 16}" y="{height - 12}">{escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- bench pull
+
+def bench_table(report) -> Table:
+    from .units import format_seconds
+    t = Table(title=f"real pulls through {report.bandwidth_bps / 1e6:g} Mbit/s", title_justify="left")
+    for col, just in (("host", "left"), ("family", "left"), ("case", "left"), ("time", "right"),
+                      ("measured", "right"), ("predicted", "right"), ("error", "right"),
+                      ("layers", "right"), ("changed content", "right")):
+        t.add_column(col, justify=just)
+    for c in report.cases:
+        t.add_row(c.host_kind, c.variant, c.name, format_seconds(c.seconds), format_size(c.measured),
+                  format_size(c.predicted), f"{100 * c.error:+.2f}%", str(c.layers),
+                  format_size(c.floor) if c.floor is not None else "")
+    return t
+
+
+def bench_summary(report) -> list[str]:
+    """The seed's comparison: warm vs cold, layered vs flat, per host kind."""
+    lines = []
+    for kind in sorted({c.host_kind for c in report.cases}):
+        cases = {(c.variant, c.name.split()[0]): c for c in report.cases if c.host_kind == kind}
+        for variant in ("layered", "flat"):
+            cold, warm = cases.get((variant, "cold")), cases.get((variant, "warm"))
+            if cold and warm and cold.seconds:
+                lines.append(f"{kind}, {variant}: warm pull {warm.seconds:.1f} s vs cold {cold.seconds:.1f} s "
+                             f"(ratio {warm.seconds / cold.seconds:.2f}; bytes {format_size(warm.measured)} "
+                             f"vs {format_size(cold.measured)})")
+    for kind, costs in sorted(report.engine_costs.items()):
+        lines.append(f"{kind}: fixed cost {costs['per_pull']:.2f} s per pull, {costs['per_layer']:.3f} s per "
+                     "layer (fitted to these pulls; `layerwise simulate` uses it)")
+    return lines
+
+
+def bench_dict(report) -> dict:
+    return {
+        "bandwidth_bps": report.bandwidth_bps,
+        "engine_costs": report.engine_costs,
+        "cases": [{"host_kind": c.host_kind, "variant": c.variant, "case": c.name, "pulls": c.pulls,
+                   "seconds": round(c.seconds, 3), "measured_bytes": c.measured, "header_bytes": c.headers,
+                   "predicted_bytes": c.predicted, "error": round(c.error, 6), "layers": c.layers,
+                   "changed_bytes": c.floor} for c in report.cases],
+    }

@@ -1,0 +1,292 @@
+"""`layerwise bench pull`: real pulls through a bandwidth-limited loopback link.
+
+Builds (or reuses) the planned family and a *flat* variant of the same apps (each app its own build
+from the OS base, no shared cache, pushed by the engine as teams do without a plan), and one updated
+family per category. Then, on a Docker Engine host and a containerd host of their own (`hosts`),
+pulls through a throttling proxy in front of the registry (`throttle`) and records per case the
+bytes that crossed the link, the bytes the cost model predicted from the manifests, and the time.
+Every process it starts is stopped on the way out, Ctrl-C included; the registry is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import contexts
+from .build import build_family, connect, resolve_base
+from .cost import CONTAINERD, DOCKER, predict_pulls
+from .dockerfiles import render_dockerfile
+from .errors import UserError
+from .model import Plan, sha256_text
+from .planner import build_plan
+from .registry import Manifest, Registry, split_reference
+from .spec import Stack, load_stack
+from .state import load_state
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Case:
+    name: str
+    variant: str            # layered | flat
+    host_kind: str
+    pulls: list[str]        # image refs pulled (registry names)
+    predicted: int = 0      # bytes: manifests, configs and the layers the host's rule fetches
+    measured: int = 0       # bytes that crossed the link (HTTP bodies; headers apart)
+    headers: int = 0        # HTTP header bytes that crossed the link
+    seconds: float = 0.0
+    layers: int = 0         # layers the host downloaded (predicted)
+    floor: int | None = None  # bytes of the content that changed (update cases)
+
+    @property
+    def error(self) -> float:
+        return (self.measured - self.predicted) / self.measured if self.measured else 0.0
+
+
+@dataclass
+class BenchReport:
+    bandwidth_bps: float
+    cases: list[Case] = field(default_factory=list)
+    engine_costs: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- the images
+
+def _name_tag(ref: str) -> tuple[str, str]:
+    _, name, tag = split_reference(ref)
+    return name, tag
+
+
+def flat_refs(plan: Plan) -> dict[str, str]:
+    """Where the flat variant of each app lives: <registry>/<project>-flat/<app>:latest."""
+    return {app: f"{plan.registry}/{plan.project}-flat/{app}:latest" for app in plan.apps}
+
+
+def build_flat(stack: Stack, plan: Plan, say: Say) -> dict[str, str]:
+    """Each app in one Dockerfile from the OS base, built alone without cache and pushed by the
+    engine: identical content in two apps gets different digests, as in the seed's Fig. 3/5.
+    Skipped when the registry already holds it for this content (tag lw-flat-<fingerprint>)."""
+    engine, registry = connect(stack, push=True)
+    refs = flat_refs(plan)
+    try:
+        if engine.inspect(plan.base) is None:
+            host, name, ref = split_reference(plan.base)
+            engine.pull(f"{host}/{name}", ref)
+        for app, ref in sorted(refs.items()):
+            repo = ref.rsplit(":", 1)[0]
+            name, _ = _name_tag(ref)
+            fp_tag = "lw-flat-" + sha256_text("flat", plan.image(plan.apps[app]).fingerprint)[:16]
+            if registry.manifest_digest(name, fp_tag):
+                say(f"flat {app}: present ({fp_tag})")
+                if registry.manifest_digest(name, "latest") != registry.manifest_digest(name, fp_tag):
+                    registry.put_manifest(name, "latest", registry.manifest(name, fp_tag))
+                continue
+            steps = [s for img in plan.chain(plan.apps[app]) for s in img.steps]
+            with tempfile.TemporaryDirectory(prefix="layerwise-flat-") as tmp:
+                for s in steps:
+                    contexts.copy_reproducibly(stack.root.resolve(), list(s.sources), Path(tmp))
+                (Path(tmp) / "Dockerfile").write_text(render_dockerfile(
+                    plan.base, [(s.category, s.instruction) for s in steps],
+                    [f"flat variant of {app}: every step from the OS base, one build"]))
+                started = time.monotonic()
+                engine.build(Path(tmp), f"{repo}:{fp_tag}", {}, nocache=True)
+            engine.push(repo, fp_tag)
+            engine.tag(f"{repo}:{fp_tag}", repo, "latest")
+            engine.push(repo, "latest")
+            say(f"flat {app}: built and pushed in {time.monotonic() - started:.1f} s")
+    finally:
+        registry.close()
+        engine.close()
+    return refs
+
+
+def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
+    """A copy of the stack whose `category` changed in every app, under names of its own.
+
+    COPY sources of the category get new content (a file added to a folder, bytes appended to a
+    file); a category without COPY gets one more RUN. Everything else stays byte-identical.
+    """
+    # Hard links keep a copy of a large context cheap; a file about to change is unlinked first.
+    shutil.copytree(stack.root, dest, copy_function=os.link,
+                    ignore=shutil.ignore_patterns("layerwise.state.json", ".*.tmp-*"))
+    doc = yaml.safe_load(stack.path.read_text())
+    prefix = f"{stack.project}-upd-{category}"
+    doc["project"] = prefix
+    for key, entry in (doc.get("images") or {}).items():
+        entry["name"] = f"{prefix}/{entry['name']}"
+    touched: set[str] = set()
+    for app, steps in stack.apps.items():
+        copies = [s for s in steps if s.category == category and s.sources]
+        for step in copies:
+            for rel in step.sources:
+                if rel in touched:
+                    continue
+                touched.add(rel)
+                target = dest / rel
+                if target.is_dir():
+                    (target / "layerwise-update.txt").write_text(f"update of {category}\n")
+                else:
+                    shutil.copy2(target, target.with_name(target.name + ".lw-tmp"))
+                    os.replace(target.with_name(target.name + ".lw-tmp"), target)
+                    with open(target, "ab") as f:
+                        f.write(f"\n# layerwise bench: update of {category}\n".encode())
+        if not copies and any(s.category == category for s in steps):
+            value = doc["apps"][app][category]
+            if isinstance(value, dict):
+                value = dict(value, steps=_as_list(value["steps"]) + [_update_run(category)])
+            else:
+                value = _as_list(value) + [_update_run(category)]
+            doc["apps"][app][category] = value
+    path = dest / stack.path.name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _update_run(category: str) -> str:
+    return f"RUN echo 'update of {category}' > /etc/layerwise-update-{category}"
+
+
+# ----------------------------------------------------------------------------- the pulls
+
+def _manifests(registry: Registry, refs: list[str]) -> list[Manifest]:
+    return [registry.manifest(*_name_tag(r)) for r in refs]
+
+
+def _via(proxy_port: int, ref: str) -> str:
+    name, tag = _name_tag(ref)
+    return f"localhost:{proxy_port}/{name}:{tag}"
+
+
+def run_cases(host, proxy, registry: Registry, cases: list[Case], setups: dict[str, list[str]],
+              say: Say) -> None:
+    """Each case on a cold host: setup pulls straight from the registry, measured pulls through
+    the throttled proxy."""
+    for case in cases:
+        host.wipe()
+        held = setups.get(case.name + "/" + case.variant, [])
+        for ref in held:
+            host.pull(ref)
+        case.predicted, case.layers = (lambda p: (p.bytes, p.layers))(
+            predict_pulls(_manifests(registry, case.pulls), _manifests(registry, held), host.kind))
+        proxy.reset_counters()
+        case.seconds = sum(host.pull(_via(proxy.port, ref)) for ref in case.pulls)
+        traffic = proxy.reset_counters()
+        case.measured = traffic.body_down
+        case.headers = traffic.bytes_down - traffic.body_down
+        say(f"{host.kind:<10} {case.variant:<7} {case.name:<28} {case.seconds:6.1f} s  "
+            f"{case.measured:>12,} B measured, {case.predicted:>12,} B predicted")
+
+
+def fit_engine_costs(cases: list[Case], bandwidth_bps: float) -> dict[str, float]:
+    """Least squares for the fixed work per pull and per layer: seconds − bytes/bandwidth."""
+    rows = [(len(c.pulls), c.layers, c.seconds - c.measured * 8 / bandwidth_bps) for c in cases]
+    spp = sum(p * p for p, _, _ in rows)
+    spl = sum(p * l for p, l, _ in rows)
+    sll = sum(l * l for _, l, _ in rows)
+    spr = sum(p * r for p, _, r in rows)
+    slr = sum(l * r for _, l, r in rows)
+    det = spp * sll - spl * spl
+    if det <= 0:
+        per_pull, per_layer = (spr / spp if spp else 0.0), 0.0
+    else:
+        per_pull = (spr * sll - slr * spl) / det
+        per_layer = (spp * slr - spl * spr) / det
+    if per_layer < 0:
+        per_layer, per_pull = 0.0, spr / spp if spp else 0.0
+    if per_pull < 0:
+        per_pull, per_layer = 0.0, slr / sll if sll else 0.0
+    return {"per_pull": round(max(0.0, per_pull), 4), "per_layer": round(max(0.0, per_layer), 4)}
+
+
+def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
+               updates: bool = True, say: Say = print) -> BenchReport:
+    from .hosts import ContainerdHost, DockerHost
+    from .throttle import ThrottledProxy
+
+    stack = load_stack(stack_path)
+    say("building the planned family (layerwise build --push)")
+    plan, _, results = build_family(stack, push=True)
+    failed = [r.key for r in results if r.status not in ("built", "skipped")]
+    if failed:
+        raise UserError(f"the family did not build ({', '.join(failed)}); run layerwise build to see why")
+    apps = sorted(plan.apps)
+    layered = {a: plan.image(plan.apps[a]).ref for a in apps}
+    say("building the flat variant")
+    flat = build_flat(stack, plan, say)
+
+    first, second = apps[0], apps[-1]
+    cases = [Case(f"cold {second}", "layered", "", [layered[second]]),
+             Case(f"cold {second}", "flat", "", [flat[second]])]
+    setups: dict[str, list[str]] = {}
+    if first != second:
+        warm = f"warm {second} (has {first})"
+        cases += [Case(warm, "layered", "", [layered[second]]), Case(warm, "flat", "", [flat[second]])]
+        setups[warm + "/layered"] = [layered[first]]
+        setups[warm + "/flat"] = [flat[first]]
+
+    work = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
+    try:
+        if updates:
+            for cat in plan.categories:
+                if not any(s.category == cat.name for img in plan.images for s in img.steps):
+                    continue
+                say(f"building the family after an update of {cat.name}")
+                upd_path = updated_stack(stack, cat.name, work / f"upd-{cat.name}")
+                upd_stack = load_stack(upd_path)
+                upd_plan, _, upd_results = build_family(upd_stack, push=True)
+                if any(r.status not in ("built", "skipped") for r in upd_results):
+                    raise UserError(f"the family updated in {cat.name} did not build")
+                name = f"update {cat.name}"
+                case = Case(name, "layered", "", [upd_plan.image(upd_plan.apps[a]).ref for a in apps])
+                case.floor = _changed_bytes(upd_plan, upd_stack, cat.name)
+                cases.append(case)
+                setups[name + "/layered"] = [layered[a] for a in apps]
+
+        report = BenchReport(bandwidth_bps)
+        with Registry(split_reference(stack.registry + "/x")[0]) as registry:
+            host_of = {DOCKER: DockerHost, CONTAINERD: ContainerdHost}
+            with ThrottledProxy(target=_loopback(stack.registry), bandwidth_bps=bandwidth_bps) as proxy:
+                for kind in host_kinds:
+                    kind_cases = [Case(c.name, c.variant, kind, c.pulls, floor=c.floor) for c in cases]
+                    say(f"pulling on a {kind} host through {bandwidth_bps / 1e6:g} Mbit/s")
+                    with host_of[kind]() as host:
+                        run_cases(host, proxy, registry, kind_cases, setups, say)
+                    report.cases += kind_cases
+                    report.engine_costs[kind] = fit_engine_costs(kind_cases, bandwidth_bps)
+        state = load_state(stack.path)
+        state.pull_costs.update(report.engine_costs)
+        state.save()
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _changed_bytes(plan: Plan, stack: Stack, category: str) -> int:
+    """Compressed bytes of the content that changed: the category's own layers, counted once."""
+    sizes = load_state(stack.path).measured_sizes()
+    seen: dict[str, int] = {}
+    for img in plan.images:
+        for s in img.layers:
+            if s.category == category:
+                seen[s.identity] = sizes.get(s.identity, s.size or 0)
+    return sum(seen.values())
+
+
+def _loopback(registry: str) -> tuple[str, int]:
+    host, _, port = registry.partition(":")
+    if host not in ("localhost", "127.0.0.1"):
+        raise UserError(f"bench pull needs the registry on loopback, not {registry}")
+    return "127.0.0.1", int(port or 80)
