@@ -254,8 +254,11 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
 @app.command()
 @click.option("-o", "--output", type=click.Path(path_type=Path), default="demo-out", show_default=True,
               help="Where to generate the family.")
-def demo(output: Path) -> None:
-    """The seed article's App1/App2 example end to end: plan, generate, tree and savings."""
+@click.option("--bandwidth", default="200Mbit", show_default=True,
+              help="The link the demo's real pulls go through.")
+def demo(output: Path, bandwidth: str) -> None:
+    """The seed article's App1/App2 example end to end: plan, generate, build, push, run, then real
+    pulls warm vs cold on a Docker Engine host, layered vs flat."""
     if not SEED_STACK.exists():
         raise UserError("the seed example is not here (layerwise demo runs from a checkout of "
                         "the repository)", SEED_STACK)
@@ -271,6 +274,7 @@ def demo(output: Path) -> None:
     out_console.print(f"Generated {len(the_plan.images)} image folders, docker-bake.hcl and CODEOWNERS "
                       f"in {out}\n")
     code = 0
+    built = False
     try:
         out_console.print("[bold]Building and pushing it[/] (layerwise build --push)")
         code = run_build(SEED_STACK, push=True)
@@ -281,12 +285,18 @@ def demo(output: Path) -> None:
                 ref = the_plan.image(key).ref
                 out_console.print(f"$ docker run --network none {ref}\n"
                                   f"{engine.run(ref).rstrip()}", highlight=False, markup=False)
+            built = True
         state = load_state(loaded.path)
         the_plan = with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes())
     except ServiceDown as e:
         out_console.print(f"[yellow]Not building: {e}[/]\nThe tree and savings below use size hints.")
     out_console.print()
     _print_plan(the_plan, summarize(the_plan))
+    if built:
+        from .units import parse_bandwidth
+        out_console.print(f"\n[bold]Real pulls, as in the seed's measurement[/] (layerwise bench pull "
+                          f"--host-kind docker --no-updates --bandwidth {bandwidth})")
+        run_bench_pull(SEED_STACK, parse_bandwidth(bandwidth), ["docker"], updates=False, output=None)
     sys.exit(code)
 
 

@@ -1,0 +1,181 @@
+"""The bench pull hosts (layerwise.hosts): a dockerd and a containerd of their own, for real.
+
+Each integration test starts a daemon of its own under a temporary directory, pulls a 1 MB image
+from the loopback registry, wipes, pulls again and stops; the main Docker Engine must not notice.
+"""
+
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from layerwise.errors import ServiceDown, UserError
+from layerwise.hosts import (ContainerdHost, DockerHost, _alive, _which, loopback_reference,
+                             mounts_under, normalized)
+from layerwise.registry import Registry
+
+REGISTRY = "localhost:5000"
+REF = f"{REGISTRY}/os/busybox:latest"
+MAIN_SOCKET = "/var/run/docker.sock"
+
+
+# -- no daemon needed ------------------------------------------------------------------------------
+
+def test_only_loopback_registries_are_pulled_from():
+    assert normalized("localhost:5000/os/busybox") == "localhost:5000/os/busybox:latest"
+    assert normalized("127.0.0.1:5000/a/b:1") == "127.0.0.1:5000/a/b:1"
+    assert normalized("localhost:5000/a@sha256:" + "0" * 64) == "localhost:5000/a@sha256:" + "0" * 64
+    for ref in ("docker.io/library/busybox:latest", "registry.example.com:5000/a:1", "10.0.0.1:5000/a"):
+        with pytest.raises(UserError, match="loopback"):
+            loopback_reference(ref)
+    with pytest.raises(UserError, match="no registry host"):
+        normalized("busybox")
+    # Refused before the daemon is even looked for.
+    for host in (DockerHost("/nonexistent/lw"), ContainerdHost("/nonexistent/lw")):
+        with pytest.raises(UserError, match="loopback"):
+            host.pull("docker.io/library/busybox:latest")
+        host.stop()        # never started: a no-op
+
+
+def test_default_directories():
+    host = ContainerdHost()
+    assert host.data_dir == Path("/var/lib/layerwise/bench/containerd")
+    assert host.run_dir == Path("/run/layerwise/bench/containerd")
+    assert DockerHost().kind == "docker" and host.kind == "containerd"
+
+
+# -- real daemons ------------------------------------------------------------------------------------
+
+def _bench_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "the bench hosts start their own dockerd/containerd: run the tests as root"
+    for binary in ("dockerd", "containerd", "ctr"):
+        if not _which(binary):
+            return f"{binary} is not installed (apt-get install docker.io containerd)"
+    try:
+        with Registry(REGISTRY, timeout=5) as reg:
+            reg.ping()
+            reg.manifest("os/busybox", "latest")
+    except UserError as e:
+        return f"registry on {REGISTRY} cannot serve os/busybox:latest ({e}); run: sudo scripts/services start"
+    return None
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """Root, dockerd, containerd, ctr and the registry holding busybox. Outside CI a missing piece
+    skips the test; in CI (CI set) it fails."""
+    problem = _bench_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    with Registry(REGISTRY) as reg:
+        manifest = reg.manifest("os/busybox", "latest")
+        diff_ids = set(reg.config("os/busybox", manifest)["rootfs"]["diff_ids"])
+    return {"layers": {l.digest for l in manifest.layers}, "diff_ids": diff_ids,
+            "manifest": manifest.digest}
+
+
+@pytest.fixture
+def main_engine(bench):
+    """The main Docker Engine: it must answer, run on, and keep its images, whatever the hosts do."""
+    import docker
+    try:
+        client = docker.DockerClient(base_url=f"unix://{MAIN_SOCKET}", version="auto", timeout=30)
+        client.ping()
+    except Exception as e:   # noqa: BLE001
+        problem = f"the main Docker Engine at {MAIN_SOCKET} is not answering ({type(e).__name__})"
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    pid_file = Path("/var/run/docker.pid")
+    pid_before = pid_file.read_text().strip() if pid_file.exists() else None
+    images_before = {i["Id"] for i in client.api.images(all=True)}
+    since = int(time.time()) - 1
+    yield client
+    assert client.ping(), "the main Docker Engine stopped answering"
+    if pid_before:
+        assert pid_file.read_text().strip() == pid_before, "the main dockerd was restarted"
+    images_after = {i["Id"] for i in client.api.images(all=True)}
+    if len(images_after) != len(images_before):
+        # Other clients may use the main engine meanwhile: only fail when nobody touched its images.
+        events = list(client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                        filters={"type": "image"}))
+        assert events, (f"the main engine's image count changed from {len(images_before)} to "
+                        f"{len(images_after)} with no image event on it")
+        warnings.warn(f"the main engine's image count changed ({len(images_before)} → {len(images_after)}) "
+                      f"while {len(events)} image events came from other clients")
+    client.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("host_class", [DockerHost, ContainerdHost], ids=["docker", "containerd"])
+def test_start_pull_wipe_pull_stop(host_class, bench, main_engine, tmp_path_factory):
+    base = tmp_path_factory.mktemp(host_class.kind)
+    host = host_class(base)
+    with host:
+        pid = host.pid
+        assert _alive(pid) and host.running
+        host.start()                                  # idempotent
+        assert host.pid == pid
+        assert host.start_seconds < 60
+        assert not host.has_image(REF) and host.blobs() == set()
+
+        seconds = host.pull(REF)
+        assert 0 < seconds < 30
+        assert host.has_image(REF)
+        held = host.blobs()
+        if host.kind == "containerd":   # every blob pulled: layers, config, manifest
+            assert bench["layers"] | {bench["manifest"]} <= held
+        else:                           # dockerd keeps layers as diff_ids
+            assert held == bench["diff_ids"]
+
+        host.wipe()
+        assert not host.has_image(REF)
+        assert host.blobs() == set()
+
+        assert host.pull(REF) > 0
+        assert host.has_image(REF) and host.blobs() == held
+    assert not _alive(pid) and not host.running and host.pid is None
+    host.stop()                                       # idempotent
+    assert mounts_under(base) == []
+    assert not host.root.exists()
+
+
+@pytest.mark.integration
+def test_containerd_wipe_covers_every_namespace_and_leaves_no_file(bench, main_engine, tmp_path_factory):
+    with ContainerdHost(tmp_path_factory.mktemp("ctrns")) as host:
+        host.pull(REF)
+        host.ctr("images", "pull", "--plain-http", "--platform", host.platform, REF, namespace="other")
+        host.wipe()
+        assert host._on_disk() == {"blobs": [], "ingests": [], "snapshots": []}
+        assert host.ctr("images", "ls", "-q", namespace="other").stdout.strip() == ""
+
+
+@pytest.mark.integration
+def test_a_daemon_that_cannot_start_is_a_clear_service_down(bench, tmp_path_factory):
+    class Broken(ContainerdHost):
+        def _command(self):
+            return super()._command() + ["--no-such-flag"]
+
+    host = Broken(tmp_path_factory.mktemp("broken"), start_timeout=20)
+    with pytest.raises(ServiceDown, match="exited with code") as failure:
+        host.start()
+    assert "no-such-flag" in str(failure.value)          # the log tail says why
+    assert host.pid is None and not host.running
+    host.stop()
+
+
+@pytest.mark.integration
+def test_a_leftover_directory_not_made_by_the_bench_is_never_deleted(bench, tmp_path_factory):
+    base = tmp_path_factory.mktemp("foreign")
+    (base / "data").mkdir()
+    (base / "data" / "precious").write_text("keep me")
+    with pytest.raises(UserError, match="not made by layerwise bench"):
+        ContainerdHost(base).start()
+    assert (base / "data" / "precious").read_text() == "keep me"
+    shutil.rmtree(base)
