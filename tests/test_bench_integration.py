@@ -64,3 +64,24 @@ def test_bench_pull_measures_both_host_kinds_and_the_model_predicts_it(family, t
     assert containerd_tools["measured_bytes"] >= containerd_tools["changed_bytes"]
     assert {p.name for p in out.iterdir()} >= {"bench-pull.txt", "bench-pull.json", "bench-pull.svg"}
     assert "warm pull" in (out / "bench-pull.txt").read_text()
+
+
+def test_updated_stack_changes_only_the_copy(small_seed, tmp_path):
+    """The update variants are hard-linked copies: changing them must never touch the original."""
+    import hashlib
+    from layerwise.bench import updated_stack
+    from layerwise.spec import load_stack
+
+    def digest(folder):
+        return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = digest(small_seed.parent)
+    stack = load_stack(small_seed)
+    for category in ("security", "model", "config"):
+        path = updated_stack(stack, category, tmp_path / f"upd-{category}")
+        assert load_stack(path).project == f"ai-upd-{category}"
+    assert digest(small_seed.parent) == before
+    copy = tmp_path / "upd-model"
+    assert (copy / "models/dust.model").stat().st_size > (small_seed.parent / "models/dust.model").stat().st_size
+    assert (tmp_path / "upd-security/security/layerwise-update.txt").exists()

@@ -135,8 +135,7 @@ def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
                 if target.is_dir():
                     (target / "layerwise-update.txt").write_text(f"update of {category}\n")
                 else:
-                    shutil.copy2(target, target.with_name(target.name + ".lw-tmp"))
-                    os.replace(target.with_name(target.name + ".lw-tmp"), target)
+                    _unshare(target)
                     with open(target, "ab") as f:
                         f.write(f"\n# layerwise bench: update of {category}\n".encode())
         if not copies and any(s.category == category for s in steps):
@@ -147,8 +146,16 @@ def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
                 value = _as_list(value) + [_update_run(category)]
             doc["apps"][app][category] = value
     path = dest / stack.path.name
+    _unshare(path)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _unshare(path: Path) -> None:
+    """Give a hard-linked copy its own inode, so changing it leaves the original alone."""
+    tmp = path.with_name(path.name + ".lw-tmp")
+    shutil.copy2(path, tmp)
+    os.replace(tmp, path)
 
 
 def _as_list(value) -> list:

@@ -30,7 +30,15 @@ JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Print JSON inst
 @click.version_option(__version__, prog_name="layerwise")
 def app() -> None:
     """Plan, build and audit families of Docker images that share their heavy layers."""
+
+
 SEED_STACK = Path(__file__).resolve().parents[2] / "examples" / "seed" / "layerwise.yaml"
+
+
+def _plan_as_known(loaded):
+    """The plan with what the last build learned: the OS base's digest and measured sizes."""
+    state = load_state(loaded.path)
+    return with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes()), state
 
 
 def _print_plan(plan, summary) -> None:
@@ -47,9 +55,7 @@ def _print_plan(plan, summary) -> None:
 @JSON_OPT
 def plan(stack: Path, as_json: bool) -> None:
     """Show the tree of images for STACK (default layerwise.yaml) and what it saves."""
-    loaded = load_stack(stack)
-    state = load_state(loaded.path)
-    the_plan = with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes())
+    the_plan, _ = _plan_as_known(load_stack(stack))
     summary = summarize(the_plan)
     if as_json:
         doc = {"plan": the_plan.to_dict(), "cost": cost_dict(summary)}
@@ -66,7 +72,7 @@ def plan(stack: Path, as_json: bool) -> None:
 def generate(stack: Path, output: Path, force: bool) -> None:
     """Write one folder per image (Dockerfile + context), plan.json, docker-bake.hcl, CODEOWNERS."""
     loaded = load_stack(stack)
-    the_plan = build_plan(loaded)
+    the_plan, _ = _plan_as_known(loaded)
     out = generate_family(the_plan, loaded, output, force=force)
     console().print(f"wrote {len(the_plan.images)} images to {out}")
 
@@ -144,20 +150,16 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
 def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path | None,
              chart: Path | None, as_json: bool) -> None:
     """Cold-start and monthly update bytes and time for a fleet: flat vs planned, with the floor."""
-    from dataclasses import replace as dc_replace
-
-    from .cost import ASSUMED_COSTS, FLAT, PLANNED, TREE, EngineCosts, simulate_group
+    from .cost import FLAT, PLANNED, TREE, simulate_group
     from .fleet import load_fleet
 
     loaded = load_stack(stack)
-    state = load_state(loaded.path)
-    the_plan = with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes())
+    the_plan, state = _plan_as_known(loaded)
     fleet = load_fleet(fleet_path, the_plan)
     plans = {"flat": (the_plan, FLAT), "planned": (the_plan, PLANNED)}
     if compare:
-        other = load_stack(compare)
-        other_state = load_state(other.path)
-        other_plan = with_measured_sizes(build_plan(other, other_state.base_digest), state.measured_sizes())
+        other_plan, _ = _plan_as_known(load_stack(compare))
+        other_plan = with_measured_sizes(other_plan, state.measured_sizes())
         if set(other_plan.apps) != set(the_plan.apps):
             raise UserError(f"the apps differ from {stack}'s: {sorted(other_plan.apps)}", compare)
         plans["hand-made"] = (other_plan, TREE)
@@ -165,15 +167,8 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
     results = []
     for g in fleet.groups:
         kind = host_kind or g.host_kind
-        if fleet.per_pull is not None or fleet.per_layer is not None:
-            costs = EngineCosts(fleet.per_pull if fleet.per_pull is not None else ASSUMED_COSTS.per_pull,
-                                fleet.per_layer if fleet.per_layer is not None else ASSUMED_COSTS.per_layer,
-                                "fleet file")
-        elif kind in state.pull_costs:
-            costs = EngineCosts(**state.pull_costs[kind], source="measured")
-        else:
-            costs = ASSUMED_COSTS
-        results.append(simulate_group(plans, g.name, g.count, g.apps, kind, g.bandwidth_bps, rates, costs))
+        results.append(simulate_group(plans, g.name, g.count, g.apps, kind, g.bandwidth_bps, rates,
+                                      fleet.engine_costs(kind, state.pull_costs)))
     labels = list(plans)
     if chart:
         svg = bar_chart_svg("monthly update bytes per host", [r.name for r in results],
@@ -286,8 +281,7 @@ def demo(output: Path, bandwidth: str) -> None:
                 out_console.print(f"$ docker run --network none {ref}\n"
                                   f"{engine.run(ref).rstrip()}", highlight=False, markup=False)
             built = True
-        state = load_state(loaded.path)
-        the_plan = with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes())
+        the_plan, _ = _plan_as_known(loaded)
     except ServiceDown as e:
         out_console.print(f"[yellow]Not building: {e}[/]\nThe tree and savings below use size hints.")
     out_console.print()

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .cost import ASSUMED_COSTS, EngineCosts
 from .errors import UserError
 from .model import Plan
 from .spec import read_yaml, validate_model
@@ -58,6 +59,16 @@ class Fleet:
     updates: dict[str, float]            # category -> changes per month (overrides)
     per_pull: float | None               # seconds, when the fleet file sets them
     per_layer: float | None
+
+    def engine_costs(self, host_kind: str, measured: dict[str, dict[str, float]]) -> EngineCosts:
+        """The fixed costs per pull and per layer: the fleet file's, else the bench's, else assumed."""
+        if self.per_pull is not None or self.per_layer is not None:
+            return EngineCosts(self.per_pull if self.per_pull is not None else ASSUMED_COSTS.per_pull,
+                               self.per_layer if self.per_layer is not None else ASSUMED_COSTS.per_layer,
+                               "fleet file")
+        if host_kind in measured:
+            return EngineCosts(**measured[host_kind], source="measured")
+        return ASSUMED_COSTS
 
 
 def load_fleet(path: str | Path, plan: Plan) -> Fleet:
