@@ -258,7 +258,7 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
                     raise UserError(f"the family updated in {cat.name} did not build")
                 name = f"update {cat.name}"
                 case = Case(name, "layered", "", [upd_plan.image(upd_plan.apps[a]).ref for a in apps])
-                case.floor = _changed_bytes(upd_plan, upd_stack, cat.name)
+                case.floor = _changed_bytes(stack, upd_stack)
                 cases.append(case)
                 setups[name + "/layered"] = [layered[a] for a in apps]
 
@@ -281,15 +281,14 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _changed_bytes(plan: Plan, stack: Stack, category: str) -> int:
-    """Compressed bytes of the content that changed: the category's own layers, counted once."""
-    sizes = load_state(stack.path).measured_sizes()
-    seen: dict[str, int] = {}
-    for img in plan.images:
-        for s in img.layers:
-            if s.category == category:
-                seen[s.identity] = sizes.get(s.identity, s.size or 0)
-    return sum(seen.values())
+def _changed_bytes(before: Stack, after: Stack) -> int:
+    """Compressed bytes of content the update really changed: layers of the updated family whose
+    blobs the family did not have before, counted once. (A step rebuilt with unchanged output is
+    not new: layerwise's layers are reproducible.)"""
+    known = {l.digest for rec in load_state(before.path).images.values() for l in rec.layers}
+    new = {l.digest: l.size for rec in load_state(after.path).images.values() for l in rec.layers
+           if l.digest not in known}
+    return sum(new.values())
 
 
 def _loopback(registry: str) -> tuple[str, int]:

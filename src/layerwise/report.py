@@ -304,7 +304,7 @@ def bench_summary(report) -> list[str]:
             cold, warm = cases.get((variant, "cold")), cases.get((variant, "warm"))
             if cold and warm and cold.seconds:
                 lines.append(f"{kind}, {variant}: warm pull {warm.seconds:.1f} s vs cold {cold.seconds:.1f} s "
-                             f"(ratio {warm.seconds / cold.seconds:.2f}; bytes {format_size(warm.measured)} "
+                             f"(ratio {warm.seconds / cold.seconds:.3f}; bytes {format_size(warm.measured)} "
                              f"vs {format_size(cold.measured)})")
     for kind, costs in sorted(report.engine_costs.items()):
         lines.append(f"{kind}: fixed cost {costs['per_pull']:.2f} s per pull, {costs['per_layer']:.3f} s per "
