@@ -96,3 +96,24 @@ def test_new_os_base_digest_rebuilds_everything_and_says_so(write_stack):
     decisions = decide(new, set(), state, select(new, None))
     assert all(d.action == BUILD for d in decisions)
     assert decisions[0].reason == "base image localhost:5000/os/busybox:latest changed"
+
+
+def test_daemon_down_is_one_clear_error(write_stack, tmp_path):
+    import os
+    import subprocess
+    import sys
+    path = write_stack(STACK)
+    env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-such.sock")
+    result = subprocess.run([sys.executable, "-m", "layerwise", "build", str(path)], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Docker Engine" in result.stderr and "is not answering" in result.stderr
+    assert "scripts/services start" in result.stderr
+
+
+def test_registry_down_is_one_clear_error(services, write_stack):
+    from conftest import run_cli
+    path = write_stack(STACK.replace("registry: localhost:5000", "registry: localhost:5999"))
+    result = run_cli("build", str(path), "--push")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "registry localhost:5999 is not answering" in result.stderr
