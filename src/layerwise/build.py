@@ -235,7 +235,7 @@ class Builder:
             while pending or running:
                 for key in sorted(pending):
                     parent = self.plan.image(key).parent
-                    if parent in pending or any(k == parent for k in running.values()):
+                    if parent in pending or parent in running.values():
                         continue
                     pending.discard(key)
                     if parent and results[parent].status not in ("built", "skipped"):
