@@ -1,0 +1,716 @@
+"""Reading images from every source (layerwise.images) and the registry client underneath.
+
+Integration tests build small images with the real engine, push them to the real registry on
+localhost:5000, and check that the registry, the engine, `docker save` archives and OCI layouts all
+give the same config and diff_ids. Unit tests feed hand-made malformed input through small servers
+on 127.0.0.1 that pose as a registry or a token server.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import logging
+import pickle
+import shutil
+import socket
+import tarfile
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from layerwise.errors import ServiceDown, UserError
+from layerwise.images import (DockerArchiveImage, EngineImage, OCILayoutImage, RegistryImage, open_image,
+                              parse_platform, select_platform)
+from layerwise.registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, DigestMismatch, Registry,
+                                split_reference)
+
+from conftest import REGISTRY
+
+DOCKER_CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+BASE = f"{REGISTRY}/os/busybox:latest"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+class FakeImage:
+    """A hand-made image: plain layer tars, their gzip blobs, a config and a Docker v2 manifest."""
+
+    def __init__(self, *layers: dict[str, bytes]):
+        self.tars = [layer_tar(files) for files in layers]
+        self.gz = [gzip.compress(t, mtime=0) for t in self.tars]
+        self.config = {"architecture": "amd64", "os": "linux", "config": {},
+                       "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in self.tars]}}
+        self.config_raw = json.dumps(self.config).encode()
+        self.manifest = {
+            "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG_TYPE, "size": len(self.config_raw), "digest": sha256(self.config_raw)},
+            "layers": [{"mediaType": DOCKER_LAYER, "size": len(g), "digest": sha256(g)} for g in self.gz],
+        }
+        self.manifest_raw = json.dumps(self.manifest).encode()
+        self.blobs = {sha256(self.config_raw): self.config_raw, **{sha256(g): g for g in self.gz}}
+
+
+# -- a small HTTP server on loopback posing as a registry (or a token server) ------------------------
+
+class Server:
+    """ThreadingHTTPServer on 127.0.0.1:0; `handle(method, path, query, headers)` → (status, headers, body).
+    Every request is recorded as (method, path, query, headers)."""
+
+    def __init__(self, handle):
+        self.requests: list[tuple[str, str, dict, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self):
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                headers = dict(self.headers.items())
+                outer.requests.append((self.command, parts.path, query, headers))
+                status, extra, body = handle(self.command, parts.path, query, headers)
+                self.send_response(status)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = _serve
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(handle) -> Server:
+        server = Server(handle)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def registry_app(manifests: dict[str, tuple[bytes, str]], blobs: dict[str, bytes]):
+    """A read-only registry: manifests by tag or digest → (raw, content type); blobs by digest."""
+    for raw, media_type in list(manifests.values()):
+        manifests.setdefault(sha256(raw), (raw, media_type))
+
+    def handle(method, path, query, headers):
+        if path == "/v2/":
+            return 200, {}, b"{}"
+        parts = path.split("/")
+        if len(parts) >= 5 and parts[-2] == "manifests" and parts[-1] in manifests:
+            raw, media_type = manifests[parts[-1]]
+            return 200, {"Content-Type": media_type, "Docker-Content-Digest": sha256(raw)}, raw
+        if len(parts) >= 5 and parts[-2] == "blobs" and parts[-1] in blobs:
+            return 200, {"Content-Type": "application/octet-stream"}, blobs[parts[-1]]
+        return 404, {"Content-Type": "application/json"}, b'{"errors":[{"code":"NOT_FOUND"}]}'
+
+    return handle
+
+
+def fake_registry(serve, image: FakeImage, tag="v1", blobs=None, manifests=None) -> Server:
+    return serve(registry_app(manifests or {tag: (image.manifest_raw, DOCKER_MANIFEST)},
+                              blobs if blobs is not None else dict(image.blobs)))
+
+
+def read_all(f) -> bytes:
+    with f:
+        return f.read()
+
+
+# -- unit tests: hand-made input ----------------------------------------------------------------------
+
+def test_hand_made_image_reads_through_a_registry(serve):
+    image = FakeImage({"a.txt": b"alpha"}, {"b/b.txt": b"beta" * 1000})
+    server = fake_registry(serve, image)
+    with RegistryImage(f"{server.host}/team/app:v1") as img:
+        assert img.diff_ids == image.config["rootfs"]["diff_ids"]
+        assert img.config == image.config and img.manifest_digest == sha256(image.manifest_raw)
+        assert [l.digest for l in img.layers] == [sha256(g) for g in image.gz]
+        assert [l.size for l in img.layers] == [len(g) for g in image.gz]
+        assert all(l.compression == "gzip" for l in img.layers)
+        assert [read_all(img.open_layer(i)) for i in range(2)] == image.gz
+        img.layers.clear()                       # a copy: the view does not change
+        img.config["rootfs"] = None
+        assert len(img.layers) == 2 and img.config["rootfs"]["diff_ids"]
+    accepts = [h.get("Accept", "") for m, p, q, h in server.requests if "/manifests/" in p]
+    assert accepts and all(DOCKER_MANIFEST in a and OCI_INDEX in a and DOCKER_LIST in a for a in accepts)
+
+
+@pytest.mark.parametrize("doc_type,header_type", [
+    ("application/vnd.example.thing.v1+json", "application/json"),
+    (None, "application/vnd.docker.distribution.manifest.v1+prettyjws"),   # schema 1
+])
+def test_manifest_of_unknown_media_type(serve, doc_type, header_type):
+    doc = {"schemaVersion": 2, "config": {}, "layers": []}
+    if doc_type:
+        doc["mediaType"] = doc_type
+    server = serve(registry_app({"v1": (json.dumps(doc).encode(), header_type)}, {}))
+    ref = f"{server.host}/team/app:v1"
+    with pytest.raises(UserError) as e:
+        open_image(ref)
+    assert "unknown media type" in str(e.value) and ref in str(e.value)
+    assert (doc_type or header_type) in str(e.value)
+
+
+def test_unknown_layer_and_config_media_types(serve):
+    image = FakeImage({"a": b"a"})
+    doc = json.loads(image.manifest_raw)
+    doc["layers"][0]["mediaType"] = "application/vnd.example.blob"
+    server = serve(registry_app({"v1": (json.dumps(doc).encode(), DOCKER_MANIFEST)}, image.blobs))
+    with pytest.raises(UserError, match=r"layer 1/1 \(sha256:[0-9a-f]+\) of image .*unknown media type"):
+        open_image(f"{server.host}/team/app:v1")
+    doc = json.loads(image.manifest_raw)
+    doc["config"]["mediaType"] = "application/vnd.cncf.helm.config.v1+json"
+    server = serve(registry_app({"v1": (json.dumps(doc).encode(), DOCKER_MANIFEST)}, image.blobs))
+    with pytest.raises(UserError, match="is not a container image"):
+        open_image(f"{server.host}/team/app:v1")
+
+
+def index_of(*entries, media_type=OCI_INDEX) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": [
+        {"mediaType": DOCKER_MANIFEST, "digest": digest, "size": size,
+         "platform": dict(zip(("os", "architecture", "variant"), platform.split("/")))}
+        for platform, digest, size in entries]}).encode()
+
+
+def test_index_without_the_requested_platform(serve):
+    arm = FakeImage({"arm64": b"arm64"})
+    arm7 = FakeImage({"arm7": b"arm7"})
+    index = index_of(("linux/arm64", sha256(arm.manifest_raw), len(arm.manifest_raw)),
+                     ("linux/arm/v7", sha256(arm7.manifest_raw), len(arm7.manifest_raw)),
+                     ("unknown/unknown", sha256(b"attestation"), 11))
+    manifests = {"v1": (index, OCI_INDEX), sha256(arm.manifest_raw): (arm.manifest_raw, DOCKER_MANIFEST),
+                 sha256(arm7.manifest_raw): (arm7.manifest_raw, DOCKER_MANIFEST)}
+    server = serve(registry_app(manifests, {**arm.blobs, **arm7.blobs}))
+    ref = f"{server.host}/team/multi:v1"
+    with pytest.raises(UserError) as e:
+        open_image(ref)                                   # default: linux/amd64
+    message = str(e.value)
+    assert ref in message and "linux/amd64" in message
+    assert "present: linux/arm/v7, linux/arm64;" in message and "unknown" not in message
+    with pytest.raises(UserError, match="no image for platform linux/arm/v6"):
+        open_image(ref, platform="linux/arm/v6")
+    with open_image(ref, platform="linux/arm64") as img:  # arm64 without variant is arm64/v8
+        assert img.diff_ids == arm.config["rootfs"]["diff_ids"] and img.platform == "linux/arm64"
+        assert img.manifest_digest == sha256(arm.manifest_raw)
+    with open_image(ref, platform="linux/arm/v7") as img:
+        assert img.diff_ids == arm7.config["rootfs"]["diff_ids"]
+    with pytest.raises(UserError, match="not OS/ARCH"):
+        open_image(ref, platform="amd64")
+
+
+def test_select_platform_rules():
+    descriptors = [{"digest": "a", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                   {"digest": "b", "platform": {"os": "linux", "architecture": "amd64"}}]
+    assert select_platform(descriptors, None, "x")["digest"] == "b"
+    assert select_platform(descriptors, "linux/arm64", "x")["digest"] == "a"
+    assert select_platform(descriptors, "linux/arm64/v8", "x")["digest"] == "a"
+    assert str(parse_platform("linux/arm/v7")) == "linux/arm/v7"
+
+
+def test_blob_whose_digest_does_not_match(serve):
+    image = FakeImage({"a.txt": b"alpha" * 100})
+    good = image.gz[0]
+    for name, served in (("altered", good[:-5] + b"XXXXX"), ("truncated", good[:-5]), ("longer", good + b"!")):
+        server = fake_registry(serve, image, blobs={**image.blobs, sha256(good): served})
+        ref = f"{server.host}/team/{name}:v1"
+        img = open_image(ref)                             # config and manifest are fine
+        f = img.open_layer(0)
+        with pytest.raises(DigestMismatch) as e:
+            while f.read(64):                             # the check comes as the stream ends
+                pass
+        f.close()
+        assert isinstance(e.value, UserError)
+        assert f"layer 1/1 ({sha256(good)}) of image {ref}" in str(e.value)
+        img.close()
+    # The config is checked at once: a bad config makes the image unreadable.
+    server = fake_registry(serve, image, blobs={**image.blobs, sha256(image.config_raw): image.config_raw[:-1] + b" "})
+    with pytest.raises(DigestMismatch, match=r"config \(sha256:[0-9a-f]+\) of image .*does not match its digest"):
+        open_image(f"{server.host}/team/app:v1")
+
+
+def test_registry_answering_500_twice_then_200_is_retried(serve):
+    image = FakeImage({"a.txt": b"alpha"})
+    inner = registry_app({"v1": (image.manifest_raw, DOCKER_MANIFEST)}, dict(image.blobs))
+    failures = {"manifest": 2, "blob": 2}
+
+    def flaky(method, path, query, headers):
+        kind = "manifest" if "/manifests/" in path else "blob" if "/blobs/" in path else None
+        if kind and failures[kind] > 0:
+            failures[kind] -= 1
+            return 500, {}, b"try again"
+        return inner(method, path, query, headers)
+
+    server = serve(flaky)
+    with Registry(server.host, backoff=0.01) as reg:
+        with RegistryImage(f"{server.host}/team/app:v1", registry=reg) as img:
+            assert read_all(img.open_layer(0)) == image.gz[0]
+    gets = [p for m, p, q, h in server.requests if "/manifests/" in p]
+    assert len(gets) == 3
+
+    always = serve(lambda *a: (503, {}, b"down for maintenance"))
+    with Registry(always.host, backoff=0.01) as reg:
+        with pytest.raises(UserError, match=r"HTTP 503 for .*team/app:v1"):
+            RegistryImage(f"{always.host}/team/app:v1", registry=reg)
+    assert len(always.requests) == 4                     # one try and three retries
+
+    with socket.socket() as s:                            # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Registry(f"127.0.0.1:{port}", backoff=0.01) as reg:
+        with pytest.raises(ServiceDown, match=f"registry 127.0.0.1:{port} is not answering"):
+            reg.manifest("team/app", "v1")
+
+
+def test_missing_image_and_tags_with_pagination(serve):
+    tags = [f"t{i}" for i in range(5)]
+
+    def handle(method, path, query, headers):
+        if path != "/v2/team/app/tags/list":
+            return 404, {}, b"{}"
+        n = int(query.get("n", ["100"])[0])
+        after = query.get("last", [""])[0]
+        rest = [t for t in tags if t > after]
+        page, more = rest[:n], rest[n:]
+        link = {"Link": f'</v2/team/app/tags/list?last={page[-1]}&n={n}>; rel="next"'} if more else {}
+        return 200, {"Content-Type": "application/json", **link}, json.dumps({"name": "team/app", "tags": page}).encode()
+
+    server = serve(handle)
+    with Registry(server.host) as reg:
+        assert reg.tags("team/app", page_size=2) == tags
+        assert len(server.requests) == 3
+        with pytest.raises(UserError, match=f"repository {server.host}/team/other is not in the registry"):
+            reg.tags("team/other")
+    with pytest.raises(UserError, match=f"image {server.host}/team/app:v9 is not in the registry"):
+        open_image(f"{server.host}/team/app:v9")
+
+
+# -- auth ---------------------------------------------------------------------------------------------
+
+USER, PASSWORD = "alice", "s3cret-" + uuid.uuid4().hex[:8]
+
+
+def write_docker_config(folder: Path, host: str, password: str = PASSWORD, extra: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    (folder / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}, **(extra or {})}))
+
+
+def token_protected(serve, image: FakeImage):
+    """A token server and a registry front that only answers with the token it issued."""
+    token = "tok-" + uuid.uuid4().hex
+    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+    def token_server(method, path, query, headers):
+        if headers.get("Authorization") != expected:
+            return 401, {"Content-Type": "application/json"}, b'{"details":"bad credentials"}'
+        return 200, {"Content-Type": "application/json"}, json.dumps({"token": token, "expires_in": 300}).encode()
+
+    tokens = serve(token_server)
+    inner = registry_app({"v1": (image.manifest_raw, DOCKER_MANIFEST)}, dict(image.blobs))
+
+    def front(method, path, query, headers):
+        if headers.get("Authorization") != f"Bearer {token}":
+            scope = f',scope="repository:{path.split("/")[2]}/{path.split("/")[3]}:pull"' if path != "/v2/" else ""
+            challenge = f'Bearer realm="http://{tokens.host}/token",service="fake-registry"{scope}'
+            # A careless registry echoing what it was sent: must be scrubbed before it is shown.
+            echo = json.dumps({"errors": [{"code": "UNAUTHORIZED", "detail": headers.get("Authorization", "")}]})
+            return 401, {"WWW-Authenticate": challenge, "Content-Type": "application/json"}, echo.encode()
+        return inner(method, path, query, headers)
+
+    return tokens, serve(front), token
+
+
+def secrets_absent(text: str, *secrets: str) -> bool:
+    b64 = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    return not any(s in text for s in (PASSWORD, b64, f"{USER}:{PASSWORD}", *secrets))
+
+
+def test_token_protected_registry(serve, tmp_path, monkeypatch, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    image = FakeImage({"a.txt": b"alpha"}, {"b.txt": b"beta"})
+    tokens, front, token = token_protected(serve, image)
+    write_docker_config(tmp_path / "docker", front.host)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+
+    with open_image(f"{front.host}/team/app:v1") as img:
+        assert img.diff_ids == image.config["rootfs"]["diff_ids"]
+        assert [read_all(img.open_layer(i)) for i in range(2)] == image.gz
+    # The token came from the realm with the user's basic credentials and the challenge's scope,
+    # once for the scope; it then flowed on every request of that scope.
+    assert len(tokens.requests) == 1
+    method, path, query, headers = tokens.requests[0]
+    assert query == {"service": ["fake-registry"], "scope": ["repository:team/app:pull"]}
+    assert headers["Authorization"].startswith("Basic ")
+    authorized = [h.get("Authorization") for m, p, q, h in front.requests if h.get("Authorization")]
+    assert authorized and set(authorized) == {f"Bearer {token}"}
+    assert len(front.requests) - len(authorized) == 1       # one challenge, then the token
+
+    # Wrong password: a clear refusal that names the image and shows no secret.
+    write_docker_config(tmp_path / "wrong", front.host, password="not-" + PASSWORD)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "wrong"))
+    with pytest.raises(UserError) as e:
+        open_image(f"{front.host}/team/app:v1")
+    message = str(e.value)
+    assert f"{front.host}/team/app:v1" in message and "docker login" in message and "HTTP 401" in message
+    assert secrets_absent(message, token, "not-" + PASSWORD)
+
+    # No credentials at all (but a credential helper the tool does not call): said so.
+    (tmp_path / "helper").mkdir()
+    (tmp_path / "helper" / "config.json").write_text(json.dumps({"credsStore": "pass"}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "helper"))
+    with pytest.raises(UserError, match="credential helper 'pass', which layerwise does not call"):
+        open_image(f"{front.host}/team/app:v1")
+
+    out = capsys.readouterr()
+    assert secrets_absent(caplog.text + out.out + out.err, token)
+
+
+def test_registry_asking_for_basic_auth(serve, tmp_path, monkeypatch):
+    image = FakeImage({"a.txt": b"alpha"})
+    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    inner = registry_app({"v1": (image.manifest_raw, DOCKER_MANIFEST)}, dict(image.blobs))
+
+    def front(method, path, query, headers):
+        if headers.get("Authorization") != expected:
+            return 401, {"WWW-Authenticate": 'Basic realm="fake"'}, b"{}"
+        return inner(method, path, query, headers)
+
+    server = serve(front)
+    write_docker_config(tmp_path, f"http://{server.host}/v1/")   # any spelling of the key
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    with open_image(f"{server.host}/team/app:v1") as img:
+        assert read_all(img.open_layer(0)) == image.gz[0]
+    assert sum(1 for m, p, q, h in server.requests if h.get("Authorization") == expected) >= 3
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
+    with pytest.raises(UserError) as e:
+        open_image(f"{server.host}/team/app:v1")
+    assert "no credentials for" in str(e.value) and secrets_absent(str(e.value))
+
+
+# -- docker save archives, hand-made ------------------------------------------------------------------
+
+def legacy_archive(path: Path, images: list[tuple[list[str], FakeImage]], drop: set[str] = frozenset(),
+                   link_same: bool = False) -> Path:
+    """A Docker 20.10 `docker save` tar: manifest.json, <id>/layer.tar, <config>.json."""
+    with tarfile.open(path, "w") as tar:
+        def add(name, data):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        entries, written = [], {}
+        for tags, image in images:
+            config_name = sha256(image.config_raw)[7:] + ".json"
+            layers = []
+            for i, data in enumerate(image.tars):
+                layer_id = hashlib.sha256(image.config_raw + bytes([i])).hexdigest()
+                name = f"{layer_id}/layer.tar"
+                layers.append(name)
+                if name in drop:
+                    continue
+                if link_same and sha256(data) in written:      # as Docker links a layer it wrote
+                    info = tarfile.TarInfo(name)
+                    info.type = tarfile.SYMTYPE
+                    info.linkname = f"../{written[sha256(data)]}"
+                    tar.addfile(info)
+                else:
+                    add(name, data)
+                    written[sha256(data)] = name
+            add(config_name, image.config_raw)
+            entries.append({"Config": config_name, "RepoTags": tags, "Layers": layers})
+        add("manifest.json", json.dumps(entries).encode())
+    return path
+
+
+def test_docker_save_archive_missing_a_layer(tmp_path):
+    image = FakeImage({"a": b"a"}, {"b": b"b"})
+    full = legacy_archive(tmp_path / "full.tar", [(["localhost:5000/t/x:v1"], image)])
+    with tarfile.open(full) as tar:
+        second = [m.name for m in tar if m.name.endswith("layer.tar")][1]
+    path = legacy_archive(tmp_path / "broken.tar", [(["localhost:5000/t/x:v1"], image)], drop={second})
+    with pytest.raises(UserError) as e:
+        open_image(str(path))
+    message = str(e.value)
+    assert f"layer 2/2 ({second}, diff_id {sha256(image.tars[1])}) of image {path}" in message
+    assert "missing" in message
+    with open_image(str(full)) as img:                    # the complete one reads
+        assert img.manifest_digest is None and img.diff_ids == [sha256(t) for t in image.tars]
+        assert [l.digest for l in img.layers] == img.diff_ids and img.layers[0].compression is None
+        assert [read_all(img.open_layer(i)) for i in range(2)] == image.tars
+
+
+def test_docker_save_archive_choices_links_and_corruption(tmp_path):
+    one = FakeImage({"same": b"same"}, {"same": b"same"})  # the same layer twice: Docker links it
+    two = FakeImage({"two": b"two"})
+    path = legacy_archive(tmp_path / "two.tar", [(["localhost:5000/t/one:v1"], one),
+                                                 (["localhost:5000/t/two:v1", "t/two:latest"], two)], link_same=True)
+    with pytest.raises(UserError) as e:
+        open_image(str(path))
+    assert "holds 2 images" in str(e.value) and "localhost:5000/t/one:v1, localhost:5000/t/two:v1" in str(e.value)
+    with open_image(f"{path}:localhost:5000/t/one:v1") as img:
+        assert img.config == one.config and [read_all(img.open_layer(i)) for i in range(2)] == one.tars
+    with open_image(f"{path}:t/two") as img:               # Docker's name rules: :latest implied
+        assert img.config == two.config
+    with pytest.raises(UserError, match="holds no image named 'nothere:v1'"):
+        open_image(f"{path}:nothere:v1")
+
+    # A layer whose bytes changed: the read that reaches its end says so.
+    data = path.read_bytes()
+    corrupted = tmp_path / "corrupted.tar"
+    with tarfile.open(path) as tar:
+        member = next(m for m in tar if m.isreg() and data[m.offset_data:m.offset_data + m.size] == two.tars[0])
+    raw = bytearray(data)
+    raw[member.offset_data + 600] ^= 0xFF                   # one byte of the layer, flipped
+    corrupted.write_bytes(bytes(raw))
+    with open_image(f"{corrupted}:localhost:5000/t/two:v1") as img:
+        with pytest.raises(DigestMismatch, match=rf"layer 1/1 \(sha256:[0-9a-f]+\) of image {corrupted}"):
+            read_all(img.open_layer(0))
+
+    gz = tmp_path / "saved.tar.gz"
+    gz.write_bytes(gzip.compress(data))
+    with pytest.raises(UserError, match="compressed archive; decompress it first"):
+        open_image(str(gz))
+    with pytest.raises(UserError, match="no such file"):
+        open_image(str(tmp_path / "absent.tar"))
+
+
+def test_oci_layout_rejects_hostile_digests(tmp_path):
+    (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (tmp_path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:../../../etc/passwd",
+         "size": 10}]}))
+    with pytest.raises(UserError, match="invalid digest"):
+        open_image(str(tmp_path))
+
+
+def test_split_reference_with_tag_and_digest():
+    digest = "sha256:" + "a" * 64
+    assert split_reference(f"localhost:5000/a/b:v1@{digest}") == ("localhost:5000", "a/b", digest)
+    assert split_reference("localhost:5000/a/b") == ("localhost:5000", "a/b", "latest")
+
+
+# -- integration: the same images from every source ---------------------------------------------------
+
+def write_blob(root: Path, data: bytes) -> str:
+    digest = sha256(data)
+    path = root / "blobs" / "sha256" / digest[7:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return digest
+
+
+def layout_from_registry(root: Path, ref: str, nested: bool) -> dict:
+    """An OCI layout assembled from the registry's own blobs (layers streamed, not held in memory).
+    nested: index.json → an index of platforms (amd64: the image; arm64: a manifest not present)."""
+    host, name, tag = split_reference(ref)
+    with Registry(host) as reg:
+        manifest = reg.manifest(name, tag)
+        write_blob(root, manifest.raw)
+        write_blob(root, reg.blob(name, manifest.config_digest))
+        for layer in manifest.layers:
+            path = root / "blobs" / "sha256" / layer.digest[7:]
+            with reg.open_blob(name, layer.digest, size=layer.size) as src, open(path, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    descriptor = {"mediaType": manifest.media_type, "digest": manifest.digest, "size": len(manifest.raw)}
+    if nested:
+        platforms = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {**descriptor, "platform": {"os": "linux", "architecture": "amd64"}},
+            {**descriptor, "digest": sha256(b"absent"), "platform": {"os": "linux", "architecture": "arm64"}}]}).encode()
+        top = {"mediaType": OCI_INDEX, "digest": write_blob(root, platforms), "size": len(platforms),
+               "annotations": {"org.opencontainers.image.ref.name": "v1"}}
+    else:
+        top = {**descriptor, "annotations": {"io.containerd.image.name": ref,
+                                             "org.opencontainers.image.ref.name": tag}}
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [top]}))
+    return {"manifest": manifest, "descriptor": top}
+
+
+@pytest.fixture(scope="module")
+def family(services, tmp_path_factory):
+    """Two small images built FROM the loopback busybox, pushed to t-images-<random>/, and the same
+    images as docker save archives (one image; two images) and OCI layouts (plain; nested index;
+    inside a tar as newer Docker writes it). Local tags are removed at the end."""
+    import docker
+
+    client = docker.from_env(version="auto", timeout=120)
+    ns = f"t-images-{uuid.uuid4().hex[:10]}"
+    marker = uuid.uuid4().hex
+    refs = {"app": f"{REGISTRY}/{ns}/app:v1", "other": f"{REGISTRY}/{ns}/other:v1"}
+    dockerfiles = {
+        "app": f"""FROM {BASE}
+RUN echo {marker} > /marker && mkdir -p /data && echo one > /data/one
+ENV LW_MARKER={marker}
+RUN dd if=/dev/urandom of=/data/blob bs=1024 count=48 2>/dev/null && ln -s /data/one /data/link
+RUN rm /data/one && echo two > /data/two
+""",
+        "other": f"FROM {BASE}\nRUN echo other-{marker} > /other\n",
+    }
+    tmp = tmp_path_factory.mktemp("images")
+    try:
+        for key, ref in refs.items():
+            client.images.build(fileobj=io.BytesIO(dockerfiles[key].encode()), tag=ref, network_mode="none",
+                                rm=True, forcerm=True, pull=False)
+            repository, _, tag = ref.rpartition(":")
+            for event in client.api.push(repository, tag=tag, stream=True, decode=True):
+                assert "error" not in event, event
+        with open(tmp / "app.tar", "wb") as out:
+            for chunk in client.images.get(refs["app"]).save(chunk_size=1 << 20):
+                out.write(chunk)
+        response = client.api._get(client.api._url("/images/get"), params={"names": list(refs.values())},
+                                   stream=True)
+        client.api._raise_for_status(response)
+        with open(tmp / "both.tar", "wb") as out:
+            for chunk in response.iter_content(1 << 20):
+                out.write(chunk)
+        layout_from_registry(tmp / "layout", refs["app"], nested=True)
+        plain = layout_from_registry(tmp / "plain", refs["app"], nested=False)
+        # The form newer Docker's `docker save` writes: an OCI layout plus manifest.json, in a tar.
+        manifest = plain["manifest"]
+        (tmp / "plain" / "manifest.json").write_text(json.dumps([{
+            "Config": f"blobs/sha256/{manifest.config_digest[7:]}", "RepoTags": [refs["app"]],
+            "Layers": [f"blobs/sha256/{l.digest[7:]}" for l in manifest.layers]}]))
+        with tarfile.open(tmp / "oci-save.tar", "w") as tar:
+            for path in sorted((tmp / "plain").rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(tmp / "plain")), recursive=False)
+        yield {"refs": refs, "ns": ns, "tmp": tmp, "client": client,
+               "ids": {k: client.images.get(r).id for k, r in refs.items()}}
+    finally:
+        for ref in refs.values():
+            try:
+                client.images.remove(ref)
+            except docker.errors.ImageNotFound:
+                pass
+        client.close()
+
+
+def uncompressed_digest(img, i: int) -> str:
+    digest = hashlib.sha256()
+    with img.open_layer(i) as f:
+        stream = gzip.GzipFile(fileobj=f) if img.layers[i].compression == "gzip" else f
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+        f.read()                                          # to the end of the blob: verified
+    return "sha256:" + digest.hexdigest()
+
+
+@pytest.mark.integration
+def test_every_source_gives_the_same_image(family):
+    ref, tmp = family["refs"]["app"], family["tmp"]
+    sources = {
+        "registry": open_image(ref),
+        "engine": open_image(f"docker://{ref}"),
+        "archive": open_image(str(tmp / "app.tar")),
+        "archive of two": open_image(f"{tmp / 'both.tar'}:{ref}"),
+        "oci layout": open_image(str(tmp / "layout")),
+        "oci layout by ref": open_image(f"{tmp / 'plain'}:v1"),
+        "oci docker save": open_image(f"{tmp / 'oci-save.tar'}:{ref}"),
+    }
+    try:
+        kinds = {k: type(v) for k, v in sources.items()}
+        assert kinds["registry"] is RegistryImage and kinds["engine"] is EngineImage
+        assert kinds["archive"] is DockerArchiveImage and kinds["oci layout"] is OCILayoutImage
+        reference = sources["registry"]
+        assert len(reference.diff_ids) == 4                # busybox + 3 RUN layers
+        assert reference.config_digest == family["ids"]["app"]   # the engine's image ID
+        for key, img in sources.items():
+            assert img.diff_ids == reference.diff_ids, key
+            assert img.config == reference.config and img.config_digest == reference.config_digest, key
+            assert [uncompressed_digest(img, i) for i in range(len(img.layers))] == img.diff_ids, key
+            copy = pickle.loads(pickle.dumps(img))        # as sent to a worker process
+            assert copy.layers == img.layers and uncompressed_digest(copy, 3) == img.diff_ids[3], key
+            copy.close()
+        compressed = [l.digest for l in reference.layers]
+        for key in ("oci layout", "oci layout by ref", "oci docker save"):
+            assert [l.digest for l in sources[key].layers] == compressed, key
+            assert sources[key].manifest_digest == reference.manifest_digest, key
+        for key in ("engine", "archive", "archive of two"):   # Docker 20.10: plain tars, no manifest
+            img = sources[key]
+            assert img.manifest_digest is None, key
+            assert [l.digest for l in img.layers] == img.diff_ids and img.layers[0].compression is None, key
+            assert all(l.size > r.size for l, r in zip(img.layers, reference.layers)), key
+        assert sources["oci layout"].platform == "linux/amd64" and sources["registry"].name == ref
+    finally:
+        for img in sources.values():
+            img.close()
+    spool = sources["engine"].path
+    assert not spool.exists()                             # the engine's temporary tar is gone
+
+
+@pytest.mark.integration
+def test_archive_of_several_images_and_layout_platforms(family):
+    refs, tmp = family["refs"], family["tmp"]
+    with pytest.raises(UserError) as e:
+        open_image(str(tmp / "both.tar"))
+    assert "holds 2 images" in str(e.value) and refs["app"] in str(e.value) and refs["other"] in str(e.value)
+    with open_image(f"{tmp / 'both.tar'}:{refs['other']}") as other:
+        assert other.config_digest == family["ids"]["other"]
+    with pytest.raises(UserError) as e:
+        open_image(str(tmp / "layout"), platform="linux/s390x")
+    assert "present: linux/amd64, linux/arm64" in str(e.value)
+    with pytest.raises(UserError, match=r"manifest of image .*layout.* is missing"):
+        open_image(str(tmp / "layout"), platform="linux/arm64")
+    with pytest.raises(UserError, match="holds no image named 'v2'"):
+        open_image(f"{tmp / 'layout'}:v2")
+
+
+@pytest.mark.integration
+def test_real_registry_tags_blobs_and_missing_images(family, namespace):
+    refs = family["refs"]
+    host, name, _ = split_reference(refs["app"])
+    repo = f"t-images-{namespace}/tags"
+    with Registry(host) as reg:
+        manifest = reg.manifest(name, "v1")
+        for blob in [manifest.config_digest] + [l.digest for l in manifest.layers]:
+            assert reg.mount_blob(repo, blob, name) or reg.has_blob(repo, blob)
+        for tag in ("a", "b", "c", "d", "e"):
+            reg.put_manifest(repo, tag, manifest)
+        assert sorted(reg.tags(repo, page_size=2)) == ["a", "b", "c", "d", "e"]
+        layer = manifest.layers[-1]
+        with reg.open_blob(name, layer.digest, size=layer.size) as f:
+            assert sha256(f.read()) == layer.digest
+        with pytest.raises(UserError, match="is not in the registry"):
+            reg.open_blob(name, sha256(b"nothing"))
+    missing = f"{REGISTRY}/{family['ns']}/nothere:v1"
+    with pytest.raises(UserError, match=f"image {missing} is not in the registry"):
+        open_image(missing)
+    with pytest.raises(UserError, match=f"image {missing} is not in the local Docker Engine"):
+        open_image(f"engine://{missing}")
