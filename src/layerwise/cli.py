@@ -16,7 +16,7 @@ from .cost import summarize
 from .errors import ServiceDown, UserError
 from .generate import generate as generate_family
 from .planner import build_plan
-from .report import (PlainProgress, RichProgress, bar_chart_svg, bench_dict, bench_summary, bench_table,
+from .report import (PlainProgress, RichProgress, audit_tables, bar_chart_svg, bench_dict, bench_summary, bench_table,
                      build_table, console, cost_dict, cost_tables, plan_tree, simulate_dict,
                      simulate_tables, size_note)
 from .spec import load_stack
@@ -185,6 +185,27 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
                            f"layer ({r.costs.source})" for r in results})
     out.print(f"[dim]{size_note(summarize(the_plan))} Engine costs: {'; '.join(engine_costs)}."
               + (f" Chart: {chart}" if chart else "") + "[/]")
+
+
+@app.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--platform", help="os/arch[/variant] to pick from image indexes (default linux/amd64).")
+@click.option("--processes", type=click.IntRange(1, 64), help="Layers indexed in parallel (default: cores).")
+@JSON_OPT
+def audit(images: tuple[str, ...], platform: str | None, processes: int | None, as_json: bool) -> None:
+    """What existing IMAGES share and what hosts download twice (registry refs, docker save
+    archives, OCI layout folders, docker://REF for the local engine). First findings; more to come."""
+    from .audit import findings, load
+    from .layerindex import Cache
+
+    doc = findings(load(list(images), platform=platform, cache=Cache(), processes=processes))
+    if as_json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        out = console()
+        for part in audit_tables(doc):
+            out.print(part)
+    sys.exit(1 if any(img["error"] for img in doc["images"]) else 0)
 
 
 @app.group()

@@ -321,3 +321,43 @@ def bench_dict(report) -> dict:
                    "predicted_bytes": c.predicted, "error": round(c.error, 6), "layers": c.layers,
                    "changed_bytes": c.floor} for c in report.cases],
     }
+
+
+# ----------------------------------------------------------------------------- audit
+
+def audit_tables(doc: dict) -> list:
+    out = []
+    t = Table(title="images", title_justify="left")
+    for col, just in (("image", "left"), ("layers", "right"), ("bytes", "right"), ("efficiency (dive)", "right"),
+                      ("wasted", "right"), ("problem", "left")):
+        t.add_column(col, justify=just)
+    for img in doc["images"]:
+        eff = img["efficiency"]
+        t.add_row(img["name"], str(img["layers"]), format_size(img["bytes"]),
+                  f"{100 * eff['score']:.1f}%" if eff else "", format_size(eff["wasted_bytes"]) if eff else "",
+                  img["error"] or "")
+    out.append(t)
+    if doc["sharing"]:
+        t = Table(title="shared between images (same blobs)", title_justify="left")
+        for col in ("image", "image", "layers", "bytes"):
+            t.add_column(col, justify="right" if col in ("layers", "bytes") else "left")
+        for r in doc["sharing"]:
+            t.add_row(r["a"], r["b"], str(r["layers"]), format_size(r["bytes"]))
+        out.append(t)
+    t = Table(title="downloaded twice", title_justify="left")
+    for col, just in (("finding", "left"), ("where", "left"), ("extra bytes", "right")):
+        t.add_column(col, justify=just)
+    for g in doc["same_files_other_digests"]:
+        t.add_row(f"same {g['files']} files ({format_size(g['file_bytes'])}) under {len(g['diff_ids'])} diff_ids",
+                  ", ".join(g["images"]), format_size(g["extra_bytes"]))
+    for g in doc["recompressed"]:
+        t.add_row(f"one layer ({g['diff_id'][:19]}) under {len(g['digests'])} blob digests", "",
+                  format_size(g["extra_bytes"]))
+    if not doc["same_files_other_digests"] and not doc["recompressed"]:
+        t.add_row("nothing: identical content is one layer", "", "0 B")
+    out.append(t)
+    cold = doc["cold_pull"]
+    out.append(f"A host holding all these images pulled {format_size(cold['docker'])} (Docker Engine), "
+               f"{format_size(cold['containerd'])} (containerd); with identical content as one layer: "
+               f"{format_size(cold['floor'])}.")
+    return out

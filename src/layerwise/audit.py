@@ -1,0 +1,145 @@
+"""`layerwise audit`: what a family of existing images shares, and what hosts download twice.
+
+Reads each image through `images` (registry, `docker save` archive, OCI layout or engine), indexes
+every distinct layer once (`layerindex`, cached per diff_id), and computes findings as plain data:
+- the sharing matrix: layers and bytes each pair of images shares (same blob);
+- recompressed layers: the same diff_id under different blob digests (containerd pulls each);
+- the same files under different diff_ids (e.g. the same step built twice: timestamps differ),
+  which every host downloads again;
+- cold-pull bytes of a host holding all the images, by the Docker Engine's and containerd's rules,
+  and what they would be if identical content were one layer;
+- waste inside each image, as dive computes it.
+Rendering is in `report`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .images import LayerRef, open_image
+from .layerindex import Cache, LayerIndex, LayerJob, dive_efficiency, index_layers
+
+
+@dataclass
+class AuditedImage:
+    name: str
+    layers: list[LayerRef] = field(default_factory=list)
+    indexes: list[LayerIndex | None] = field(default_factory=list)
+    error: str | None = None
+
+
+def load(specs: list[str], *, platform: str | None = None, cache: Cache | None = None,
+         processes: int | None = None) -> list[AuditedImage]:
+    """Open every image and index its layers; an image that fails keeps its error, the rest go on."""
+    audited, opened = [], []
+    for spec in specs:
+        try:
+            image = open_image(spec, platform=platform)
+        except UserError as e:
+            audited.append(AuditedImage(spec, error=str(e)))
+            continue
+        audited.append(AuditedImage(spec, list(image.layers)))
+        opened.append((audited[-1], image))
+    jobs, owners = [], []
+    for entry, image in opened:
+        for i, layer in enumerate(entry.layers):
+            jobs.append(LayerJob(functools.partial(image.open_layer, i), digest=layer.digest,
+                                 diff_id=layer.diff_id, name=f"{entry.name} layer {i + 1} ({layer.digest[:19]})"))
+            owners.append(entry)
+    for entry, result in zip(owners, index_layers(jobs, processes=processes, cache=cache)):
+        entry.indexes.append(result.index)
+        if result.error and not entry.error:
+            entry.error = str(result.error)
+    return audited
+
+
+def sharing_matrix(images: list[AuditedImage]) -> list[dict]:
+    rows = []
+    for i, a in enumerate(images):
+        for b in images[i + 1:]:
+            size = {l.digest: l.size for l in a.layers}
+            shared = size.keys() & {l.digest for l in b.layers}
+            rows.append({"a": a.name, "b": b.name, "layers": len(shared), "bytes": sum(size[d] for d in shared)})
+    return rows
+
+
+def recompressed(images: list[AuditedImage]) -> list[dict]:
+    """Same uncompressed layer under several blob digests; `extra_bytes`: all blobs but the smallest."""
+    by_diff: dict[str, dict[str, int]] = {}
+    for img in images:
+        for l in img.layers:
+            by_diff.setdefault(l.diff_id, {})[l.digest] = l.size
+    out = []
+    for diff_id, blobs in sorted(by_diff.items()):
+        if len(blobs) > 1:
+            out.append({"diff_id": diff_id, "digests": sorted(blobs),
+                        "extra_bytes": sum(blobs.values()) - min(blobs.values())})
+    return out
+
+
+def file_set_key(index: LayerIndex) -> str:
+    """Identity of a layer's files whatever their timestamps: paths, types, modes, owners, contents."""
+    h = hashlib.sha256()
+    for e in sorted(index.entries, key=lambda e: e.path):
+        h.update(f"{e.path}\0{e.type}\0{e.mode}\0{e.uid}\0{e.gid}\0{e.size}\0{e.sha256}\0{e.link}\n".encode())
+    return h.hexdigest()
+
+
+def same_files(images: list[AuditedImage]) -> list[dict]:
+    """Layers with other diff_ids but the same files (e.g. the same step built twice).
+    `extra_bytes`: compressed bytes of all those layers but one, which a host downloads again."""
+    groups: dict[str, dict[str, tuple[int, set[str]]]] = {}
+    for img in images:
+        for layer, index in zip(img.layers, img.indexes):
+            if index is None or not index.entries:
+                continue
+            size, names = groups.setdefault(file_set_key(index), {}).get(layer.diff_id, (layer.size, set()))
+            names.add(img.name)
+            groups[file_set_key(index)][layer.diff_id] = (size, names)
+    out = []
+    for key, by_diff in groups.items():
+        if len(by_diff) > 1:
+            sizes = [s for s, _ in by_diff.values()]
+            index = next(i for img in images for l, i in zip(img.layers, img.indexes)
+                         if i is not None and l.diff_id in by_diff)
+            out.append({"files": len(index.entries), "file_bytes": index.file_bytes,
+                        "diff_ids": sorted(by_diff), "images": sorted({n for _, ns in by_diff.values() for n in ns}),
+                        "extra_bytes": sum(sizes) - min(sizes)})
+    return sorted(out, key=lambda g: -g["extra_bytes"])
+
+
+def cold_pull(images: list[AuditedImage]) -> dict[str, int]:
+    """Layer bytes a host holding all the images downloaded, by each host kind's rule, and the
+    floor if identical files were one layer."""
+    chains: dict[str, int] = {}
+    blobs: dict[str, int] = {}
+    contents: dict[str, int] = {}
+    for img in images:
+        chain = ""
+        for layer, index in zip(img.layers, img.indexes):
+            chain = hashlib.sha256(f"{chain}{layer.diff_id}".encode()).hexdigest()   # like a ChainID
+            chains.setdefault(chain, layer.size)     # the first image pulled brings it
+            blobs.setdefault(layer.digest, layer.size)
+            key = file_set_key(index) if index is not None and index.entries else layer.diff_id
+            contents[key] = min(layer.size, contents.get(key, layer.size))
+    return {"docker": sum(chains.values()), "containerd": sum(blobs.values()), "floor": sum(contents.values())}
+
+
+def findings(images: list[AuditedImage]) -> dict:
+    ok = [img for img in images if not img.error]
+    return {
+        "images": [
+            {"name": img.name, "layers": len(img.layers), "bytes": sum(l.size for l in img.layers),
+             "error": img.error,
+             "efficiency": (lambda e: {"score": round(e.score, 6), "wasted_bytes": e.wasted_bytes})(
+                 dive_efficiency(img.indexes)) if not img.error else None}
+            for img in images
+        ],
+        "sharing": sharing_matrix(ok),
+        "recompressed": recompressed(ok),
+        "same_files_other_digests": same_files(ok),
+        "cold_pull": cold_pull(ok),
+    }
