@@ -27,7 +27,7 @@ from .dockerfiles import render_dockerfile
 from .errors import UserError
 from .model import Plan, sha256_text
 from .planner import build_plan
-from .registry import Manifest, Registry, split_reference
+from .registry import Manifest, Registry, is_loopback, split_reference
 from .spec import Stack, load_stack
 from .state import load_state
 
@@ -296,7 +296,8 @@ def _changed_bytes(before: Stack, after: Stack) -> int:
 
 
 def _loopback(registry: str) -> tuple[str, int]:
-    host, _, port = registry.partition(":")
-    if host not in ("localhost", "127.0.0.1"):
+    """The registry's address for the proxy to forward to; the bench only works on loopback."""
+    if not is_loopback(registry):
         raise UserError(f"bench pull needs the registry on loopback, not {registry}")
-    return "127.0.0.1", int(port or 80)
+    _, _, port = registry.rpartition(":")
+    return "127.0.0.1", int(port) if port.isdigit() else 80
