@@ -85,6 +85,10 @@ def test_audit_flat_vs_layered_family(services, namespace, tmp_path):
     # The flat apps' tools layers hold the same 1 MB of files under other diff_ids: pulled twice.
     assert any(g["file_bytes"] >= 1_000_000 and g["extra_bytes"] > 900_000 for g in dup), dup
     assert doc["sharing"][0]["layers"] == 1            # only the OS base is shared
+    # The planner, fed these layers, finds the shared base (OS + tools) the flat apps should have.
+    tree = doc["recommended_tree"]
+    assert [(b["layers"], len(b["used_by"])) for b in tree["bases"]] == [(2, 2)]
+    assert tree["cold_pull"] < doc["cold_pull"]["docker"] - 900_000
 
     result = run_cli("audit", *layered, "--json")
     doc = json.loads(result.stdout)
@@ -99,3 +103,17 @@ def test_audit_reports_a_bad_image_and_goes_on(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     doc = json.loads(result.stdout)
     assert doc["images"][0]["error"]
+
+
+def test_recommended_tree_by_hand():
+    from layerwise.audit import recommended_tree
+    base = layer("base", {"bin/sh": "a"}, 100)
+    tools_a, tools_b = layer("toolsa", {"opt/t": "b"}, 50), layer("toolsb", {"opt/t": "b"}, 60)
+    code_a, code_b = layer("codea", {"srv/a": "c"}, 5), layer("codeb", {"srv/b": "d"}, 7)
+    a = image("a", base, tools_a, code_a)
+    b = image("b", base, tools_b, code_b)
+    a.made_by = b.made_by = ["", "COPY dir:x in /opt/", ""]
+    tree = recommended_tree([a, b])
+    # Base and the equal COPY become one shared image; each app keeps its code layer.
+    assert tree["bases"] == [{"layers": 2, "bytes": 150, "used_by": ["a", "b"]}]
+    assert tree["cold_pull"] == 100 + 50 + 5 + 7

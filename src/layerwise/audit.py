@@ -8,7 +8,8 @@ every distinct layer once (`layerindex`, cached per diff_id), and computes findi
   which every host downloads again;
 - cold-pull bytes of a host holding all the images, by the Docker Engine's and containerd's rules,
   and what they would be if identical content were one layer;
-- waste inside each image, as dive computes it.
+- waste inside each image, as dive computes it;
+- a recommended tree: the layers fed to the planner, and what a host would pull with it.
 Rendering is in `report`.
 """
 
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from .errors import UserError
 from .images import LayerRef, open_image
 from .layerindex import Cache, LayerIndex, LayerJob, dive_efficiency, index_layers
+from .model import Step
+from .planner import image_runs, prefix_tree
 
 
 @dataclass
@@ -29,6 +32,7 @@ class AuditedImage:
     layers: list[LayerRef] = field(default_factory=list)
     indexes: list[LayerIndex | None] = field(default_factory=list)
     error: str | None = None
+    made_by: list[str] = field(default_factory=list)   # the instruction behind each layer (history)
 
 
 def load(specs: list[str], *, platform: str | None = None, cache: Cache | None = None,
@@ -41,7 +45,10 @@ def load(specs: list[str], *, platform: str | None = None, cache: Cache | None =
         except UserError as e:
             audited.append(AuditedImage(spec, error=str(e)))
             continue
-        audited.append(AuditedImage(spec, list(image.layers)))
+        history = [h.get("created_by", "") for h in image.config.get("history", []) if not h.get("empty_layer")]
+        layers = list(image.layers)
+        made_by = history if len(history) == len(layers) else [""] * len(layers)
+        audited.append(AuditedImage(spec, layers, made_by=made_by))
         opened.append((audited[-1], image))
     jobs, owners = [], []
     for entry, image in opened:
@@ -128,6 +135,28 @@ def cold_pull(images: list[AuditedImage]) -> dict[str, int]:
     return {"docker": sum(chains.values()), "containerd": sum(blobs.values()), "floor": sum(contents.values())}
 
 
+def recommended_tree(images: list[AuditedImage]) -> dict:
+    """Feed the images' layers to the planner: equal steps under equal parents become shared base
+    images. A step is its instruction (from the history) plus, for COPY/ADD, its file set."""
+    chains = {}
+    for img in images:
+        steps = []
+        made_by_all = img.made_by or [""] * len(img.layers)
+        for i, (layer, index, made_by) in enumerate(zip(img.layers, img.indexes, made_by_all)):
+            copies = " COPY " in f" {made_by} " or " ADD " in f" {made_by} "
+            content = file_set_key(index) if index is not None and (copies or not made_by) else None
+            steps.append(Step(instruction="RUN " + (made_by or f"layer {i + 1}").replace("\n", " "),
+                              category="layer", context_digest=content, size=layer.size,
+                              size_source="measured"))
+        chains[img.name] = steps
+    nodes, _ = prefix_tree(chains)
+    runs = image_runs(nodes, {}, {"layer": "-"})
+    bases = [{"layers": len(run), "bytes": sum(nodes[i].step.size or 0 for i in run),
+              "used_by": sorted(nodes[run[-1]].apps)}
+             for run in runs if len(nodes[run[-1]].apps) > 1]
+    return {"bases": bases, "cold_pull": sum(n.step.size or 0 for n in nodes)}
+
+
 def findings(images: list[AuditedImage]) -> dict:
     ok = [img for img in images if not img.error]
     return {
@@ -142,4 +171,5 @@ def findings(images: list[AuditedImage]) -> dict:
         "recompressed": recompressed(ok),
         "same_files_other_digests": same_files(ok),
         "cold_pull": cold_pull(ok),
+        "recommended_tree": recommended_tree(ok),
     }

@@ -356,8 +356,17 @@ def audit_tables(doc: dict) -> list:
     if not doc["same_files_other_digests"] and not doc["recompressed"]:
         t.add_row("nothing: identical content is one layer", "", "0 B")
     out.append(t)
+    tree = doc["recommended_tree"]
+    if tree["bases"]:
+        t = Table(title="recommended tree: shared base images", title_justify="left")
+        for col, just in (("used by", "left"), ("layers", "right"), ("bytes", "right")):
+            t.add_column(col, justify=just)
+        for b in tree["bases"]:
+            t.add_row(", ".join(b["used_by"]), str(b["layers"]), format_size(b["bytes"]))
+        out.append(t)
     cold = doc["cold_pull"]
     out.append(f"A host holding all these images pulled {format_size(cold['docker'])} (Docker Engine), "
-               f"{format_size(cold['containerd'])} (containerd); with identical content as one layer: "
+               f"{format_size(cold['containerd'])} (containerd); with the recommended tree "
+               f"{format_size(tree['cold_pull'])}; with identical content as one layer "
                f"{format_size(cold['floor'])}.")
     return out
