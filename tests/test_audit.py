@@ -90,7 +90,13 @@ def test_audit_flat_vs_layered_family(services, namespace, tmp_path):
     assert [(b["layers"], len(b["used_by"])) for b in tree["bases"]] == [(2, 2)]
     assert tree["cold_pull"] < doc["cold_pull"]["docker"] - 900_000
 
-    result = run_cli("audit", *layered, "--json")
+    # CI gating: the flat family shares too little; the layered one passes; both write HTML.
+    gated = run_cli("audit", *flat.values(), "--fail-under", "sharing=0.3", "--html", str(tmp_path / "a.html"))
+    assert gated.returncode == 1 and "sharing is" in gated.stdout
+    assert "<table>" in (tmp_path / "a.html").read_text()
+
+    result = run_cli("audit", *layered, "--json", "--fail-under", "sharing=30%", "--html", str(tmp_path / "b.html"))
+    assert result.returncode == 0, result.stdout[-2000:]
     doc = json.loads(result.stdout)
     assert doc["same_files_other_digests"] == [] and doc["recompressed"] == []
     assert doc["sharing"][0]["layers"] == 2             # the OS base and the tools image
@@ -117,3 +123,18 @@ def test_recommended_tree_by_hand():
     # Base and the equal COPY become one shared image; each app keeps its code layer.
     assert tree["bases"] == [{"layers": 2, "bytes": 150, "used_by": ["a", "b"]}]
     assert tree["cold_pull"] == 100 + 50 + 5 + 7
+
+
+def test_fail_under_gates():
+    from layerwise.audit import check_gates, parse_gates
+    from layerwise.errors import UserError
+    doc = {"images": [{"name": "a", "bytes": 100, "error": None, "efficiency": {"score": 0.8, "wasted_bytes": 5}},
+                      {"name": "b", "bytes": 100, "error": None, "efficiency": {"score": 0.99, "wasted_bytes": 0}}],
+           "cold_pull": {"docker": 150}}
+    assert parse_gates(["efficiency=90%", "sharing=0.2"]) == {"efficiency": 0.9, "sharing": 0.2}
+    failed = check_gates(doc, {"efficiency": 0.9, "sharing": 0.3})
+    assert failed == ["efficiency of a is 80.0%, under 90.0%", "sharing is 25.0%, under 30.0%"]
+    assert check_gates(doc, {"efficiency": 0.5, "sharing": 0.25}) == []
+    for bad in ("speed=1", "sharing=lots", "sharing=2"):
+        with pytest.raises(UserError):
+            parse_gates([bad])

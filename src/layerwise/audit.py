@@ -173,3 +173,40 @@ def findings(images: list[AuditedImage]) -> dict:
         "cold_pull": cold_pull(ok),
         "recommended_tree": recommended_tree(ok),
     }
+
+
+GATES = ("efficiency", "sharing")
+
+
+def parse_gates(gates) -> dict[str, float]:
+    """`--fail-under` thresholds: METRIC=VALUE, VALUE a fraction (0.9) or a percentage (90%)."""
+    out = {}
+    for gate in gates:
+        metric, _, value = gate.partition("=")
+        try:
+            number = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+        except ValueError:
+            number = None
+        if metric not in GATES or number is None or not 0 <= number <= 1:
+            raise UserError(f"--fail-under {gate!r}: write METRIC=VALUE with METRIC one of "
+                            f"{', '.join(GATES)} and VALUE a fraction (0.9) or a percentage (90%)")
+        out[metric] = number
+    return out
+
+
+def sharing(doc: dict) -> float:
+    """Share of the images' bytes that a host holding them all does not download (Docker Engine)."""
+    total = sum(i["bytes"] for i in doc["images"] if not i["error"])
+    return 1 - doc["cold_pull"]["docker"] / total if total else 1.0
+
+
+def check_gates(doc: dict, thresholds: dict[str, float]) -> list[str]:
+    failed = []
+    if "efficiency" in thresholds:
+        for img in doc["images"]:
+            if img["efficiency"] and img["efficiency"]["score"] < thresholds["efficiency"]:
+                failed.append(f"efficiency of {img['name']} is {img['efficiency']['score']:.1%}, "
+                              f"under {thresholds['efficiency']:.1%}")
+    if "sharing" in thresholds and sharing(doc) < thresholds["sharing"]:
+        failed.append(f"sharing is {sharing(doc):.1%}, under {thresholds['sharing']:.1%}")
+    return failed

@@ -16,7 +16,7 @@ from .cost import summarize
 from .errors import ServiceDown, UserError
 from .generate import generate as generate_family
 from .planner import build_plan
-from .report import (PlainProgress, RichProgress, audit_tables, bar_chart_svg, bench_dict, bench_summary, bench_table,
+from .report import (PlainProgress, RichProgress, audit_html, audit_tables, bar_chart_svg, bench_dict, bench_summary, bench_table,
                      build_table, console, cost_dict, cost_tables, plan_tree, simulate_dict,
                      simulate_tables, size_note)
 from .spec import load_stack
@@ -191,21 +191,32 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
 @click.argument("images", nargs=-1, required=True)
 @click.option("--platform", help="os/arch[/variant] to pick from image indexes (default linux/amd64).")
 @click.option("--processes", type=click.IntRange(1, 64), help="Layers indexed in parallel (default: cores).")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Also write an HTML report here.")
+@click.option("--fail-under", "gates", multiple=True, metavar="METRIC=VALUE",
+              help="Exit 1 when a metric is below VALUE: efficiency (every image's, dive-style) or sharing "
+                   "(share of the images' bytes a host holding them all does not pull). E.g. sharing=0.5.")
 @JSON_OPT
-def audit(images: tuple[str, ...], platform: str | None, processes: int | None, as_json: bool) -> None:
+def audit(images: tuple[str, ...], platform: str | None, processes: int | None, html_path: Path | None,
+          gates: tuple[str, ...], as_json: bool) -> None:
     """What existing IMAGES share and what hosts download twice (registry refs, docker save
-    archives, OCI layout folders, docker://REF for the local engine). First findings; more to come."""
-    from .audit import findings, load
+    archives, OCI layout folders, docker://REF for the local engine)."""
+    from .audit import check_gates, findings, load, parse_gates
     from .layerindex import Cache
 
+    thresholds = parse_gates(gates)
     doc = findings(load(list(images), platform=platform, cache=Cache(), processes=processes))
+    failed = check_gates(doc, thresholds)
+    if html_path:
+        write_atomically(html_path, audit_html(doc))
     if as_json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(json.dumps(doc | {"gates_failed": failed}, indent=2, sort_keys=True))
     else:
         out = console()
         for part in audit_tables(doc):
             out.print(part)
-    sys.exit(1 if any(img["error"] for img in doc["images"]) else 0)
+        for line in failed:
+            out.print(f"[red]below threshold[/]: {line}")
+    sys.exit(1 if failed or any(img["error"] for img in doc["images"]) else 0)
 
 
 @app.group()

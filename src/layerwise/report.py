@@ -370,3 +370,44 @@ def audit_tables(doc: dict) -> list:
                f"{format_size(tree['cold_pull'])}; with identical content as one layer "
                f"{format_size(cold['floor'])}.")
     return out
+
+
+def audit_html(doc: dict) -> str:
+    """A standalone page: the sharing matrix as a heat map, then bytes per image and per finding."""
+    from html import escape
+    images = [i for i in doc["images"] if not i["error"]]
+    names = [i["name"] for i in images]
+    sizes = {i["name"]: i["bytes"] for i in images}
+    shared = {(r["a"], r["b"]): r["bytes"] for r in doc["sharing"]}
+
+    def cell(a: str, b: str) -> str:
+        value = sizes[a] if a == b else shared.get((a, b), shared.get((b, a), 0))
+        frac = value / max(1, min(sizes[a], sizes[b]))
+        color = f"rgba(43,123,186,{0.1 + 0.9 * frac:.2f})"
+        return f'<td style="background:{color}" title="{frac:.0%} of the smaller">{escape(format_size(value))}</td>'
+
+    head = "".join(f"<th>{escape(n)}</th>" for n in names)
+    rows = "".join(f"<tr><th>{escape(a)}</th>{''.join(cell(a, b) for b in names)}</tr>" for a in names)
+    findings = "".join(
+        f"<tr><td>same {g['files']} files ({escape(format_size(g['file_bytes']))}) under {len(g['diff_ids'])} "
+        f"diff_ids</td><td>{escape(', '.join(g['images']))}</td><td>{escape(format_size(g['extra_bytes']))}</td></tr>"
+        for g in doc["same_files_other_digests"])
+    cold = doc["cold_pull"]
+    chart = bar_chart_svg("bytes a host holding all images pulls", ["Docker Engine", "containerd"],
+                          {"as they are": [cold["docker"], cold["containerd"]],
+                           "recommended tree": [doc["recommended_tree"]["cold_pull"]] * 2,
+                           "floor": [cold["floor"]] * 2})
+    per_image = bar_chart_svg("image sizes", names, {"bytes": [sizes[n] for n in names]})
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>layerwise audit</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 8px;border:1px solid #ddd;text-align:right}}
+th{{background:#f4f4f4}} table{{border-collapse:collapse;margin:1em 0}}</style></head><body>
+<h1>layerwise audit</h1>
+<h2>Shared between images (same blobs)</h2>
+<table><tr><th></th>{head}</tr>{rows}</table>
+<h2>Downloaded twice</h2>
+<table><tr><th>finding</th><th>images</th><th>extra bytes</th></tr>{findings or '<tr><td colspan=3>nothing</td></tr>'}</table>
+{chart}
+{per_image}
+</body></html>
+"""
