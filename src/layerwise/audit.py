@@ -36,7 +36,7 @@ class AuditedImage:
 
 
 def load(specs: list[str], *, platform: str | None = None, cache: Cache | None = None,
-         processes: int | None = None) -> list[AuditedImage]:
+         processes: int | None = None, progress=None) -> list[AuditedImage]:
     """Open every image and index its layers; an image that fails keeps its error, the rest go on."""
     audited, opened = [], []
     for spec in specs:
@@ -56,7 +56,11 @@ def load(specs: list[str], *, platform: str | None = None, cache: Cache | None =
             jobs.append(LayerJob(functools.partial(image.open_layer, i), digest=layer.digest,
                                  diff_id=layer.diff_id, name=f"{entry.name} layer {i + 1} ({layer.digest[:19]})"))
             owners.append(entry)
-    for entry, result in zip(owners, index_layers(jobs, processes=processes, cache=cache)):
+    if progress is not None:
+        progress(None, len(jobs))      # announce the total before the first layer is done
+    results = index_layers(jobs, processes=processes, cache=cache,
+                           progress=(lambda r: progress(r, len(jobs))) if progress else None)
+    for entry, result in zip(owners, results):
         entry.indexes.append(result.index)
         if result.error and not entry.error:
             entry.error = str(result.error)

@@ -204,14 +204,23 @@ def audit(images: tuple[str, ...], platform: str | None, processes: int | None, 
     from .layerindex import Cache
 
     thresholds = parse_gates(gates)
-    doc = findings(load(list(images), platform=platform, cache=Cache(), processes=processes))
+    out = console()
+    if out.is_terminal and not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        with Progress(TextColumn("indexing layers"), BarColumn(), MofNCompleteColumn(), console=out,
+                      transient=True) as bars:
+            task = bars.add_task("layers", total=None)
+            doc = findings(load(list(images), platform=platform, cache=Cache(), processes=processes,
+                                progress=lambda r, total: bars.update(task, total=total,
+                                                                      advance=0 if r is None else 1)))
+    else:
+        doc = findings(load(list(images), platform=platform, cache=Cache(), processes=processes))
     failed = check_gates(doc, thresholds)
     if html_path:
         write_atomically(html_path, audit_html(doc))
     if as_json:
         print(json.dumps(doc | {"gates_failed": failed}, indent=2, sort_keys=True))
     else:
-        out = console()
         for part in audit_tables(doc):
             out.print(part)
         for line in failed:
