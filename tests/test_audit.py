@@ -138,3 +138,19 @@ def test_fail_under_gates():
     for bad in ("speed=1", "sharing=lots", "sharing=2"):
         with pytest.raises(UserError):
             parse_gates([bad])
+
+
+def test_near_identical_and_duplicated_files_by_hand():
+    from layerwise.audit import duplicated_files, near_identical
+    base = layer("base", {"bin/sh": "a"}, 100)
+    # The same step built twice: 3 files equal, one (a timestamped .pyc) differs.
+    run_a = layer("runa", {"lib/x.so": "s" * 90, "lib/y.so": "t" * 5, "lib/z.pyc": "p1"}, 40)
+    run_b = layer("runb", {"lib/x.so": "s" * 90, "lib/y.so": "t" * 5, "lib/z.pyc": "p2"}, 41)
+    a, b = image("a", base, run_a), image("b", base, run_b)
+    near = near_identical([a, b])
+    assert len(near) == 1
+    assert near[0]["differing_files"] == 1 and near[0]["examples"] == ["lib/z.pyc"]
+    assert near[0]["same_bytes"] == 95 and near[0]["extra_bytes"] == 40
+    dup = duplicated_files([a, b])
+    # x.so and y.so are in both images but in layers they do not share; bin/sh is in the shared base.
+    assert dup == [{"directory": "lib", "files": 2, "extra_bytes": 95, "images": ["a", "b"]}]

@@ -6,6 +6,8 @@ every distinct layer once (`layerindex`, cached per diff_id), and computes findi
 - recompressed layers: the same diff_id under different blob digests (containerd pulls each);
 - the same files under different diff_ids (e.g. the same step built twice: timestamps differ),
   which every host downloads again;
+- near-identical layers (most file bytes equal) and files duplicated across images outside any
+  shared layer, by directory;
 - cold-pull bytes of a host holding all the images, by the Docker Engine's and containerd's rules,
   and what they would be if identical content were one layer;
 - waste inside each image, as dive computes it;
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .images import LayerRef, open_image
-from .layerindex import Cache, LayerIndex, LayerJob, dive_efficiency, index_layers
+from .layerindex import Cache, LayerIndex, LayerJob, dive_efficiency, effective_tree, index_layers
 from .model import Step
 from .planner import image_runs, prefix_tree
 
@@ -122,6 +124,63 @@ def same_files(images: list[AuditedImage]) -> list[dict]:
     return sorted(out, key=lambda g: -g["extra_bytes"])
 
 
+def near_identical(images: list[AuditedImage], threshold: float = 0.5) -> list[dict]:
+    """Pairs of layers with other file sets where most (by default over half) of the file bytes are
+    the same path with the same content:
+    a step built twice whose output differs in a few files (timestamps in .pyc files, logs, ...)."""
+    layers: dict[str, tuple[LayerIndex, int, set[str]]] = {}
+    for img in images:
+        for layer, index in zip(img.layers, img.indexes):
+            if index is not None and index.file_bytes:
+                layers.setdefault(layer.diff_id, (index, layer.size, set()))[2].add(img.name)
+    files = {d: {e.path: (e.sha256, e.size) for e in ix.entries if e.type == "file"} for d, (ix, _, _) in layers.items()}
+    keys = {d: file_set_key(ix) for d, (ix, _, _) in layers.items()}
+    out = []
+    ids = sorted(layers)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            if keys[a] == keys[b]:
+                continue   # the same files: reported by same_files
+            fa, fb = files[a], files[b]
+            common = sum(size for path, (sha, size) in fa.items() if fb.get(path, (None,))[0] == sha)
+            total = max(layers[a][0].file_bytes, layers[b][0].file_bytes)
+            if total and common / total >= threshold:
+                differing = sorted(p for p in fa.keys() | fb.keys() if fa.get(p) != fb.get(p))
+                out.append({"diff_ids": [a, b], "images": sorted(layers[a][2] | layers[b][2]),
+                            "same_bytes": common, "similarity": round(common / total, 4),
+                            "differing_files": len(differing), "examples": differing[:5],
+                            "extra_bytes": min(layers[a][1], layers[b][1])})
+    return sorted(out, key=lambda g: -g["extra_bytes"])
+
+
+def duplicated_files(images: list[AuditedImage], top: int = 20) -> list[dict]:
+    """Files with the same content in several images outside any layer those images share, by
+    directory: bytes each host holding them all stores and pulls more than once."""
+    where: dict[str, dict[str, tuple[str, int, str]]] = {}   # sha -> image -> (path, size, layer digest)
+    for img in images:
+        if any(ix is None for ix in img.indexes):
+            continue
+        tree = effective_tree(img.indexes)
+        for path, te in tree.items():
+            e = te.entry
+            if e.type == "file" and e.sha256 and e.size:
+                where.setdefault(e.sha256, {}).setdefault(img.name, (path, e.size, img.layers[te.layer].digest))
+    by_dir: dict[str, dict] = {}
+    for copies in where.values():
+        if len(copies) < 2 or len({digest for _, _, digest in copies.values()}) < 2:
+            continue   # in one image, or every copy comes from one shared layer
+        path, size, _ = next(iter(copies.values()))
+        extra = size * (len({d for _, _, d in copies.values()}) - 1)
+        entry = by_dir.setdefault(path.rsplit("/", 1)[0] if "/" in path else "/",
+                                  {"files": 0, "extra_bytes": 0, "images": set()})
+        entry["files"] += 1
+        entry["extra_bytes"] += extra
+        entry["images"] |= set(copies)
+    rows = [{"directory": d, "files": v["files"], "extra_bytes": v["extra_bytes"], "images": sorted(v["images"])}
+            for d, v in by_dir.items()]
+    return sorted(rows, key=lambda r: -r["extra_bytes"])[:top]
+
+
 def cold_pull(images: list[AuditedImage]) -> dict[str, int]:
     """Layer bytes a host holding all the images downloaded, by each host kind's rule, and the
     floor if identical files were one layer."""
@@ -174,6 +233,8 @@ def findings(images: list[AuditedImage]) -> dict:
         "sharing": sharing_matrix(ok),
         "recompressed": recompressed(ok),
         "same_files_other_digests": same_files(ok),
+        "near_identical": near_identical(ok),
+        "duplicated_files": duplicated_files(ok),
         "cold_pull": cold_pull(ok),
         "recommended_tree": recommended_tree(ok),
     }

@@ -353,9 +353,19 @@ def audit_tables(doc: dict) -> list:
     for g in doc["recompressed"]:
         t.add_row(f"one layer ({g['diff_id'][:19]}) under {len(g['digests'])} blob digests", "",
                   format_size(g["extra_bytes"]))
-    if not doc["same_files_other_digests"] and not doc["recompressed"]:
+    for g in doc["near_identical"]:
+        t.add_row(f"near-identical layers: {g['similarity']:.1%} of file bytes equal, {g['differing_files']} files "
+                  f"differ (e.g. {', '.join(g['examples'][:2])})", ", ".join(g["images"]), format_size(g["extra_bytes"]))
+    if not doc["same_files_other_digests"] and not doc["recompressed"] and not doc["near_identical"]:
         t.add_row("nothing: identical content is one layer", "", "0 B")
     out.append(t)
+    if doc["duplicated_files"]:
+        t = Table(title="files duplicated across images outside shared layers", title_justify="left")
+        for col, just in (("directory", "left"), ("files", "right"), ("extra bytes", "right"), ("images", "left")):
+            t.add_column(col, justify=just)
+        for r in doc["duplicated_files"][:10]:
+            t.add_row(r["directory"], str(r["files"]), format_size(r["extra_bytes"]), ", ".join(r["images"]))
+        out.append(t)
     tree = doc["recommended_tree"]
     if tree["bases"]:
         t = Table(title="recommended tree: shared base images", title_justify="left")
