@@ -247,7 +247,9 @@ def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float]],
     """A grouped bar chart as a small standalone SVG (no plotting library needed)."""
     from xml.sax.saxutils import escape
     colors = ["#8c8c8c", "#2b7bba", "#e08a2b", "#3a9c4a", "#b04a8c"]
-    width, height, left, bottom, top = 760, 360, 90, 60, 40
+    rotate = len(groups) > 3 or max((len(g) for g in groups), default=0) > 18   # long labels slant
+    width = max(760, 110 + 80 * len(groups))
+    height, left, bottom, top = (470, 90, 170, 40) if rotate else (360, 90, 60, 40)
     plot_w, plot_h = width - left - 20, height - top - bottom
     peak = max((v for vs in series.values() for v in vs), default=0) or 1
     n = len(series)
@@ -269,7 +271,9 @@ def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float]],
             h = plot_h * values[gi] / peak
             out.append(f'<rect x="{x0 + si * bar:.1f}" y="{top + plot_h - h:.1f}" width="{bar * 0.9:.1f}" '
                        f'height="{h:.1f}" fill="{colors[si % len(colors)]}"/>')
-        out.append(f'<text x="{x0 + slot * 0.4:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+        x, y = x0 + slot * 0.4, top + plot_h + 16
+        slant = f' transform="rotate(-35 {x:.1f} {y})"' if rotate else ""
+        out.append(f'<text x="{x:.1f}" y="{y}" text-anchor="{"end" if rotate else "middle"}"{slant}>'
                    f'{escape(group)}</text>')
     for si, name in enumerate(series):
         x = left + si * 130
@@ -411,7 +415,8 @@ def audit_html(doc: dict) -> str:
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>layerwise audit</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 8px;border:1px solid #ddd;text-align:right}}
-th{{background:#f4f4f4}} table{{border-collapse:collapse;margin:1em 0}}</style></head><body>
+th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}
+table{{border-collapse:collapse;margin:1em 0}}</style></head><body>
 <h1>layerwise audit</h1>
 <h2>Shared between images (same blobs)</h2>
 <table><tr><th></th>{head}</tr>{rows}</table>
