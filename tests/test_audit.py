@@ -154,3 +154,65 @@ def test_near_identical_and_duplicated_files_by_hand():
     dup = duplicated_files([a, b])
     # x.so and y.so are in both images but in layers they do not share; bin/sh is in the shared base.
     assert dup == [{"directory": "lib", "files": 2, "extra_bytes": 95, "images": ["a", "b"]}]
+
+
+def _build_and_push(client, ref: str, dockerfile: str) -> None:
+    import io
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, network_mode="none",
+                        nocache=True, rm=True)
+    repo, tag = ref.rsplit(":", 1)
+    for event in client.api.push(repo, tag=tag, stream=True, decode=True):
+        assert "error" not in event, event
+    client.images.remove(ref, force=True)
+
+
+@pytest.mark.integration
+def test_audit_finds_a_run_built_twice_a_recompressed_layer_and_waste(services, namespace):
+    """Images built by the test and pushed to the real registry, one finding each."""
+    import gzip
+    import hashlib
+    import time
+
+    import docker
+
+    from layerwise.registry import DOCKER_MANIFEST, Registry
+
+    client = docker.from_env(version="auto")
+    base = "FROM localhost:5000/os/busybox:latest\n"
+    run = "RUN mkdir -p /data && head -c 300000 /dev/zero | tr '\\\\0' x > /data/blob\n"
+    one, two, waste = (f"localhost:5000/{namespace}/{n}:latest" for n in ("one", "two", "waste"))
+    _build_and_push(client, one, base + run)
+    time.sleep(1.1)   # the legacy builder stamps whole seconds: a second later, other bytes
+    _build_and_push(client, two, base + run)
+    _build_and_push(client, waste, base + "RUN head -c 200000 /dev/zero > /big\nRUN rm /big\n"
+                                          "RUN echo a > /f\nRUN echo b > /f\n")
+
+    # Push `one` again with its top layer recompressed: same diff_id, another blob digest.
+    recompressed = f"localhost:5000/{namespace}/recompressed:latest"
+    with Registry("localhost:5000") as reg:
+        name = f"{namespace}/one"
+        manifest = reg.manifest(name, "latest")
+        top = manifest.layers[-1]
+        raw_tar = gzip.decompress(reg.blob(name, top.digest))
+        blob = gzip.compress(raw_tar, compresslevel=1, mtime=0)
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        target = f"{namespace}/recompressed"
+        for layer in manifest.layers[:-1]:
+            assert reg.mount_blob(target, layer.digest, name)
+        assert reg.mount_blob(target, manifest.config_digest, name)
+        reg.upload_blob(target, digest, blob, len(blob))
+        doc = json.loads(manifest.raw)
+        doc["layers"][-1] = {**doc["layers"][-1], "digest": digest, "size": len(blob)}
+        reg.put_manifest_bytes(target, "latest", json.dumps(doc).encode(), DOCKER_MANIFEST)
+
+    result = run_cli("audit", one, two, recompressed, waste, "--json")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    found = json.loads(result.stdout)
+    # The same RUN built twice: other diff_ids (timestamps), the same files.
+    same = [g for g in found["same_files_other_digests"] if g["file_bytes"] == 300000]
+    assert len(same) == 1 and {one, two} <= set(same[0]["images"])
+    # The recompressed push: one diff_id under two blob digests.
+    assert [len(g["digests"]) for g in found["recompressed"]] == [2]
+    # Whiteouts and overwrites: dive counts /big (200 kB, deleted) and /f (overwritten) as waste.
+    eff = next(i for i in found["images"] if i["name"] == waste)["efficiency"]
+    assert eff["wasted_bytes"] >= 200000 and eff["score"] < 0.95   # the 2 MB busybox base is the rest
