@@ -216,3 +216,17 @@ def test_audit_finds_a_run_built_twice_a_recompressed_layer_and_waste(services, 
     # Whiteouts and overwrites: dive counts /big (200 kB, deleted) and /f (overwritten) as waste.
     eff = next(i for i in found["images"] if i["name"] == waste)["efficiency"]
     assert eff["wasted_bytes"] >= 200000 and eff["score"] < 0.95   # the 2 MB busybox base is the rest
+
+
+@pytest.mark.integration
+def test_audit_goes_on_past_a_missing_image(services, namespace, tmp_path):
+    missing = f"localhost:5000/{namespace}/nothere:1"
+    (tmp_path / "broken.tar").write_bytes(b"\x00" * 1024)
+    result = run_cli("audit", missing, str(tmp_path / "broken.tar"), "localhost:5000/os/busybox:latest", "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    doc = json.loads(result.stdout)
+    errors = {i["name"]: i["error"] for i in doc["images"]}
+    assert missing in errors[missing] and errors[str(tmp_path / "broken.tar")]
+    assert errors["localhost:5000/os/busybox:latest"] is None
+    busybox = next(i for i in doc["images"] if i["name"].endswith("busybox:latest"))
+    assert busybox["layers"] == 1 and busybox["efficiency"]["score"] > 0
