@@ -190,8 +190,8 @@ def run_cases(host, proxy, registry: Registry, cases: list[Case], setups: dict[s
         held = setups.get(case.name + "/" + case.variant, [])
         for ref in held:
             host.pull(ref)
-        case.predicted, case.layers = (lambda p: (p.bytes, p.layers))(
-            predict_pulls(_manifests(registry, case.pulls), _manifests(registry, held), host.kind))
+        predicted = predict_pulls(_manifests(registry, case.pulls), _manifests(registry, held), host.kind)
+        case.predicted, case.layers = predicted.bytes, predicted.layers
         proxy.reset_counters()
         case.seconds = sum(host.pull(_via(proxy.port, ref)) for ref in case.pulls)
         traffic = proxy.reset_counters()

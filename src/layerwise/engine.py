@@ -103,21 +103,29 @@ class Engine:
     def tag(self, image: str, repository: str, tag: str) -> None:
         self.api.tag(image, repository, tag=tag)
 
-    def push(self, repository: str, tag: str, on_event: Event | None = None) -> str:
-        """Push repository:tag; returns the manifest digest the registry stored."""
-        digest = None
+    def _follow(self, verb: str, ref: str, events, on_event: Event | None) -> dict:
+        """Consume a push/pull event stream; the first error ends it as one clear UserError.
+        Returns the last `aux` payload (a push's digest is there)."""
+        aux: dict = {}
         try:
-            for event in self.api.push(repository, tag=tag, stream=True, decode=True):
+            for event in events:
                 if on_event:
                     on_event(event)
                 if "error" in event:
-                    raise UserError(f"push of {repository}:{tag} was rejected: {event['error'].strip()}")
-                aux = event.get("aux") or {}
-                digest = aux.get("Digest", digest)
+                    outcome = "was rejected" if verb == "push" else "failed"
+                    raise UserError(f"{verb} of {ref} {outcome}: {event['error'].strip()}")
+                aux = event.get("aux") or aux
         except docker.errors.APIError as e:
-            raise UserError(f"push of {repository}:{tag} failed: {e.explanation}") from None
+            raise UserError(f"{verb} of {ref} failed: {e.explanation}") from None
+        return aux
+
+    def push(self, repository: str, tag: str, on_event: Event | None = None) -> str:
+        """Push repository:tag; returns the manifest digest the registry stored."""
+        ref = f"{repository}:{tag}"
+        digest = self._follow("push", ref, self.api.push(repository, tag=tag, stream=True, decode=True),
+                              on_event).get("Digest")
         if not digest:
-            raise UserError(f"push of {repository}:{tag} reported no digest")
+            raise UserError(f"push of {ref} reported no digest")
         return digest
 
     def pull(self, repository: str, tag: str, on_event: Event | None = None) -> None:
@@ -125,14 +133,8 @@ class Engine:
         host, _, _ = split_reference(f"{repository}:{tag}")
         if not is_loopback(host):
             raise UserError(f"refusing to pull {repository}:{tag}: only loopback registries are used here")
-        try:
-            for event in self.api.pull(repository, tag=tag, stream=True, decode=True):
-                if on_event:
-                    on_event(event)
-                if "error" in event:
-                    raise UserError(f"pull of {repository}:{tag} failed: {event['error'].strip()}")
-        except docker.errors.APIError as e:
-            raise UserError(f"pull of {repository}:{tag} failed: {e.explanation}") from None
+        self._follow("pull", f"{repository}:{tag}",
+                     self.api.pull(repository, tag=tag, stream=True, decode=True), on_event)
 
     def run(self, ref: str, command: list[str] | None = None) -> str:
         """Run a container with no network and return what it printed."""

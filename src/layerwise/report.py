@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import threading
 from dataclasses import asdict
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.tree import Tree
 
@@ -93,12 +96,7 @@ def cost_dict(summary: CostSummary) -> dict:
 
 # ----------------------------------------------------------------------------- build progress
 
-import re as _re
-import threading as _threading
-
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
-
-_STEP = _re.compile(r"^Step (\d+)/(\d+) : (.*)")
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 
 
 class PlainProgress:
@@ -106,7 +104,7 @@ class PlainProgress:
 
     def __init__(self, out: Console):
         self.out = out
-        self._lock = _threading.Lock()
+        self._lock = threading.Lock()
 
     def __call__(self, key: str, phase: str, event: dict) -> None:
         line = None
@@ -133,7 +131,7 @@ class RichProgress:
                              TextColumn("{task.fields[detail]}"), console=out, transient=False)
         self.tasks: dict[str, int] = {}
         self.pushed: dict[str, dict[str, tuple[int, int]]] = {}
-        self._lock = _threading.Lock()
+        self._lock = threading.Lock()
 
     def __enter__(self):
         self.bars.__enter__()
