@@ -42,9 +42,14 @@ def test_findings_by_hand():
     rec = recompressed([a, c])
     assert rec == [{"diff_id": base[0].diff_id, "digests": sorted([base[0].digest, "sha256:" + "9" * 64]),
                     "extra_bytes": 100}]   # a host pulls both where the 90-byte one would do
-    # Docker Engine: same diff_id chain → reused even when recompressed; containerd: every blob.
-    assert cold_pull([a, b, c]) == {"docker": 100 + 50 + 5 + 60 + 7, "containerd": 100 + 50 + 5 + 60 + 7 + 90,
+    # Both host kinds pull the recompressed base again: the Docker Engine knows a layer by its blob
+    # digest before it has it, so another digest is another chain (cost.py's chain rule).
+    assert cold_pull([a, b, c]) == {"docker": 100 + 50 + 5 + 60 + 7 + 90, "containerd": 100 + 50 + 5 + 60 + 7 + 90,
                                     "floor": 90 + 50 + 5 + 7}
+    # A blob a host holds under another parent: containerd reuses it, the Docker Engine does not.
+    d = image("d", recompressed_base, tools_a)
+    assert cold_pull([a, d]) == {"docker": 100 + 50 + 5 + 90 + 50, "containerd": 100 + 50 + 5 + 90,
+                                 "floor": 90 + 50 + 5}
 
 
 
@@ -89,6 +94,10 @@ def test_audit_flat_vs_layered_family(services, namespace, tmp_path):
     tree = doc["recommended_tree"]
     assert [(b["layers"], len(b["used_by"])) for b in tree["bases"]] == [(2, 2)]
     assert tree["cold_pull"] < doc["cold_pull"]["docker"] - 900_000
+    assert tree["cold_pull_by_host"]["docker"]["today"] == doc["cold_pull"]["docker"]
+    # The OS base changes: today each app rebuilds its own 1 MB tools layer; with the tree, one.
+    update = tree["bases"][0]["update"]
+    assert all(update[kind]["today"] - update[kind]["tree"] > 900_000 for kind in ("docker", "containerd")), update
 
     # CI gating: the flat family shares too little; the layered one passes; both write HTML.
     gated = run_cli("audit", *flat.values(), "--fail-under", "sharing=0.3", "--html", str(tmp_path / "a.html"))
@@ -101,6 +110,10 @@ def test_audit_flat_vs_layered_family(services, namespace, tmp_path):
     assert doc["same_files_other_digests"] == [] and doc["recompressed"] == []
     assert doc["sharing"][0]["layers"] == 2             # the OS base and the tools image
     assert doc["cold_pull"]["docker"] == doc["cold_pull"]["floor"]
+    # Already a tree: the recommended one saves nothing on the Docker Engine.
+    tree = doc["recommended_tree"]
+    assert tree["cold_pull_by_host"]["docker"] == {"today": doc["cold_pull"]["docker"], "tree": doc["cold_pull"]["docker"]}
+    assert [b["update"]["docker"]["today"] - b["update"]["docker"]["tree"] for b in tree["bases"]] == [0]
 
 
 def test_audit_reports_a_bad_image_and_goes_on(tmp_path):
@@ -113,16 +126,85 @@ def test_audit_reports_a_bad_image_and_goes_on(tmp_path):
 
 def test_recommended_tree_by_hand():
     from layerwise.audit import recommended_tree
+    os_ = layer("os", {"bin/sh": "a"}, 100)
+    os_recompressed = (LayerRef(digest="sha256:" + "9" * 64, diff_id=os_[0].diff_id, size=90,
+                                media_type=os_[0].media_type), os_[1])
+    tools_a, tools_b = layer("toolsa", {"opt/t": "b"}, 50), layer("toolsb", {"opt/t": "b"}, 60)  # same files
+    tools_d = layer("toolsd", {"opt/u": "e"}, 30)
+    code = {n: layer(f"code{n}", {f"srv/{n}": n}, size) for n, size in (("a", 5), ("b", 7), ("c", 9), ("d", 3))}
+    a = image("a", os_, tools_a, code["a"])
+    b = image("b", os_, tools_b, code["b"])              # the tools built again: other digests
+    c = image("c", os_recompressed, tools_a, code["c"])  # the OS pushed recompressed, a's tools blob on it
+    d = image("d", os_, tools_d, code["d"])              # other tools
+    for img in (a, b, c, d):
+        img.made_by = ["", "COPY dir:x in /opt/", f"RUN make {img.name}"]
+    tree = recommended_tree([a, b, c, d])
+    # The OS (same files in all four) is one base; the equal COPY in a, b, c a second one on it.
+    # Tree nodes, each built once (sizes of the first image): os 100, tools 50, code 5 7 9, tools_d 30, code_d 3.
+    assert [(x["layers"], x["bytes"], x["used_by"], x["from_layer"]) for x in tree["bases"]] == [
+        (1, 100, ["a", "b", "c", "d"], 1), (1, 50, ["a", "b", "c"], 2)]
+    # Cold pull today. Docker Engine, chains of blobs: a 100+50+5; b 60+7 (the OS is held); c on the
+    # recompressed OS: 90+50+9; d 30+3. containerd, blobs: the same but a's tools blob once.
+    # With the tree: every node once, 204, by either rule.
+    assert tree["cold_pull_by_host"] == {"docker": {"today": 404, "tree": 204},
+                                         "containerd": {"today": 404 - 50, "tree": 204}}
+    assert tree["cold_pull"] == 204                  # the tree's, Docker Engine: as before
+    # The OS changes. Today every layer of every image is rebuilt, the OS layer a, b, d share once:
+    # 404 by either rule. With the tree: every node once (204) on the Docker Engine; containerd keeps
+    # the COPY layers' blobs (reproducible, their files did not change): 204 - 50 - 30.
+    assert tree["bases"][0]["update"] == {"docker": {"today": 404, "tree": 204},
+                                          "containerd": {"today": 404, "tree": 124}}
+    # The tools change (the second layer up, in a, b, c). Today: a 50+5, b 60+7, c 50+9 (c's tools
+    # layer sits on another chain than a's, so it is rebuilt apart); with the tree 50 once + 5+7+9.
+    assert tree["bases"][1]["update"] == {"docker": {"today": 181, "tree": 71},
+                                          "containerd": {"today": 181, "tree": 71}}
+
+
+def test_tree_savings_and_problems_are_rendered():
+    """The terminal tables, the HTML and the stderr lines show the tree's savings, the images that
+    failed and the entries not indexed, names as written (never read as markup)."""
+    import dataclasses
+    import io
+
+    from rich.console import Console
+
+    from layerwise.audit import findings
+    from layerwise.report import audit_html, audit_messages, audit_tables
     base = layer("base", {"bin/sh": "a"}, 100)
     tools_a, tools_b = layer("toolsa", {"opt/t": "b"}, 50), layer("toolsb", {"opt/t": "b"}, 60)
-    code_a, code_b = layer("codea", {"srv/a": "c"}, 5), layer("codeb", {"srv/b": "d"}, 7)
-    a = image("a", base, tools_a, code_a)
-    b = image("b", base, tools_b, code_b)
-    a.made_by = b.made_by = ["", "COPY dir:x in /opt/", ""]
-    tree = recommended_tree([a, b])
-    # Base and the equal COPY become one shared image; each app keeps its code layer.
-    assert tree["bases"] == [{"layers": 2, "bytes": 150, "used_by": ["a", "b"]}]
-    assert tree["cold_pull"] == 100 + 50 + 5 + 7
+    evil, evil_index = layer("evil", {"ok": "e"}, 9)
+    evil_index = dataclasses.replace(evil_index, problems=("'../x' escapes the layer root: not indexed",))
+    a = image("a", base, tools_a, layer("codea", {"srv/a": "c"}, 5))
+    b = image("b", base, tools_b, layer("codeb", {"srv/b": "d"}, 7))
+    a.made_by, b.made_by = (["", "COPY dir:x in /opt/", f"RUN make {n}"] for n in "ab")
+    c = image("c[bold]", base, (evil, evil_index))
+    broken = AuditedImage("d", error="layer 1/1 (sha256:0) of image d: gzip stream is truncated")
+    doc = findings([a, b, c, broken])
+    # Tree nodes: base 100, tools 50 (a's), code 5 and 7, evil 9 = 171; today 100+50+5+60+7+9 = 231.
+    # The base changes: today all 231; the tree 171, and containerd keeps the tools COPY's blob: 121.
+    # The tools change (layer 2 up of a and b): today 50+5+60+7 = 122, the tree 50+5+7 = 62.
+    tree = doc["recommended_tree"]
+    assert [(x["used_by"], x["update"]) for x in tree["bases"]] == [
+        (["a", "b", "c[bold]"], {"docker": {"today": 231, "tree": 171}, "containerd": {"today": 231, "tree": 121}}),
+        (["a", "b"], {"docker": {"today": 122, "tree": 62}, "containerd": {"today": 122, "tree": 62}})]
+    assert doc["images"][2]["problems"] == [{"layer": 2, "digest": evil.digest,
+                                             "problem": "'../x' escapes the layer root: not indexed"}]
+    assert audit_messages(doc) == [
+        f"layerwise: warning: layer 2/2 ({evil.digest}) of image c[bold]: '../x' escapes the layer root: not indexed",
+        "layerwise: error: layer 1/1 (sha256:0) of image d: gzip stream is truncated"]
+    out = Console(file=io.StringIO(), width=250, color_system=None)
+    for part in audit_tables(doc):
+        out.print(part)
+    text = out.file.getvalue()
+    for shown in ("231 B → 171 B", "231 B → 121 B", "122 B → 62 B", "c[bold]", "'../x' escapes the layer root",
+                  "gzip stream is truncated"):
+        assert shown in text, shown
+    assert [line.split("│")[1:5] for line in text.splitlines() if line.startswith("│ Docker Engine")] == [
+        [" Docker Engine ", "       231 B ", "            171 B ", "  60 B "]]
+    page = audit_html(doc)
+    for shown in ("231 B → 171 B", "231 B → 121 B", "122 B → 62 B", "c[bold]", "&#x27;../x&#x27; escapes",
+                  "gzip stream is truncated", "cold pull of a host holding all images"):
+        assert shown in page, shown
 
 
 def test_fail_under_gates():
@@ -230,3 +312,149 @@ def test_audit_goes_on_past_a_missing_image(services, namespace, tmp_path):
     assert errors["localhost:5000/os/busybox:latest"] is None
     busybox = next(i for i in doc["images"] if i["name"].endswith("busybox:latest"))
     assert busybox["layers"] == 1 and busybox["efficiency"]["score"] > 0
+
+
+# -- bad input, end to end through `layerwise audit` ---------------------------------------------------
+
+def push_fake(reg, name: str, image, tag: str = "v1") -> str:
+    """A hand-made image pushed to the real registry as it is, broken blobs included."""
+    from layerwise.registry import DOCKER_MANIFEST
+    for digest, data in image.blobs.items():
+        reg.upload_blob(name, digest, data, len(data))
+    reg.put_manifest_bytes(name, tag, image.manifest_raw, DOCKER_MANIFEST)
+    return f"{reg.host}/{name}:{tag}"
+
+
+def fake_layout(root, image, media_type: str | None = None):
+    """An OCI layout folder holding a hand-made image; `media_type` overrides the manifest's."""
+    from conftest import write_blob
+    for data in image.blobs.values():
+        write_blob(root, data)
+    doc = dict(image.manifest, mediaType=media_type or image.manifest["mediaType"])
+    raw = json.dumps(doc).encode()
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": doc["mediaType"], "digest": write_blob(root, raw), "size": len(raw)}]}))
+    return root
+
+
+def flaky_registry(serve, image, fail_first: int = 0, layers_down: bool = False):
+    """A loopback registry serving `image` (any name, tag v1) that answers HTTP 500 to its first
+    `fail_first` manifest and blob requests, then recovers; with `layers_down`, to every layer request.
+    Returns the server and the failures still to come."""
+    from conftest import registry_app
+    from layerwise.registry import DOCKER_MANIFEST
+
+    inner = registry_app({"v1": (image.manifest_raw, DOCKER_MANIFEST)}, dict(image.blobs))
+    left = {"manifests": fail_first, "blobs": fail_first}
+
+    def handle(method, path, query, headers):
+        kind = next((k for k in left if f"/{k}/" in path), None)
+        if layers_down and kind == "blobs" and not path.endswith(image.manifest["config"]["digest"]):
+            return 500, {}, b"down"
+        if kind and left[kind] > 0:
+            left[kind] -= 1
+            return 500, {}, b"try again"
+        return inner(method, path, query, headers)
+
+    return serve(handle), left
+
+
+def bad_and_good_images(namespace: str, serve, tmp_path) -> tuple[dict[str, list[str]], list[str], dict]:
+    """Every kind of bad input the issue names, made by hand: registry images (on the real registry,
+    broken blobs pushed as they are), OCI layouts, a docker save archive, loopback registries that
+    fail. Returns {spec: words its error must hold}, the specs that must be audited, and the failures
+    the recovering registry has still to give (none once it was read)."""
+    import gzip
+    import tarfile
+    import uuid
+
+    from conftest import FakeImage, legacy_archive
+    from layerwise.registry import Registry
+
+    mark = uuid.uuid4().hex.encode()          # content of this run's own: no layer answered from a cache
+    files = lambda n: {f"data/{n}.txt": mark + n.encode() * 5000}
+    gz = lambda t: gzip.compress(t, mtime=0)
+    flip = lambda b, at: b[:at] + bytes([b[at] ^ 0xFF]) + b[at + 1:]
+    with Registry("localhost:5000") as reg:
+        good = push_fake(reg, f"{namespace}/good", FakeImage(files("base"), files("good")))
+        truncated = push_fake(reg, f"{namespace}/truncated", FakeImage(files("t"), blob=lambda t: gz(t)[:-30]))
+        corrupted = push_fake(reg, f"{namespace}/corrupted",
+                              FakeImage(files("c"), blob=lambda t: flip(gz(t), len(gz(t)) // 2)))
+        hostile = push_fake(reg, f"{namespace}/hostile",
+                            FakeImage({"ok.txt": mark, "../x": b"out", "/etc/abs": b"abs"}))
+    # An OCI layout whose layer blob is not the one its digest names: the gzip header's mtime changed,
+    # so it still decompresses to the same tar, and only the digest tells.
+    mismatch = fake_layout(tmp_path / "mismatch", FakeImage(files("m")))
+    blob = next(p for p in (mismatch / "blobs" / "sha256").iterdir() if p.read_bytes()[:2] == b"\x1f\x8b")
+    blob.write_bytes(flip(blob.read_bytes(), 4))
+    unknown = fake_layout(tmp_path / "unknown", FakeImage(files("u")), "application/vnd.example.thing.v1+json")
+    # A docker save archive whose second layer is not in it.
+    saved_image, saved_name = FakeImage(files("s1"), files("s2")), ["localhost:5000/t/saved:v1"]
+    with tarfile.open(legacy_archive(tmp_path / "full.tar", [(saved_name, saved_image)])) as tar:
+        second = [m.name for m in tar if m.name.endswith("layer.tar")][1]
+    saved = legacy_archive(tmp_path / "saved.tar", [(saved_name, saved_image)], drop={second})
+    front, left = flaky_registry(serve, FakeImage(files("f")), fail_first=2)
+    down = flaky_registry(serve, FakeImage(files("d")), layers_down=True)[0]
+    bad = {truncated: ["layer 1/1 (sha256:", "gzip stream is truncated"],
+           corrupted: ["layer 1/1 (sha256:", "corrupted gzip stream"],
+           f"localhost:5000/{namespace}/nothere:v1": ["is not in the registry"],
+           str(mismatch): ["layer 1/1 (sha256:", "does not match its digest"],
+           str(unknown): ["unknown media type 'application/vnd.example.thing.v1+json'"],
+           str(saved): [f"layer 2/2 ({second}, diff_id sha256:", "is missing from"],
+           f"{down.host}/team/down:v1": ["layer 1/1 (sha256:", "HTTP 500"]}
+    return bad, [good, hostile, f"{front.host}/team/flaky:v1"], left
+
+
+@pytest.mark.integration
+def test_audit_of_bad_images_beside_good_ones(services, namespace, serve, tmp_path):
+    """Every kind of bad input in one `layerwise audit` run, beside images that are fine: one line
+    naming the image and the layer for each, the good ones audited, exit 1, the JSON and the HTML whole."""
+    bad, fine, left = bad_and_good_images(namespace, serve, tmp_path)
+    good, hostile, recovering = fine
+    html = tmp_path / "out" / "audit.html"
+    html.parent.mkdir()
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = run_cli("audit", good, *bad, hostile, recovering, "--json", "--html", str(html), env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    doc = json.loads(result.stdout)                                   # whole, parseable JSON
+    by_name = {i["name"]: i for i in doc["images"]}
+    assert list(by_name) == [good, *bad, hostile, recovering]         # every image, in the order given
+    errors = [line for line in result.stderr.splitlines() if line.startswith("layerwise: error: ")]
+    for spec, words in bad.items():
+        error = by_name[spec]["error"]
+        assert error and spec in error and all(w in error for w in words), (spec, error)
+        assert f"layerwise: error: {error}" in errors                 # one line each, naming image and layer
+    assert len(errors) == len(bad)
+    # The path traversal: reported (not followed, not indexed), naming image and layer; the rest audited.
+    problems = by_name[hostile]["problems"]
+    assert [p["problem"] for p in problems] == ["'../x' escapes the layer root: not indexed",
+                                                "'/etc/abs' is absolute: not indexed"]
+    assert all(p["layer"] == 1 and p["digest"].startswith("sha256:") for p in problems)
+    assert f"layer 1/1 ({problems[0]['digest']}) of image {hostile}: '../x' escapes" in result.stderr
+    # The good images, the hostile one and the registry that recovered are audited.
+    assert left == {"manifests": 0, "blobs": 0}                       # the 500s were answered, then retried
+    for spec in fine:
+        assert by_name[spec]["error"] is None and by_name[spec]["efficiency"]["score"] == 1.0, by_name[spec]
+    assert by_name[good]["layers"] == 2 and by_name[hostile]["layers"] == by_name[recovering]["layers"] == 1
+    assert sorted((r["a"], r["b"]) for r in doc["sharing"]) == sorted(
+        (a, b) for i, a in enumerate(fine) for b in fine[i + 1:])     # the findings cover exactly those
+    # The HTML report is whole, names the failures, and nothing is left beside it.
+    page = html.read_text()
+    assert page.endswith("</html>\n") and "gzip stream is truncated" in page and "escapes the layer root" in page
+    assert [p.name for p in html.parent.iterdir()] == ["audit.html"]
+
+    # In a terminal's form, hostile paths alone: a table of them, a warning line each, and exit 1
+    # (the findings leave those entries out); the same good image alone: exit 0.
+    result = run_cli("audit", good, hostile, env=env)
+    assert result.returncode == 1 and "entries reported, not indexed" in result.stdout and "'../x'" in result.stdout
+    assert [line[:len("layerwise: warning: ")] for line in result.stderr.splitlines()] == ["layerwise: warning: "] * 2
+    result = run_cli("audit", good, env=env)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_audit_refuses_an_html_path_in_no_folder(tmp_path):
+    result = run_cli("audit", str(tmp_path / "whatever.tar"), "--html", str(tmp_path / "no" / "a.html"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"layerwise: error: --html {tmp_path / 'no' / 'a.html'}: the folder " \
+                                    f"{tmp_path / 'no'} does not exist"

@@ -18,11 +18,8 @@ import pickle
 import shutil
 import socket
 import tarfile
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -32,116 +29,9 @@ from layerwise.images import (DockerArchiveImage, EngineImage, OCILayoutImage, R
 from layerwise.registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, DigestMismatch, Registry,
                                 split_reference)
 
-from conftest import REGISTRY
+from conftest import REGISTRY, FakeImage, Server, legacy_archive, registry_app, sha256, write_blob
 
-DOCKER_CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 BASE = f"{REGISTRY}/os/busybox:latest"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def layer_tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, data in sorted(files.items()):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
-class FakeImage:
-    """A hand-made image: plain layer tars, their gzip blobs, a config and a Docker v2 manifest."""
-
-    def __init__(self, *layers: dict[str, bytes]):
-        self.tars = [layer_tar(files) for files in layers]
-        self.gz = [gzip.compress(t, mtime=0) for t in self.tars]
-        self.config = {"architecture": "amd64", "os": "linux", "config": {},
-                       "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in self.tars]}}
-        self.config_raw = json.dumps(self.config).encode()
-        self.manifest = {
-            "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-            "config": {"mediaType": DOCKER_CONFIG_TYPE, "size": len(self.config_raw), "digest": sha256(self.config_raw)},
-            "layers": [{"mediaType": DOCKER_LAYER, "size": len(g), "digest": sha256(g)} for g in self.gz],
-        }
-        self.manifest_raw = json.dumps(self.manifest).encode()
-        self.blobs = {sha256(self.config_raw): self.config_raw, **{sha256(g): g for g in self.gz}}
-
-
-# -- a small HTTP server on loopback posing as a registry (or a token server) ------------------------
-
-class Server:
-    """ThreadingHTTPServer on 127.0.0.1:0; `handle(method, path, query, headers)` → (status, headers, body).
-    Every request is recorded as (method, path, query, headers)."""
-
-    def __init__(self, handle):
-        self.requests: list[tuple[str, str, dict, dict]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self):
-                parts = urlsplit(self.path)
-                query = parse_qs(parts.query)
-                headers = dict(self.headers.items())
-                outer.requests.append((self.command, parts.path, query, headers))
-                status, extra, body = handle(self.command, parts.path, query, headers)
-                self.send_response(status)
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_HEAD = do_POST = do_PUT = _serve
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(handle) -> Server:
-        server = Server(handle)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def registry_app(manifests: dict[str, tuple[bytes, str]], blobs: dict[str, bytes]):
-    """A read-only registry: manifests by tag or digest → (raw, content type); blobs by digest."""
-    for raw, media_type in list(manifests.values()):
-        manifests.setdefault(sha256(raw), (raw, media_type))
-
-    def handle(method, path, query, headers):
-        if path == "/v2/":
-            return 200, {}, b"{}"
-        parts = path.split("/")
-        if len(parts) >= 5 and parts[-2] == "manifests" and parts[-1] in manifests:
-            raw, media_type = manifests[parts[-1]]
-            return 200, {"Content-Type": media_type, "Docker-Content-Digest": sha256(raw)}, raw
-        if len(parts) >= 5 and parts[-2] == "blobs" and parts[-1] in blobs:
-            return 200, {"Content-Type": "application/octet-stream"}, blobs[parts[-1]]
-        return 404, {"Content-Type": "application/json"}, b'{"errors":[{"code":"NOT_FOUND"}]}'
-
-    return handle
 
 
 def fake_registry(serve, image: FakeImage, tag="v1", blobs=None, manifests=None) -> Server:
@@ -427,39 +317,6 @@ def test_registry_asking_for_basic_auth(serve, tmp_path, monkeypatch):
 
 # -- docker save archives, hand-made ------------------------------------------------------------------
 
-def legacy_archive(path: Path, images: list[tuple[list[str], FakeImage]], drop: set[str] = frozenset(),
-                   link_same: bool = False) -> Path:
-    """A Docker 20.10 `docker save` tar: manifest.json, <id>/layer.tar, <config>.json."""
-    with tarfile.open(path, "w") as tar:
-        def add(name, data):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        entries, written = [], {}
-        for tags, image in images:
-            config_name = sha256(image.config_raw)[7:] + ".json"
-            layers = []
-            for i, data in enumerate(image.tars):
-                layer_id = hashlib.sha256(image.config_raw + bytes([i])).hexdigest()
-                name = f"{layer_id}/layer.tar"
-                layers.append(name)
-                if name in drop:
-                    continue
-                if link_same and sha256(data) in written:      # as Docker links a layer it wrote
-                    info = tarfile.TarInfo(name)
-                    info.type = tarfile.SYMTYPE
-                    info.linkname = f"../{written[sha256(data)]}"
-                    tar.addfile(info)
-                else:
-                    add(name, data)
-                    written[sha256(data)] = name
-            add(config_name, image.config_raw)
-            entries.append({"Config": config_name, "RepoTags": tags, "Layers": layers})
-        add("manifest.json", json.dumps(entries).encode())
-    return path
-
-
 def test_docker_save_archive_missing_a_layer(tmp_path):
     image = FakeImage({"a": b"a"}, {"b": b"b"})
     full = legacy_archive(tmp_path / "full.tar", [(["localhost:5000/t/x:v1"], image)])
@@ -528,14 +385,6 @@ def test_split_reference_with_tag_and_digest():
 
 
 # -- integration: the same images from every source ---------------------------------------------------
-
-def write_blob(root: Path, data: bytes) -> str:
-    digest = sha256(data)
-    path = root / "blobs" / "sha256" / digest[7:]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return digest
-
 
 def layout_from_registry(root: Path, ref: str, nested: bool) -> dict:
     """An OCI layout assembled from the registry's own blobs (layers streamed, not held in memory).

@@ -3,7 +3,7 @@
 Reads each image through `images` (registry, `docker save` archive, OCI layout or engine), indexes
 every distinct layer once (`layerindex`, cached per diff_id), and computes findings as plain data:
 - the sharing matrix: layers and bytes each pair of images shares (same blob);
-- recompressed layers: the same diff_id under different blob digests (containerd pulls each);
+- recompressed layers: the same diff_id under different blob digests (hosts of both kinds pull each);
 - the same files under different diff_ids (e.g. the same step built twice: timestamps differ),
   which every host downloads again;
 - near-identical layers (most file bytes equal) and files duplicated across images outside any
@@ -11,7 +11,9 @@ every distinct layer once (`layerindex`, cached per diff_id), and computes findi
 - cold-pull bytes of a host holding all the images, by the Docker Engine's and containerd's rules,
   and what they would be if identical content were one layer;
 - waste inside each image, as dive computes it;
-- a recommended tree: the layers fed to the planner, and what a host would pull with it.
+- a recommended tree: the layers fed to the planner, and what it saves a host by the cost model's
+  rules (cost.py), on a cold pull and on an update of each shared base;
+- per image, the entries that were reported instead of indexed (hostile paths, ...).
 Rendering is in `report`.
 """
 
@@ -21,11 +23,12 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 
+from .cost import DOCKER, HOST_KINDS, HostLayer, distinct_bytes
 from .errors import UserError
 from .images import LayerRef, open_image
 from .layerindex import Cache, LayerIndex, LayerJob, dive_efficiency, effective_tree, index_layers
-from .model import Step
-from .planner import image_runs, prefix_tree
+from .model import Step, sha256_text
+from .planner import TreeNode, image_runs, prefix_tree
 
 
 @dataclass
@@ -55,8 +58,9 @@ def load(specs: list[str], *, platform: str | None = None, cache: Cache | None =
     jobs, owners = [], []
     for entry, image in opened:
         for i, layer in enumerate(entry.layers):
+            # Read as "layer 2/3 (sha256:…) of image NAME: what is wrong", like the readers' errors.
             jobs.append(LayerJob(functools.partial(image.open_layer, i), digest=layer.digest,
-                                 diff_id=layer.diff_id, name=f"{entry.name} layer {i + 1} ({layer.digest[:19]})"))
+                                 diff_id=layer.diff_id, name=_layer_label(entry, i)))
             owners.append(entry)
     if progress is not None:
         progress(None, len(jobs))      # announce the total before the first layer is done
@@ -65,8 +69,21 @@ def load(specs: list[str], *, platform: str | None = None, cache: Cache | None =
     for entry, result in zip(owners, results):
         entry.indexes.append(result.index)
         if result.error and not entry.error:
-            entry.error = str(result.error)
+            # A layer shared by several images is read once: its error may name another image.
+            message = str(result.error)
+            entry.error = message if entry.name in message else f"image {entry.name}: {message}"
     return audited
+
+
+def _layer_label(img: AuditedImage, i: int) -> str:
+    return f"{i + 1}/{len(img.layers)} ({img.layers[i].digest}) of image {img.name}"
+
+
+def layer_problems(img: AuditedImage) -> list[dict]:
+    """Entries of the image's layers that were reported instead of indexed (hostile paths such as
+    `../x` or `/etc/x`, unsupported types, ...), each naming its layer: the findings leave them out."""
+    return [{"layer": i + 1, "digest": img.layers[i].digest, "problem": problem}
+            for i, index in enumerate(img.indexes) if index is not None for problem in index.problems]
 
 
 def sharing_matrix(images: list[AuditedImage]) -> list[dict]:
@@ -181,53 +198,135 @@ def duplicated_files(images: list[AuditedImage], top: int = 20) -> list[dict]:
     return sorted(rows, key=lambda r: -r["extra_bytes"])[:top]
 
 
+# -- pulls, by the cost model's rules (cost.py): Docker Engine = chain rule, containerd = blob rule ------
+
+def _content(layer: LayerRef, index: LayerIndex | None) -> str:
+    """What a layer holds whatever its digests: its file set (or its diff_id when it has no files)."""
+    return file_set_key(index) if index is not None and index.entries else layer.diff_id
+
+
+def _as_pulled(img: AuditedImage, rebuilt_from: int | None = None) -> list[HostLayer]:
+    """The image's layers as hosts see them: the chain of blob digests up to each layer (what the
+    Docker Engine reuses, as `cost.predict_pulls` walks it), the blob (containerd), the content.
+    `rebuilt_from`: the image rebuilt from that layer (0-based) up, as teams build today: every
+    rebuilt layer is a new blob, one per layer (chain) it replaces, so images that shared a layer
+    before still share its rebuild and the others each pull their own."""
+    out, old, chain = [], "", ""
+    for i, (layer, index) in enumerate(zip(img.layers, img.indexes)):
+        old = sha256_text(old, layer.digest)
+        rebuilt = rebuilt_from is not None and i >= rebuilt_from
+        blob = sha256_text("rebuilt", old) if rebuilt else layer.digest
+        chain = sha256_text(chain, blob)
+        out.append(HostLayer(chain, blob, _content(layer, index),
+                             Step("RUN -", "layer", size=layer.size, size_source="measured")))
+    return out
+
+
+def _as_planned(nodes: list[TreeNode], path: list[int], changed: int | None = None) -> list[HostLayer]:
+    """An image's layers when built from the recommended tree by layerwise (cost.py's PLANNED rule,
+    as `cost.app_layers` applies it): each tree node is built once; a COPY/ADD layer's blob depends
+    only on its files, any other layer's on everything below it. `changed`: the node whose content
+    changes; it and every layer above it get new chains, and new blobs unless they only copy files."""
+    out, chain, below = [], "", ""
+    for i in path:
+        step = nodes[i].step
+        content = sha256_text(step.identity, "changed" if i == changed else "")
+        below = sha256_text(below, content)
+        blob = content if step.keyword in ("COPY", "ADD") else below
+        chain = sha256_text(chain, blob)
+        out.append(HostLayer(chain, blob, content, step))
+    return out
+
+
+def _pulled(held: list[HostLayer], wanted: list[HostLayer], host_kind: str) -> int:
+    """Bytes a host holding `held` downloads to get `wanted`, by the host kind's rule (as
+    `cost.pull_cost` counts them: each missing chain or blob once)."""
+    key = lambda h: h.key(host_kind)
+    have = {key(h) for h in held}
+    return distinct_bytes([h for h in wanted if key(h) not in have], key)
+
+
 def cold_pull(images: list[AuditedImage]) -> dict[str, int]:
-    """Layer bytes a host holding all the images downloaded, by each host kind's rule, and the
-    floor if identical files were one layer."""
-    chains: dict[str, int] = {}
-    blobs: dict[str, int] = {}
-    contents: dict[str, int] = {}
-    for img in images:
-        chain = ""
-        for layer, index in zip(img.layers, img.indexes):
-            chain = hashlib.sha256(f"{chain}{layer.diff_id}".encode()).hexdigest()   # like a ChainID
-            chains.setdefault(chain, layer.size)     # the first image pulled brings it
-            blobs.setdefault(layer.digest, layer.size)
-            key = file_set_key(index) if index is not None and index.entries else layer.diff_id
-            contents[key] = min(layer.size, contents.get(key, layer.size))
-    return {"docker": sum(chains.values()), "containerd": sum(blobs.values()), "floor": sum(contents.values())}
+    """Layer bytes a host holding all the images downloaded, by each host kind's rule (the Docker
+    Engine pulls a recompressed layer again: it cannot know the blob holds a layer it has), and the
+    floor if identical files were one layer (its smallest blob)."""
+    layers = [h for img in images for h in _as_pulled(img)]
+    floor: dict[str, int] = {}
+    for h in layers:
+        floor[h.content] = min(h.size, floor.get(h.content, h.size))
+    return {**{kind: _pulled([], layers, kind) for kind in HOST_KINDS}, "floor": sum(floor.values())}
+
+
+# -- the recommended tree ---------------------------------------------------------------------------
+
+def _steps(img: AuditedImage) -> list[Step]:
+    """The image's layers as planner steps. A step is its instruction (from the history) plus, for
+    COPY/ADD and layers without history, its file set: identical content under other digests is then
+    the same step, which is what lets the tree share it. COPY/ADD keep their keyword, so the cost
+    model knows their blob depends only on their files."""
+    steps = []
+    made_by_all = img.made_by or [""] * len(img.layers)
+    for i, (layer, index, made_by) in enumerate(zip(img.layers, img.indexes, made_by_all)):
+        copies = " COPY " in f" {made_by} " or " ADD " in f" {made_by} "
+        content = file_set_key(index) if index is not None and (copies or not made_by) else None
+        text = (made_by or f"layer {i + 1}").replace("\n", " ")
+        steps.append(Step(instruction=("COPY " if copies else "RUN ") + text, category="layer",
+                          context_digest=content, size=layer.size, size_source="measured"))
+    return steps
 
 
 def recommended_tree(images: list[AuditedImage]) -> dict:
     """Feed the images' layers to the planner: equal steps under equal parents become shared base
-    images. A step is its instruction (from the history) plus, for COPY/ADD, its file set."""
-    chains = {}
-    for img in images:
-        steps = []
-        made_by_all = img.made_by or [""] * len(img.layers)
-        for i, (layer, index, made_by) in enumerate(zip(img.layers, img.indexes, made_by_all)):
-            copies = " COPY " in f" {made_by} " or " ADD " in f" {made_by} "
-            content = file_set_key(index) if index is not None and (copies or not made_by) else None
-            steps.append(Step(instruction="RUN " + (made_by or f"layer {i + 1}").replace("\n", " "),
-                              category="layer", context_digest=content, size=layer.size,
-                              size_source="measured"))
-        chains[img.name] = steps
-    nodes, _ = prefix_tree(chains)
-    runs = image_runs(nodes, {}, {"layer": "-"})
-    bases = [{"layers": len(run), "bytes": sum(nodes[i].step.size or 0 for i in run),
-              "used_by": sorted(nodes[run[-1]].apps)}
-             for run in runs if len(nodes[run[-1]].apps) > 1]
-    return {"bases": bases, "cold_pull": sum(n.step.size or 0 for n in nodes)}
+    images; then what the tree saves a host holding all the images, by the cost model. Returns
+    - `bases`: per shared base image, `layers`, `bytes` (its layers), `used_by` (image names),
+      `from_layer` (1-based position of its first layer in those images) and `update`: the bytes
+      such a host downloads when the base's content changes (its first layer changes, so everything
+      from there up is new), `{host kind: {"today": …, "tree": …}}`; today every image rebuilds its
+      own copy (layers the images share now are rebuilt once), with the tree the base's layers once
+      and each image's layers above it;
+    - `cold_pull`: the tree's cold pull bytes (Docker Engine; kept for older readers);
+    - `cold_pull_by_host`: `{host kind: {"today": …, "tree": …}}` for the cold pull.
+    Host kinds: "docker" (chain rule) and "containerd" (blob rule), as in cost.py."""
+    chains = {img.name: _steps(img) for img in images}
+    nodes, paths = prefix_tree(chains)
+    today = {img.name: _as_pulled(img) for img in images}
+    tree = {name: _as_planned(nodes, path) for name, path in paths.items()}
+    held_today = [h for layers in today.values() for h in layers]
+    held_tree = [h for layers in tree.values() for h in layers]
+    bases = []
+    for run in image_runs(nodes, {}, {"layer": "-"}):
+        users = sorted(set(nodes[run[-1]].apps))
+        if len(users) < 2:
+            continue
+        depth = paths[users[0]].index(run[0])          # the same in every image through it
+        rebuilt = [h for img in images if img.name in users for h in _as_pulled(img, depth)]
+        changed = [h for name in users for h in _as_planned(nodes, paths[name], run[0])]
+        bases.append({"layers": len(run), "bytes": sum(nodes[i].step.size or 0 for i in run),
+                      "used_by": users, "from_layer": depth + 1,
+                      "update": {kind: {"today": _pulled(held_today, rebuilt, kind),
+                                        "tree": _pulled(held_tree, changed, kind)} for kind in HOST_KINDS}})
+    by_host = {kind: {"today": _pulled([], held_today, kind), "tree": _pulled([], held_tree, kind)}
+               for kind in HOST_KINDS}
+    return {"bases": bases, "cold_pull": by_host[DOCKER]["tree"], "cold_pull_by_host": by_host}
 
 
 def findings(images: list[AuditedImage]) -> dict:
+    """Everything `layerwise audit --json` prints (plus `gates_failed`), as plain data:
+    - `images`: per image as given, `name`, `layers`, `bytes` (blobs as stored), `error` (why it
+      could not be audited, naming the layer when one is at fault; null when it was), `efficiency`
+      (dive's `score` and `wasted_bytes`; null on error) and `problems` (entries that were reported,
+      not indexed, e.g. hostile paths: `layer` 1-based, `digest`, `problem`);
+    - the findings over the images without error: `sharing`, `recompressed`,
+      `same_files_other_digests`, `near_identical`, `duplicated_files`, `cold_pull` and
+      `recommended_tree` (see the functions of the same names)."""
     ok = [img for img in images if not img.error]
     return {
         "images": [
             {"name": img.name, "layers": len(img.layers), "bytes": sum(l.size for l in img.layers),
              "error": img.error,
              "efficiency": (lambda e: {"score": round(e.score, 6), "wasted_bytes": e.wasted_bytes})(
-                 dive_efficiency(img.indexes)) if not img.error else None}
+                 dive_efficiency(img.indexes)) if not img.error else None,
+             "problems": layer_problems(img)}
             for img in images
         ],
         "sharing": sharing_matrix(ok),

@@ -72,7 +72,8 @@ def app_layers(plan: Plan, app: str, variant: str = PLANNED, updated: str | None
     return out
 
 
-def _bytes(layers: list[HostLayer], key) -> int:
+def distinct_bytes(layers: list[HostLayer], key) -> int:
+    """Bytes of the layers, each counted once by `key` (chain: Docker Engine, blob: containerd)."""
     return sum({key(h): h.size for h in layers}.values())
 
 
@@ -100,7 +101,7 @@ def pull_cost(plan: Plan, apps: tuple[str, ...], host_kind: str, variant: str,
         new = [h for a in apps for h in app_layers(plan, a, variant, updated) if key(h) not in held]
     else:
         new = [h for a in apps for h in app_layers(plan, a, variant)]
-    return Pull(_bytes(new, key), _count(new, key))
+    return Pull(distinct_bytes(new, key), _count(new, key))
 
 
 def floor_cost(plan: Plan, apps: tuple[str, ...], *, updated: str | None = None,
@@ -109,11 +110,11 @@ def floor_cost(plan: Plan, apps: tuple[str, ...], *, updated: str | None = None,
     content = lambda h: h.content
     if arriving:
         held = {h.content for a in apps if a != arriving for h in app_layers(plan, a)}
-        return _bytes([h for h in app_layers(plan, arriving) if h.content not in held], content)
+        return distinct_bytes([h for h in app_layers(plan, arriving) if h.content not in held], content)
     if updated:
-        return _bytes([h for a in apps for h in app_layers(plan, a, PLANNED, updated)
+        return distinct_bytes([h for a in apps for h in app_layers(plan, a, PLANNED, updated)
                        if h.step.category == updated], content)
-    return _bytes([h for a in apps for h in app_layers(plan, a)], content)
+    return distinct_bytes([h for a in apps for h in app_layers(plan, a)], content)
 
 
 # ----------------------------------------------------------------------------- the plan summary
