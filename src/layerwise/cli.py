@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -18,7 +19,7 @@ from .generate import generate as generate_family
 from .planner import build_plan
 from .report import (PlainProgress, RichProgress, audit_html, audit_tables, bar_chart_svg, bench_dict, bench_summary, bench_table,
                      build_table, console, cost_dict, cost_tables, plan_tree, simulate_dict,
-                     simulate_tables, size_note)
+                     simulate_tables, size_note, verify_dict, verify_table)
 from .spec import load_stack
 from .state import load_state, with_measured_sizes
 
@@ -199,11 +200,26 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
 def audit(images: tuple[str, ...], platform: str | None, processes: int | None, html_path: Path | None,
           gates: tuple[str, ...], as_json: bool) -> None:
     """What existing IMAGES share and what hosts download twice (registry refs, docker save
-    archives, OCI layout folders, docker://REF for the local engine)."""
+    archives, OCI layout folders, docker://REF for the local engine).
+
+    An image that cannot be read (missing, a broken or incomplete layer, a digest that does not
+    match, an unknown manifest type) is reported on one line naming it and its layer, and the others
+    are audited; so are entries reported instead of indexed (hostile paths such as ../x are never
+    followed). Exit code: 0 when every image was read whole and every --fail-under gate passed;
+    1 when an image failed, a layer held entries not indexed, or a gate failed (the report, --json
+    and --html are still complete); 2 when nothing was audited because the command itself is wrong
+    (a bad --fail-under, --platform or --html folder)."""
+    from rich.markup import escape
+
     from .audit import check_gates, findings, load, parse_gates
+    from .images import parse_platform
     from .layerindex import Cache
+    from .report import audit_messages
 
     thresholds = parse_gates(gates)
+    parse_platform(platform)
+    if html_path is not None and not html_path.resolve().parent.is_dir():
+        raise UserError(f"--html {html_path}: the folder {html_path.parent} does not exist")   # before the work
     out = console()
     if out.is_terminal and not as_json:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -216,16 +232,134 @@ def audit(images: tuple[str, ...], platform: str | None, processes: int | None, 
     else:
         doc = findings(load(list(images), platform=platform, cache=Cache(), processes=processes))
     failed = check_gates(doc, thresholds)
+    for line in audit_messages(doc):   # on stderr whatever the output form: --json stays parseable
+        print(line, file=sys.stderr)
     if html_path:
-        write_atomically(html_path, audit_html(doc))
+        try:
+            write_atomically(html_path, audit_html(doc))
+        except OSError as e:
+            raise UserError(f"--html {html_path}: cannot write it ({e.strerror or e})") from None
     if as_json:
         print(json.dumps(doc | {"gates_failed": failed}, indent=2, sort_keys=True))
     else:
         for part in audit_tables(doc):
             out.print(part)
         for line in failed:
-            out.print(f"[red]below threshold[/]: {line}")
-    sys.exit(1 if failed or any(img["error"] for img in doc["images"]) else 0)
+            out.print(f"[red]below threshold[/]: {escape(line)}")
+    sys.exit(1 if failed or any(img["error"] or img["problems"] for img in doc["images"]) else 0)
+
+
+@app.command("verify")
+@click.argument("originals", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--against", "import_dir", type=click.Path(path_type=Path), required=True,
+              help="The folder `layerwise import --refactor-to` wrote (its import.json).")
+@click.option("--no-cache", is_flag=True, help="Build every step anew: images cannot be equal by reusing "
+              "the same cached layers, only by their contents.")
+@JSON_OPT
+def verify_command(originals: tuple[Path, ...], import_dir: Path, no_cache: bool, as_json: bool) -> None:
+    """Build each ORIGINAL Dockerfile (or those in ORIGINAL folders; default: every app) and its
+    refactored version, and prove them equivalent: same files, same runtime config."""
+    from .verify import apps_for, load_import
+
+    only = apps_for(load_import(import_dir), list(originals))   # bad input ends here, before any build
+    results = _verify(import_dir, only, no_cache, as_json)
+    if as_json:
+        print(json.dumps(verify_dict(results, import_dir), indent=2, sort_keys=True))
+    else:
+        _print_verify(results)
+    sys.exit(0 if all(r.equivalent for r in results) else 1)
+
+
+def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: bool) -> list:
+    from .engine import Engine
+    from .layerindex import Cache
+    from .verify import verify
+
+    out = console()
+    progress = None if quiet else (RichProgress(out) if out.is_terminal else PlainProgress(out))
+    engine = Engine()
+    try:
+        with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
+            return verify(import_dir, engine, only=only, progress=progress, cache=Cache(), no_cache=no_cache)
+    finally:
+        engine.close()
+
+
+def _print_verify(results) -> None:
+    out = console()
+    out.print(verify_table(results))
+    for r in results:
+        if r.log_tail:
+            out.print(f"[red]{r.app}[/]: last lines of the failed build:")
+            out.print("\n".join("  " + line for line in r.log_tail), highlight=False, markup=False)
+    same = sum(r.equivalent for r in results)
+    out.print(f"{same} of {len(results)} apps equivalent")
+
+
+@app.command("import")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "stack_path", type=click.Path(path_type=Path),
+              help="Write a stack file here (final stages that are one chain on one base).")
+@click.option("--refactor-to", "refactor_dir", type=click.Path(path_type=Path),
+              help="Write base images and rewritten Dockerfiles here (import.json says how to build them).")
+@click.option("--context", "context", type=click.Path(path_type=Path),
+              help="Build context of every Dockerfile (default: each Dockerfile's folder).")
+@click.option("--registry", default="localhost:5000", show_default=True, help="Registry the base images are named for.")
+@click.option("--project", default="imported", show_default=True, help="Prefix of the base images' names.")
+@click.option("--base", "stack_base", help="With -o: the FROM image of the apps to put in the stack file.")
+@click.option("--force", is_flag=True, help="Replace a --refactor-to folder that is not a layerwise output.")
+@click.option("--verify", "then_verify", is_flag=True,
+              help="Then build every original and refactored image and prove them equivalent (needs --refactor-to).")
+@JSON_OPT
+def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_dir: Path | None,
+                   context: Path | None, registry: str, project: str, stack_base: str | None,
+                   force: bool, then_verify: bool, as_json: bool) -> None:
+    """Turn Dockerfiles (or folders of them) into a family: shared prefixes become base images.
+
+    A Dockerfile that cannot be imported is reported and the others go on (exit 2 only when
+    none could be)."""
+    from .importer import import_family, summary
+    from .refactor import stack_text, write_refactored
+    from .report import import_summary_line, import_tables
+    from .spec import REPOSITORY
+
+    import re
+    if not re.match(REPOSITORY, project):
+        raise UserError(f"--project {project!r}: use lower-case letters, digits, '.', '_', '-' and '/'")
+    if then_verify and refactor_dir is None:
+        raise UserError("--verify builds what --refactor-to writes: give --refactor-to DIR too")
+    family = import_family(list(inputs), context=context, registry=registry.rstrip("/"), project=project)
+    for error in family.errors:
+        print(f"layerwise: error: {error}", file=sys.stderr)
+    if not family.dockerfiles:
+        sys.exit(2)
+    notes = []
+    if stack_path is not None:
+        text, notes = stack_text(family, stack_path, stack_base)
+        write_atomically(stack_path, text)
+    if refactor_dir is not None:
+        write_refactored(family, refactor_dir, force=force)
+    doc = summary(family)
+    doc["stack_file_notes"] = notes
+    results = _verify(refactor_dir, None, False, as_json) if then_verify else None
+    code = 0 if results is None or all(r.equivalent for r in results) else 1
+    if as_json:
+        if results is not None:
+            doc["verify"] = verify_dict(results, refactor_dir)
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.exit(code)
+    out = console()
+    for table in import_tables(doc):
+        out.print(table)
+    out.print(import_summary_line(doc))
+    if stack_path is not None:
+        left_out = f"; {len(notes)} Dockerfiles left out, each with the reason at its top" if notes else ""
+        out.print(f"wrote {stack_path}: {len(family.dockerfiles) - len(notes)} apps{left_out}")
+    if refactor_dir is not None:
+        out.print(f"wrote {refactor_dir}/ (bases/, apps/, import.json)")
+    if results is not None:
+        _print_verify(results)
+    sys.exit(code)
 
 
 @app.group()
@@ -339,8 +473,11 @@ def write_atomically(path: Path, text: str) -> None:
     """Never a half-written output: write beside, then rename."""
     import os
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main() -> None:

@@ -13,6 +13,9 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from docker.utils.build import PatternMatcher
 
 from .errors import UserError
 
@@ -29,7 +32,8 @@ class ContextFiles:
     paths: tuple[str, ...]       # every file, dir and link, relative to the root, sorted
 
 
-def resolve_sources(root: Path, sources: tuple[str, ...], *, file: str | None, line: int | None) -> list[str]:
+def resolve_sources(root: Path, sources: tuple[str, ...], *, file: str | None, line: int | None,
+                    root_name: str = "the stack file's folder") -> list[str]:
     """Context-relative paths the sources name (globs expanded); errors if missing or outside root."""
     root = root.resolve()
     found: list[str] = []
@@ -42,24 +46,41 @@ def resolve_sources(root: Path, sources: tuple[str, ...], *, file: str | None, l
             full = (root / rel).resolve()
             if full != root and root not in full.parents:
                 raise UserError(
-                    f"COPY source {src!r} escapes the stack file's folder {root}; "
+                    f"COPY source {src!r} escapes {root_name} {root}; "
                     "move the files inside it", file, line)
             if not (root / rel).exists() and not (root / rel).is_symlink():
                 raise UserError(
                     f"COPY source {src!r} does not exist in {root}; create it or fix the path "
-                    "(sources are relative to the stack file's folder)", file, line)
+                    f"(sources are relative to {root_name})", file, line)
             found.append(os.path.normpath(rel))  # the path as written: a link is copied as a link
     return found
 
 
-def _walk(root: Path, rel: str):
-    """Yield (relpath, stat) for rel and, if it is a directory, everything below it, sorted."""
+Ignore = Callable[[str], bool]   # context-relative path -> left out (a .dockerignore)
+
+
+def dockerignore(root: Path) -> Ignore | None:
+    """The matcher of root/.dockerignore (the docker SDK's, as `docker build` reads it), if any."""
+    try:
+        lines = (root / ".dockerignore").read_text().splitlines()
+    except OSError:
+        return None
+    patterns = [p.strip() for p in lines if p.strip() and not p.lstrip().startswith("#")]
+    matcher = PatternMatcher(patterns)
+    return lambda rel: rel not in (".", "") and matcher.matches(rel)
+
+
+def _walk(root: Path, rel: str, ignore: Ignore | None = None):
+    """Yield (relpath, stat) for rel and, if it is a directory, everything below it, sorted,
+    leaving out what `ignore` matches."""
+    if ignore is not None and ignore(rel):
+        return
     full = root / rel
     st = full.lstat()
     yield rel, st
     if stat.S_ISDIR(st.st_mode):
         for name in sorted(os.listdir(full)):
-            yield from _walk(root, name if rel == "." else f"{rel}/{name}")
+            yield from _walk(root, name if rel == "." else f"{rel}/{name}", ignore)
 
 
 def _file_sha256(path: Path) -> str:
@@ -70,13 +91,13 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def digest_files(root: Path, relpaths: list[str]) -> ContextFiles:
+def digest_files(root: Path, relpaths: list[str], ignore: Ignore | None = None) -> ContextFiles:
     """Digest and size of the given context paths and everything below them."""
     h = hashlib.sha256()
     size = 0
     seen: list[str] = []
     for top in relpaths:
-        for rel, st in _walk(root, top):
+        for rel, st in _walk(root, top, ignore):
             mode = stat.S_IMODE(st.st_mode)
             if stat.S_ISDIR(st.st_mode):
                 entry = f"d {rel} {mode:o}"
@@ -93,10 +114,10 @@ def digest_files(root: Path, relpaths: list[str]) -> ContextFiles:
     return ContextFiles(digest="sha256:" + h.hexdigest(), size=size, paths=tuple(sorted(set(seen))))
 
 
-def copy_reproducibly(src_root: Path, relpaths: list[str], dest_root: Path) -> None:
+def copy_reproducibly(src_root: Path, relpaths: list[str], dest_root: Path, ignore: Ignore | None = None) -> None:
     """Copy context paths into dest_root keeping modes and links, with every mtime fixed."""
     for top in relpaths:
-        for rel, st in _walk(src_root, top):
+        for rel, st in _walk(src_root, top, ignore):
             src, dst = src_root / rel, dest_root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             if stat.S_ISDIR(st.st_mode):

@@ -235,3 +235,54 @@ def render_dockerfile(from_ref: str, instructions: list[tuple[str, str]], header
             group = g
         lines.append(text)
     return "\n".join(lines) + "\n"
+
+
+# `$NAME`, `${NAME}` and `${NAME:-word}` / `${NAME-word}` / `${NAME:+word}` / `${NAME+word}`
+VARIABLE = re.compile(r"\$(?:\{(\w+)(?:(:?[-+])([^}]*))?\}|(\w+))")
+
+
+def expand_variables(text: str, values: dict[str, str]) -> str:
+    """Variables substituted as the builder does; an unset one becomes empty."""
+    def one(m: re.Match) -> str:
+        name = m.group(1) or m.group(4)
+        value, op, word = values.get(name), m.group(2), m.group(3)
+        if op in (":-", "-"):
+            return word if value is None or (op == ":-" and value == "") else value
+        if op in (":+", "+"):
+            return word if value is not None and (op == "+" or value != "") else ""
+        return value or ""
+    return VARIABLE.sub(one, text)
+
+
+def unquote(value: str) -> str:
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def image_references(text: str) -> list[str]:
+    """The images a Dockerfile reads (each FROM, each COPY --from), with the defaults of the ARGs
+    declared before the first FROM substituted as the builder does; stage names, stage numbers and
+    `scratch` are not images and are left out. In order, without repeats."""
+    args: dict[str, str] = {}
+    stages: set[str] = set()
+    refs: list[str] = []
+    seen_from = False
+    for ins in parse_instructions(text):
+        if ins.keyword == "ARG" and not seen_from:
+            for arg in ins.args:
+                name, eq, value = arg.partition("=")
+                if eq:
+                    args[name] = unquote(value)
+        elif ins.keyword == "FROM" and ins.args:
+            seen_from = True
+            ref = expand_variables(ins.args[0], args)
+            if ref.lower() != "scratch" and ref.lower() not in stages:
+                refs.append(ref)
+            if len(ins.args) >= 3 and ins.args[1].upper() == "AS":
+                stages.add(ins.args[2].lower())
+        elif ins.keyword == "COPY":
+            for flag in ins.flags:
+                if flag.startswith("--from="):
+                    source = expand_variables(flag[len("--from="):], args)
+                    if source.lower() not in stages and not source.isdigit():
+                        refs.append(source)
+    return list(dict.fromkeys(refs))

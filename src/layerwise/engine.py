@@ -13,13 +13,17 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import docker.utils
 import requests.exceptions
 
-from .dockerfiles import unbuildable_reason
+from .dockerfiles import image_references, unbuildable_reason
 from .errors import ServiceDown, UserError
 from .registry import is_loopback, split_reference
 
 Event = Callable[[dict], None]
+
+# The name an explicit Dockerfile travels under inside the context tar (see _context_with_dockerfile).
+INJECTED_DOCKERFILE = ".dockerfile.layerwise"
 
 
 class BuildFailed(Exception):
@@ -73,16 +77,42 @@ class Engine:
         )
 
     def build(self, context: Path, tag: str, labels: dict[str, str], on_event: Event | None = None,
-              nocache: bool = False) -> str:
-        """Build context/Dockerfile with the legacy builder, network `none`; returns the image ID."""
-        reason = unbuildable_reason((context / "Dockerfile").read_text())
+              nocache: bool = False, dockerfile: Path | None = None, target: str | None = None) -> str:
+        """Build with the legacy builder, network `none`; returns the image ID.
+
+        The Dockerfile is context/Dockerfile, or `dockerfile` (anywhere, inside the context or not).
+        `target` builds only up to that stage. The Dockerfile actually used is checked first: one the
+        legacy builder cannot build safely, or one naming an image that is neither local nor on a
+        loopback registry, is refused before anything reaches the daemon."""
+        source = dockerfile or context / "Dockerfile"
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read the Dockerfile to build {tag} ({e})", source) from None
+        reason = unbuildable_reason(text)
         if reason:
-            raise UserError(f"refusing to build {tag}: {reason}", context / "Dockerfile")
+            raise UserError(f"refusing to build {tag}: {reason}", source)
+        absent = self.unavailable_images(text)
+        if absent:
+            raise UserError(f"refusing to build {tag}: it uses {', '.join(absent)}, which is neither in the "
+                            "local engine nor on a loopback registry (the daemon would reach for the internet)",
+                            source)
+        if dockerfile is None:
+            return self._build(tag, {"path": str(context)}, labels, on_event, nocache, target)
+        archive = _context_with_dockerfile(context, text)
+        try:
+            return self._build(tag, {"fileobj": archive, "custom_context": True, "dockerfile": INJECTED_DOCKERFILE},
+                               labels, on_event, nocache, target)
+        finally:
+            archive.close()
+
+    def _build(self, tag: str, source: dict, labels: dict[str, str], on_event: Event | None, nocache: bool,
+               target: str | None) -> str:
         log: list[str] = []
         image_id = None
         try:
-            stream = self.api.build(path=str(context), tag=tag, labels=labels, network_mode="none",
-                                    rm=True, forcerm=True, pull=False, decode=True, nocache=nocache)
+            stream = self.api.build(**source, tag=tag, labels=labels, network_mode="none", rm=True,
+                                    forcerm=True, pull=False, decode=True, nocache=nocache, target=target)
             for event in stream:
                 if on_event:
                     on_event(event)
@@ -99,6 +129,17 @@ class Engine:
         if not image_id:
             raise BuildFailed("the engine reported no image", log)
         return image_id
+
+    def unavailable_images(self, text: str) -> list[str]:
+        """The images a Dockerfile builds on (FROM, COPY --from) that the daemon would have to fetch
+        from somewhere other than a loopback registry: with pull=False it still pulls a missing one."""
+        absent = []
+        for ref in image_references(text):
+            if not ref.strip():      # a FROM whose variables had no value; the API rejects an empty name
+                absent.append("(an empty image name)")
+            elif self.inspect(ref) is None and not _on_loopback(ref):
+                absent.append(ref)
+        return absent
 
     def tag(self, image: str, repository: str, tag: str) -> None:
         self.api.tag(image, repository, tag=tag)
@@ -176,6 +217,28 @@ class Engine:
             self.api.remove_image(ref, force=True, noprune=False)
         except docker.errors.ImageNotFound:
             pass
+
+
+def _on_loopback(ref: str) -> bool:
+    try:
+        host, _, _ = split_reference(ref)
+    except UserError:          # no registry host: Docker Hub
+        return False
+    return is_loopback(host)
+
+
+def _context_with_dockerfile(context: Path, text: str):
+    """The context as a tar (a temporary file) holding the Dockerfile text under a fixed name, with
+    `.dockerignore` rewritten to drop it again: docker-py's (and the docker CLI's) way to send a
+    Dockerfile from outside the context. Done for every explicit Dockerfile, inside the context or
+    not, so two builds of one context with different Dockerfiles see exactly the same files — the
+    rewritten `.dockerignore` included, which a `COPY . .` would otherwise show as a difference."""
+    ignore = context / ".dockerignore"
+    exclude = None
+    if ignore.exists():   # parsed as docker-py's api.build parses it
+        exclude = [line.strip() for line in ignore.read_text().splitlines()
+                   if line.strip() and not line.strip().startswith("#")]
+    return docker.utils.tar(str(context), exclude=exclude, dockerfile=(INJECTED_DOCKERFILE, text))
 
 
 class _ChunkReader:

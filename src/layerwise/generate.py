@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from . import contexts
 from .dockerfiles import render_dockerfile
@@ -29,12 +30,6 @@ def is_previous_output(folder: Path) -> bool:
         return json.loads((folder / "plan.json").read_text()).get("schema") == PLAN_SCHEMA
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def check_output_dir(out: Path, force: bool) -> None:
-    if out.exists() and not (out.is_dir() and (force or is_previous_output(out) or not any(out.iterdir()))):
-        raise UserError("exists and is not a previous layerwise output (no plan.json from layerwise); "
-                        "choose another folder or pass --force to replace it", out)
 
 
 def _check_folders(plan: Plan) -> None:
@@ -106,18 +101,21 @@ def write_tree(plan: Plan, stack: Stack, root: Path) -> None:
     contexts.fix_mtimes(root)
 
 
-def generate(plan: Plan, stack: Stack, out: Path, force: bool = False) -> Path:
-    """Write the family into `out` atomically: build it beside, then swap it in."""
+def replace_folder(out: Path, fill: Callable[[Path], None], *, force: bool,
+                   is_ours: Callable[[Path], bool], marker: str) -> Path:
+    """Write a folder atomically: `fill` writes it beside `out`, then it is swapped in. An existing
+    `out` is replaced only when it is empty, ours (`is_ours`) or `force` is given."""
     out = out.resolve()
-    check_output_dir(out, force)
-    _check_folders(plan)
+    if out.exists() and not (out.is_dir() and (force or is_ours(out) or not any(out.iterdir()))):
+        raise UserError(f"exists and is not a previous layerwise output (no {marker} from layerwise); "
+                        "choose another folder or pass --force to replace it", out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        write_tree(plan, stack, tmp)
+        fill(tmp)
         if out.exists():
             os.rename(out, old)
         os.rename(tmp, out)
@@ -125,3 +123,10 @@ def generate(plan: Plan, stack: Stack, out: Path, force: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def generate(plan: Plan, stack: Stack, out: Path, force: bool = False) -> Path:
+    """Write the family into `out` atomically: build it beside, then swap it in."""
+    _check_folders(plan)
+    return replace_folder(out, lambda tmp: write_tree(plan, stack, tmp), force=force,
+                          is_ours=is_previous_output, marker="plan.json")

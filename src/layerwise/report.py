@@ -9,6 +9,7 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from .cost import CostSummary
@@ -327,6 +328,59 @@ def bench_dict(report) -> dict:
 
 # ----------------------------------------------------------------------------- audit
 
+HOST_NAMES = {"docker": "Docker Engine", "containerd": "containerd"}
+PROBLEMS_SHOWN = 20
+
+
+def _problem_rows(doc: dict) -> list[tuple[str, str, str]]:
+    """(image, layer, what) for every entry reported instead of indexed."""
+    return [(img["name"], f"{p['layer']}/{img['layers']} ({p['digest'][:19]})", p["problem"])
+            for img in doc["images"] for p in img.get("problems", [])]
+
+
+def audit_messages(doc: dict) -> list[str]:
+    """One line per image that could not be audited and per entry reported instead of indexed,
+    each naming the image and the layer."""
+    lines = []
+    for img in doc["images"]:
+        if img["error"]:
+            lines.append(f"layerwise: error: {img['error']}")
+        for p in img.get("problems", []):
+            lines.append(f"layerwise: warning: layer {p['layer']}/{img['layers']} ({p['digest']}) of image "
+                         f"{img['name']}: {p['problem']}")
+    return lines
+
+
+def _base_label(base: dict) -> str:
+    plural = "s" if base["layers"] != 1 else ""
+    return f"from layer {base['from_layer']}, {base['layers']} layer{plural}, {len(base['used_by'])} images"
+
+
+def _tree_tables(doc: dict) -> list:
+    """The recommended tree's bases with what an update of each costs, then the cold pull: today
+    against the tree, per host kind."""
+    tree, out = doc["recommended_tree"], []
+    arrow = lambda pair: f"{format_size(pair['today'])} → {format_size(pair['tree'])}"
+    if tree["bases"]:
+        t = Table(title="recommended tree: shared base images, and the bytes a host holding all images "
+                        "pulls when one changes (today → with the tree)", title_justify="left")
+        for col, just in (("used by", "left"), ("from layer", "right"), ("layers", "right"), ("bytes", "right"),
+                          ("update, Docker Engine", "right"), ("update, containerd", "right")):
+            t.add_column(col, justify=just)
+        for b in tree["bases"]:
+            t.add_row(Text(", ".join(b["used_by"])), str(b["from_layer"]), str(b["layers"]), format_size(b["bytes"]),
+                      arrow(b["update"]["docker"]), arrow(b["update"]["containerd"]))
+        out.append(t)
+    t = Table(title="cold pull of a host holding all these images", title_justify="left")
+    for col in ("host", "as they are", "recommended tree", "saved", "identical content as one layer"):
+        t.add_column(col, justify="left" if col == "host" else "right")
+    for kind, pair in tree["cold_pull_by_host"].items():
+        t.add_row(HOST_NAMES.get(kind, kind), format_size(pair["today"]), format_size(pair["tree"]),
+                  format_size(pair["today"] - pair["tree"]), format_size(doc["cold_pull"]["floor"]))
+    out.append(t)
+    return out
+
+
 def audit_tables(doc: dict) -> list:
     out = []
     t = Table(title="images", title_justify="left")
@@ -335,29 +389,42 @@ def audit_tables(doc: dict) -> list:
         t.add_column(col, justify=just)
     for img in doc["images"]:
         eff = img["efficiency"]
-        t.add_row(img["name"], str(img["layers"]), format_size(img["bytes"]),
+        problems = img.get("problems", [])
+        note = img["error"] or (f"{len(problems)} entries reported, not indexed (below)" if problems else "")
+        t.add_row(Text(img["name"]), str(img["layers"]), format_size(img["bytes"]),
                   f"{100 * eff['score']:.1f}%" if eff else "", format_size(eff["wasted_bytes"]) if eff else "",
-                  img["error"] or "")
+                  Text(note))   # names and messages are shown as they are, never as markup
     out.append(t)
+    rows = _problem_rows(doc)
+    if rows:
+        t = Table(title="entries reported, not indexed (hostile paths are never followed)", title_justify="left")
+        for col in ("image", "layer", "entry"):
+            t.add_column(col)
+        for row in rows[:PROBLEMS_SHOWN]:
+            t.add_row(*map(Text, row))
+        if len(rows) > PROBLEMS_SHOWN:
+            t.add_row("", "", f"… and {len(rows) - PROBLEMS_SHOWN} more (--json lists them all)")
+        out.append(t)
     if doc["sharing"]:
         t = Table(title="shared between images (same blobs)", title_justify="left")
         for col in ("image", "image", "layers", "bytes"):
             t.add_column(col, justify="right" if col in ("layers", "bytes") else "left")
         for r in doc["sharing"]:
-            t.add_row(r["a"], r["b"], str(r["layers"]), format_size(r["bytes"]))
+            t.add_row(Text(r["a"]), Text(r["b"]), str(r["layers"]), format_size(r["bytes"]))
         out.append(t)
     t = Table(title="downloaded twice", title_justify="left")
     for col, just in (("finding", "left"), ("where", "left"), ("extra bytes", "right")):
         t.add_column(col, justify=just)
     for g in doc["same_files_other_digests"]:
         t.add_row(f"same {g['files']} files ({format_size(g['file_bytes'])}) under {len(g['diff_ids'])} diff_ids",
-                  ", ".join(g["images"]), format_size(g["extra_bytes"]))
+                  Text(", ".join(g["images"])), format_size(g["extra_bytes"]))
     for g in doc["recompressed"]:
         t.add_row(f"one layer ({g['diff_id'][:19]}) under {len(g['digests'])} blob digests", "",
                   format_size(g["extra_bytes"]))
     for g in doc["near_identical"]:
-        t.add_row(f"near-identical layers: {g['similarity']:.1%} of file bytes equal, {g['differing_files']} files "
-                  f"differ (e.g. {', '.join(g['examples'][:2])})", ", ".join(g["images"]), format_size(g["extra_bytes"]))
+        t.add_row(Text(f"near-identical layers: {g['similarity']:.1%} of file bytes equal, {g['differing_files']} "
+                       f"files differ (e.g. {', '.join(g['examples'][:2])})"), Text(", ".join(g["images"])),
+                  format_size(g["extra_bytes"]))
     if not doc["same_files_other_digests"] and not doc["recompressed"] and not doc["near_identical"]:
         t.add_row("nothing: identical content is one layer", "", "0 B")
     out.append(t)
@@ -366,26 +433,44 @@ def audit_tables(doc: dict) -> list:
         for col, just in (("directory", "left"), ("files", "right"), ("extra bytes", "right"), ("images", "left")):
             t.add_column(col, justify=just)
         for r in doc["duplicated_files"][:10]:
-            t.add_row(r["directory"], str(r["files"]), format_size(r["extra_bytes"]), ", ".join(r["images"]))
+            t.add_row(Text(r["directory"]), str(r["files"]), format_size(r["extra_bytes"]), Text(", ".join(r["images"])))
         out.append(t)
-    tree = doc["recommended_tree"]
-    if tree["bases"]:
-        t = Table(title="recommended tree: shared base images", title_justify="left")
-        for col, just in (("used by", "left"), ("layers", "right"), ("bytes", "right")):
-            t.add_column(col, justify=just)
-        for b in tree["bases"]:
-            t.add_row(", ".join(b["used_by"]), str(b["layers"]), format_size(b["bytes"]))
-        out.append(t)
-    cold = doc["cold_pull"]
-    out.append(f"A host holding all these images pulled {format_size(cold['docker'])} (Docker Engine), "
-               f"{format_size(cold['containerd'])} (containerd); with the recommended tree "
-               f"{format_size(tree['cold_pull'])}; with identical content as one layer "
-               f"{format_size(cold['floor'])}.")
+    out += _tree_tables(doc)
     return out
 
 
+def _html_table(head: list[str], rows: list[list[str]], empty: str = "nothing") -> str:
+    """A table of already-escaped cells."""
+    cells = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return (f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>"
+            f"{cells or f'<tr><td colspan={len(head)}>{empty}</td></tr>'}</table>")
+
+
+def _html_tree(doc: dict) -> str:
+    """The recommended tree's bases and what it saves, as a table and two charts."""
+    from html import escape
+    tree, cold = doc["recommended_tree"], doc["cold_pull"]
+    arrow = lambda pair: escape(f"{format_size(pair['today'])} → {format_size(pair['tree'])}")
+    bases = _html_table(["used by", "from layer", "layers", "bytes", "update, Docker Engine", "update, containerd"],
+                        [[escape(", ".join(b["used_by"])), str(b["from_layer"]), str(b["layers"]),
+                          escape(format_size(b["bytes"])), arrow(b["update"]["docker"]),
+                          arrow(b["update"]["containerd"])] for b in tree["bases"]],
+                        "no shared base: no two images start with the same layers")
+    kinds = list(tree["cold_pull_by_host"])
+    cold_chart = bar_chart_svg("cold pull of a host holding all images", [HOST_NAMES.get(k, k) for k in kinds],
+                               {"as they are": [tree["cold_pull_by_host"][k]["today"] for k in kinds],
+                                "recommended tree": [tree["cold_pull_by_host"][k]["tree"] for k in kinds],
+                                "same files once": [cold["floor"]] * len(kinds)})   # short: the legend is narrow
+    update_chart = bar_chart_svg(
+        "bytes such a host pulls when a shared base changes", [_base_label(b) for b in tree["bases"]],
+        {f"{k}, {key}": [b["update"][k][key] for b in tree["bases"]] for k in kinds for key in ("today", "tree")}
+    ) if tree["bases"] else ""
+    return f"<h2>Recommended tree: shared base images (today → with the tree)</h2>\n{bases}\n{cold_chart}\n{update_chart}"
+
+
 def audit_html(doc: dict) -> str:
-    """A standalone page: the sharing matrix as a heat map, then bytes per image and per finding."""
+    """A standalone page: the images and their problems, the sharing matrix as a heat map, what is
+    downloaded twice, the recommended tree and what it saves, as tables and charts."""
     from html import escape
     images = [i for i in doc["images"] if not i["error"]]
     names = [i["name"] for i in images]
@@ -398,17 +483,26 @@ def audit_html(doc: dict) -> str:
         color = f"rgba(43,123,186,{0.1 + 0.9 * frac:.2f})"
         return f'<td style="background:{color}" title="{frac:.0%} of the smaller">{escape(format_size(value))}</td>'
 
+    listed = _html_table(["image", "layers", "bytes", "efficiency (dive)", "problem"], [
+        [escape(i["name"]), str(i["layers"]), escape(format_size(i["bytes"])),
+         f"{100 * i['efficiency']['score']:.1f}%" if i["efficiency"] else "",
+         escape(i["error"] or (f"{len(i.get('problems', []))} entries reported, not indexed"
+                               if i.get("problems") else ""))] for i in doc["images"]])
+    problems = _problem_rows(doc)
+    not_indexed = ("<h2>Entries reported, not indexed (hostile paths are never followed)</h2>\n"
+                   + _html_table(["image", "layer", "entry"], [[escape(c) for c in row] for row in problems])
+                   if problems else "")
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     rows = "".join(f"<tr><th>{escape(a)}</th>{''.join(cell(a, b) for b in names)}</tr>" for a in names)
-    findings = "".join(
-        f"<tr><td>same {g['files']} files ({escape(format_size(g['file_bytes']))}) under {len(g['diff_ids'])} "
-        f"diff_ids</td><td>{escape(', '.join(g['images']))}</td><td>{escape(format_size(g['extra_bytes']))}</td></tr>"
-        for g in doc["same_files_other_digests"])
-    cold = doc["cold_pull"]
-    chart = bar_chart_svg("bytes a host holding all images pulls", ["Docker Engine", "containerd"],
-                          {"as they are": [cold["docker"], cold["containerd"]],
-                           "recommended tree": [doc["recommended_tree"]["cold_pull"]] * 2,
-                           "floor": [cold["floor"]] * 2})
+    findings = _html_table(["finding", "images", "extra bytes"], [   # as the terminal's "downloaded twice"
+        [f"same {g['files']} files ({escape(format_size(g['file_bytes']))}) under {len(g['diff_ids'])} diff_ids",
+         escape(", ".join(g["images"])), escape(format_size(g["extra_bytes"]))]
+        for g in doc["same_files_other_digests"]] + [
+        [f"one layer ({escape(g['diff_id'][:19])}) under {len(g['digests'])} blob digests", "",
+         escape(format_size(g["extra_bytes"]))] for g in doc["recompressed"]] + [
+        [escape(f"near-identical layers: {g['similarity']:.1%} of file bytes equal, {g['differing_files']} files "
+                f"differ (e.g. {', '.join(g['examples'][:2])})"), escape(", ".join(g["images"])),
+         escape(format_size(g["extra_bytes"]))] for g in doc["near_identical"]])
     per_image = bar_chart_svg("image sizes", names, {"bytes": [sizes[n] for n in names]})
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>layerwise audit</title>
@@ -416,11 +510,80 @@ def audit_html(doc: dict) -> str:
 th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}
 table{{border-collapse:collapse;margin:1em 0}}</style></head><body>
 <h1>layerwise audit</h1>
+<h2>Images</h2>
+{listed}
+{not_indexed}
 <h2>Shared between images (same blobs)</h2>
 <table><tr><th></th>{head}</tr>{rows}</table>
 <h2>Downloaded twice</h2>
-<table><tr><th>finding</th><th>images</th><th>extra bytes</th></tr>{findings or '<tr><td colspan=3>nothing</td></tr>'}</table>
-{chart}
+{findings}
+{_html_tree(doc)}
 {per_image}
 </body></html>
 """
+
+
+# ----------------------------------------------------------------------------- verify
+
+def verify_table(results, shown: int = 3) -> Table:
+    """One row per app: the verdict, how many differences, and the first ones (or why it was not
+    compared)."""
+    from rich.text import Text   # paths and reasons are shown as written, never read as markup
+    t = Table(title="verify: original vs refactored", title_justify="left")
+    for col, just in (("app", "left"), ("verdict", "left"), ("differences", "right"), ("first differences", "left")):
+        t.add_column(col, justify=just)
+    colors = {"equivalent": "green", "different": "red", "refused": "yellow", "failed": "red"}
+    for r in results:
+        if r.reason:
+            detail = r.reason
+        else:
+            detail = "\n".join(str(d) for d in r.differences[:shown])
+            if len(r.differences) > shown:
+                detail += f"\n… and {len(r.differences) - shown} more (--json lists every one)"
+        t.add_row(Text(r.app), f"[{colors.get(r.verdict, 'white')}]{r.verdict}[/]",
+                  str(len(r.differences)) if not r.reason else "", Text(detail))
+    return t
+
+
+def verify_dict(results, against) -> dict:
+    return {"schema": "layerwise.verify/v1", "against": str(against),
+            "equivalent": all(r.equivalent for r in results), "apps": [r.to_dict() for r in results]}
+
+
+# ----------------------------------------------------------------------------- import
+
+def import_tables(doc: dict) -> list:
+    """Tables for `layerwise import`: the bases extracted, then every app and what it keeps."""
+    bases = Table(title="base images extracted", title_justify="left")
+    for col, just in (("base", "left"), ("FROM", "left"), ("steps", "right"), ("layers", "right"),
+                      ("used by", "left"), ("known size", "right")):
+        bases.add_column(col, justify=just)
+    for b in doc["bases"]:
+        size = format_size(b["known_bytes"]) + (f" + {b['unknown_layers']} RUN" if b["unknown_layers"] else "")
+        users = ", ".join(b["used_by"])
+        bases.add_row(b["name"], (b["parent"] or b["from"])[:48], str(b["steps"]), str(b["layers"]),
+                      users if len(users) <= 60 else f"{len(b['used_by'])} apps: {users[:50]}…", size)
+    apps = Table(title="apps", title_justify="left")
+    for col, just in (("app", "left"), ("stages", "right"), ("built on", "left"), ("own steps", "right"),
+                      ("notes", "left")):
+        apps.add_column(col, justify=just)
+    for a in doc["apps"]:
+        notes = []
+        if a["text_only_lines"]:
+            notes.append(f"{len(a['text_only_lines'])} COPY/ADD compared by text (no context)")
+        if a["context_note"]:
+            notes.append(f"context: {a['context_note']}")
+        if a["unbuildable"]:
+            notes.append(f"cannot be built here: {a['unbuildable']}")
+        apps.add_row(a["name"], str(a["stages"]), ", ".join(a["bases"]) or "[dim]its own FROMs[/]",
+                     str(a["remaining_steps"]), "; ".join(notes))
+    return [bases, apps]
+
+
+def import_summary_line(doc: dict) -> str:
+    unknown = doc["unknown_layers_shared"]
+    saved = format_size(doc["known_bytes_saved"]) + (f" + {unknown} layers of unknown size (RUN output, or "
+                                                     "COPY without its context)" if unknown else "")
+    return (f"{doc['images']} Dockerfiles ({doc['stages']} stages), {len(doc['bases'])} base images extracted, "
+            f"{doc['instructions_shared']} instructions shared ({doc['layers_shared']} layers); a host running "
+            f"every app pulls {saved} less")

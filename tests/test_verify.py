@@ -1,0 +1,434 @@
+"""`layerwise verify`: `compare` by hand, then real builds of originals and refactorings on busybox."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from layerwise.dockerfiles import image_references
+from layerwise.errors import UserError
+from layerwise.layerindex import DIR, FILE, OPAQUE, SYMLINK, WHITEOUT, Entry, LayerIndex
+from layerwise.verify import (Difference, FileFacts, ImageFacts, compare, config_subset, facts_from,
+                              image_tag)
+
+BUSYBOX = "localhost:5000/os/busybox:latest"
+
+
+# ------------------------------------------------------------------------------------------------
+# compare, by hand
+
+
+def facts(files=None, **config):
+    base = {"Env": {"PATH": "/bin"}, "Cmd": ["sh"], "Entrypoint": None, "WorkingDir": None, "User": None,
+            "ExposedPorts": [], "Labels": {}}
+    return ImageFacts(dict(files or {}), base | config)
+
+
+def f(sha="a" * 64, mode=0o644, type=FILE, uid=0, gid=0, link=None):
+    return FileFacts(type, mode, uid, gid, sha if type == FILE else None, link)
+
+
+def test_compare_equal_images_gives_nothing():
+    files = {"srv": f(type=DIR, mode=0o755), "srv/app.txt": f(), "bin/ls": f(type=SYMLINK, mode=0o777, link="busybox")}
+    assert compare(facts(files), facts(dict(files))) == []
+
+
+def test_compare_names_missing_extra_and_every_changed_field():
+    original = facts({"srv/a": f(), "srv/b": f(), "srv/c": f(mode=0o755), "srv/l": f(type=SYMLINK, link="a"),
+                      "srv/d": f(uid=0, gid=0)})
+    refactored = facts({"srv/b": f(sha="b" * 64), "srv/c": f(mode=0o600), "srv/l": f(type=SYMLINK, link="b"),
+                        "srv/d": f(uid=1000, gid=1000), "srv/new": f()})
+    assert compare(original, refactored) == [
+        Difference("missing", "/srv/a", original=FILE),
+        Difference("changed", "/srv/b", "sha256", "a" * 64, "b" * 64),
+        Difference("changed", "/srv/c", "mode", 0o755, 0o600),
+        Difference("changed", "/srv/d", "uid", 0, 1000),
+        Difference("changed", "/srv/d", "gid", 0, 1000),
+        Difference("changed", "/srv/l", "link", "a", "b"),
+        Difference("extra", "/srv/new", refactored=FILE),
+    ]
+    mode = compare(original, refactored)[2]
+    assert mode.to_dict()["original"] == "0755" and str(mode) == "/srv/c: mode 0755 → 0600"
+    assert str(compare(original, refactored)[1]) == "/srv/b: sha256 aaaaaaaaaaaa → bbbbbbbbbbbb"
+
+
+def test_compare_a_file_that_became_a_directory():
+    diffs = compare(facts({"etc/app": f()}), facts({"etc/app": f(type=DIR, mode=0o755)}))
+    assert [(d.field, d.original, d.refactored) for d in diffs] == [
+        ("type", FILE, DIR), ("mode", 0o644, 0o755), ("sha256", "a" * 64, None)]
+
+
+def test_compare_config_names_each_env_and_label_entry_and_each_key():
+    original = facts(Env={"PATH": "/bin", "A": "1"}, Labels={"team": "x"}, Cmd=["cat", "/srv/a"], User="app")
+    refactored = facts(Env={"PATH": "/bin"}, Labels={"team": "y", "extra": "z"}, Cmd=["cat", "/srv/b"],
+                       User=None)
+    assert compare(original, refactored) == [
+        Difference("config", "Cmd", original=["cat", "/srv/a"], refactored=["cat", "/srv/b"]),
+        Difference("config", "Env:A", original="1", refactored=None),
+        Difference("config", "Labels:extra", original=None, refactored="z"),
+        Difference("config", "Labels:team", original="x", refactored="y"),
+        Difference("config", "User", original="app", refactored=None),
+    ]
+
+
+def test_config_subset_drops_layerwise_labels_and_reads_by_meaning():
+    config = {"config": {"Env": ["B=2", "A=1"], "Cmd": ["sh"], "WorkingDir": "", "User": "",
+                         "ExposedPorts": {"80/tcp": {}, "443/tcp": {}}, "Hostname": "abc123",
+                         "Labels": {"io.layerwise.fingerprint": "f", "org.opencontainers.image.base.name": "n",
+                                    "org.opencontainers.image.base.digest": "d", "team": "x"}}}
+    subset = config_subset(config)
+    assert subset["Labels"] == {"team": "x"}
+    assert subset["ExposedPorts"] == ["443/tcp", "80/tcp"]
+    assert subset["WorkingDir"] is None and subset["User"] is None and "Hostname" not in subset
+    # ENV order is no difference to a process; a value is.
+    reordered = {"config": dict(config["config"], Env=["A=1", "B=2"], Labels={"team": "x"})}
+    assert compare(ImageFacts({}, subset), ImageFacts({}, config_subset(reordered))) == []
+    changed = {"config": dict(config["config"], Env=["A=1", "B=3"])}
+    assert [d.where for d in compare(ImageFacts({}, subset), ImageFacts({}, config_subset(changed)))] == ["Env:B"]
+
+
+def layer(n, *entries):
+    diff_id = "sha256:" + str(n) * 64
+    return LayerIndex(diff_id, diff_id, 0, 0, tuple(Entry(*e) for e in entries))
+
+
+def test_facts_apply_whiteouts_and_opaque_directories_and_keep_the_top_entry():
+    lower = layer(1, ("etc", DIR, 0o755, 0, 0, 0, None, None), ("etc/old", FILE, 0o644, 0, 0, 1, "1" * 64, None),
+                  ("var/cache", DIR, 0o755, 0, 0, 0, None, None),
+                  ("var/cache/x", FILE, 0o644, 0, 0, 1, "2" * 64, None),
+                  ("srv/app", FILE, 0o644, 0, 0, 1, "3" * 64, None))
+    upper = layer(2, ("etc/old", WHITEOUT, 0, 0, 0, 0, None, None), ("var/cache", OPAQUE, 0, 0, 0, 0, None, None),
+                  ("srv/app", FILE, 0o755, 0, 0, 1, "4" * 64, None))
+    files = facts_from([lower, upper], {"config": {}}).files
+    assert "etc/old" not in files and "var/cache/x" not in files and "var/cache" in files
+    assert files["srv/app"] == FileFacts(FILE, 0o755, 0, 0, "4" * 64, None)
+
+
+def test_image_references_follow_arg_defaults_and_skip_stages():
+    text = (f'ARG BASE="{BUSYBOX}"\nFROM ${{BASE}} AS Build\nFROM ${{OTHER:-localhost:5000/x/y:1}}\n'
+            "COPY --from=build /a /b\nCOPY --from=0 /a /b\nCOPY --from=localhost:5000/z:2 /a /b\n"
+            "FROM scratch\nFROM build\n")
+    assert image_references(text) == [BUSYBOX, "localhost:5000/x/y:1", "localhost:5000/z:2"]
+
+
+def test_image_tags_are_valid_repository_names():
+    assert image_tag("Ad_Service v2", "original") == "layerwise-verify/ad_service-v2:original"
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: one line, exit 2, before the engine is asked anything
+
+
+def verify_cli(*args, cache: Path | None = None):
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache)) if cache else None   # layer indexes stay in the test
+    return subprocess.run([sys.executable, "-m", "layerwise", "verify", *map(str, args)], capture_output=True,
+                          text=True, env=env)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("doc, message", [
+    (None, "holds no import.json"),
+    ("{not json", "import.json:1: not valid JSON"),
+    ({"schema": "other/v1", "bases": [], "apps": []}, "\"schema\" must be 'layerwise.import/v1'"),
+    ({"schema": "layerwise.import/v1", "bases": [], "apps": [
+        {"name": "a", "original": "/x/Dockerfile", "context": None, "dockerfile": "apps/a/Dockerfile",
+         "bases": ["nope"]}]}, "app 'a' uses base 'nope', which is not listed"),
+    ({"schema": "layerwise.import/v1", "bases": [
+        {"name": "b", "ref": "localhost:5000/b:1", "dockerfile": "bases/b/Dockerfile", "context": None,
+         "parent": "later"}], "apps": []}, "its parent 'later' is not a base listed before it"),
+    ({"schema": "layerwise.import/v1", "bases": [], "apps": [{"name": "a"}]}, "apps[0]: \"original\" must be"),
+])
+def test_bad_import_description_is_one_clear_line(tmp_path, doc, message):
+    if doc is not None:
+        write(tmp_path / "import.json", doc if isinstance(doc, str) else json.dumps(doc))
+    result = verify_cli("--against", tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("layerwise: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_an_original_not_in_import_json_is_bad_input(tmp_path):
+    original = write(tmp_path / "src" / "a" / "Dockerfile", f"FROM {BUSYBOX}\n")
+    stray = write(tmp_path / "elsewhere" / "Dockerfile", f"FROM {BUSYBOX}\n")
+    write(tmp_path / "out" / "import.json", json.dumps({"schema": "layerwise.import/v1", "bases": [], "apps": [
+        {"name": "a", "original": str(original), "context": str(original.parent),
+         "dockerfile": "apps/a/Dockerfile", "bases": []}]}))
+    for given, message in ((stray, "is the original of no app in"), (tmp_path / "missing", "no such file")):
+        result = verify_cli(given, "--against", tmp_path / "out")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# the real engine
+
+BASE_STEPS = f"""FROM {BUSYBOX}
+RUN mkdir -p /shared && echo hello > /shared/f
+ENV A=1
+WORKDIR /srv
+"""
+APP_STEPS = {
+    "app1": 'COPY app.txt /srv/\nCMD ["cat", "/srv/app.txt"]\n',
+    "app2": 'COPY app.txt run.sh /srv/\nEXPOSE 8080\nCMD ["sh", "/srv/run.sh"]\n',
+}
+
+
+class Family:
+    """Two apps whose Dockerfiles repeat the same base steps, written by hand, and the folders an
+    import would write for them; names are unique to this run."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.ns = "t" + uuid.uuid4().hex[:10]
+        self.refs: list[str] = []
+        self.src = root / "src"
+        for app, steps in APP_STEPS.items():
+            write(self.src / app / "Dockerfile", BASE_STEPS + steps)
+            write(self.src / app / "app.txt", f"I am {app}\n")
+            write(self.src / app / "run.sh", f"echo {app}\n")
+
+    def app(self, name: str) -> str:
+        return f"{self.ns}-{name}"
+
+    def base(self, out: Path, name: str, dockerfile: str, parent: str | None = None) -> dict:
+        ref = self.ref_of(name)
+        write(out / "bases" / name / "Dockerfile", dockerfile.replace("{parent}", self.ref_of(parent)))
+        self.refs.append(ref)
+        return {"name": name, "ref": ref, "dockerfile": f"bases/{name}/Dockerfile", "context": f"bases/{name}",
+                "parent": parent}
+
+    def ref_of(self, base: str | None) -> str:
+        return f"localhost:5000/imported/{self.ns}-{base}:lw-0123456789abcdef" if base else ""
+
+    def refactored(self, out: Path, app: str, source: str, dockerfile: str, bases: list[str],
+                   context: bool = True) -> dict:
+        """`{base}` in `dockerfile` becomes the ref of bases[0]."""
+        name = self.app(app)
+        write(out / "apps" / name / "Dockerfile", dockerfile.replace("{base}", self.ref_of(bases[0] if bases else None)))
+        self.refs += [image_tag(name, "original"), image_tag(name, "refactored")]
+        return {"name": name, "original": str(self.src / source / "Dockerfile"),
+                "context": str(self.src / source) if context else None,
+                "dockerfile": f"apps/{name}/Dockerfile", "bases": bases}
+
+    def import_dir(self, name: str, bases, apps) -> Path:
+        out = self.root / name
+        write(out / "import.json", json.dumps({"schema": "layerwise.import/v1", "bases": bases, "apps": apps}))
+        return out
+
+    def remove_images(self) -> None:
+        import docker
+        client = docker.from_env()
+        for ref in reversed(self.refs):          # apps before the bases they are built on
+            try:
+                client.images.remove(ref, force=True)
+            except docker.errors.APIError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def family(services, tmp_path_factory):
+    fam = Family(tmp_path_factory.mktemp("verify"))
+    yield fam
+    fam.remove_images()
+
+
+def good_set(fam: Family) -> Path:
+    out = fam.root / "good"
+    bases = [fam.base(out, "base", BASE_STEPS)]
+    apps = [fam.refactored(out, app, app, "FROM {base}\n" + steps, ["base"]) for app, steps in APP_STEPS.items()]
+    return fam.import_dir("good", bases, apps)
+
+
+def verdicts(doc: dict) -> dict:
+    return {a["app"]: a["verdict"] for a in doc["apps"]}
+
+
+@pytest.mark.integration
+def test_a_faithful_refactoring_is_equivalent(family, tmp_path):
+    out = good_set(family)
+    result = verify_cli("--against", out, "--json", "--no-cache", cache=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    doc = json.loads(result.stdout)
+    assert verdicts(doc) == {family.app("app1"): "equivalent", family.app("app2"): "equivalent"}, doc
+    assert result.returncode == 0 and doc["equivalent"] is True
+    # Built apart and without the build cache: two images, equal by their contents only; the
+    # refactored one is built on the base image.
+    import docker
+    client = docker.from_env()
+    original = client.images.get(image_tag(family.app("app1"), "original"))
+    refactored = client.images.get(image_tag(family.app("app1"), "refactored"))
+    base_layers = client.images.get(family.ref_of("base")).attrs["RootFS"]["Layers"]
+    assert original.id != refactored.id
+    assert refactored.attrs["RootFS"]["Layers"][:len(base_layers)] == base_layers
+
+    # Naming one original verifies that app alone; the table says so.
+    result = verify_cli(family.src / "app2" / "Dockerfile", "--against", out, cache=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert family.app("app2") in result.stdout and family.app("app1") not in result.stdout
+    assert "1 of 1 apps equivalent" in result.stdout
+
+
+@pytest.mark.integration
+def test_broken_refactorings_fail_with_the_right_difference(family, tmp_path):
+    out = family.root / "broken"
+    no_env = BASE_STEPS.replace("ENV A=1\n", "")
+    bases = [family.base(out, "base", BASE_STEPS), family.base(out, "noenv", no_env),
+             family.base(out, "fails", f"FROM {BUSYBOX}\nRUN false\n"),
+             family.base(out, "child", "FROM {parent}\nRUN true\n", parent="fails")]
+    app1, app2 = APP_STEPS["app1"], APP_STEPS["app2"]
+    apps = [
+        family.refactored(out, "dropped-env", "app1", "FROM {base}\n" + app1, ["noenv"]),
+        family.refactored(out, "chmod", "app1", "FROM {base}\n" + app1 + "RUN chmod 600 /srv/app.txt\n", ["base"]),
+        family.refactored(out, "dropped-copy", "app2", "FROM {base}\n" + app2.replace("COPY app.txt run.sh", "COPY run.sh"),
+                          ["base"]),
+        family.refactored(out, "no-context", "app1", "FROM {base}\n" + app1, ["base"], context=False),
+        family.refactored(out, "syntax", "app1", "# syntax=docker/dockerfile:1\nFROM {base}\n" + app1, ["base"]),
+        family.refactored(out, "fails", "app1", "FROM {base}\nRUN false\n" + app1, ["base"]),
+        family.refactored(out, "on-broken-base", "app1", "FROM {base}\n" + app1, ["child"]),
+    ]
+    result = verify_cli("--against", family.import_dir("broken", bases, apps), "--json", cache=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    by_app = {a["app"]: a for a in json.loads(result.stdout)["apps"]}
+
+    def diffs(app):
+        return [(d["kind"], d["where"], d["field"], d["original"], d["refactored"])
+                for d in by_app[family.app(app)]["differences"]]
+
+    assert diffs("dropped-env") == [("config", "Env:A", None, "1", None)]
+    assert diffs("chmod") == [("changed", "/srv/app.txt", "mode", "0644", "0600")]
+    assert diffs("dropped-copy") == [("missing", "/srv/app.txt", None, "file", None)]
+    for app in ("dropped-env", "chmod", "dropped-copy"):
+        assert by_app[family.app(app)]["verdict"] == "different" and not by_app[family.app(app)]["equivalent"]
+    refused = by_app[family.app("no-context")]
+    assert refused["verdict"] == "refused" and "without its build context" in refused["reason"]
+    syntax = by_app[family.app("syntax")]
+    assert syntax["verdict"] == "refused" and "syntax=" in syntax["reason"]
+    failed = by_app[family.app("fails")]
+    assert failed["verdict"] == "failed" and "refactored build failed" in failed["reason"]
+    assert any("RUN false" in line for line in failed["log_tail"])
+    on_broken = by_app[family.app("on-broken-base")]
+    assert on_broken["verdict"] == "failed" and "its parent base fails failed to build" in on_broken["reason"]
+
+
+@pytest.mark.integration
+def test_a_broken_refactoring_shows_in_the_table(family, tmp_path):
+    out = family.root / "table"
+    bases = [family.base(out, "base", BASE_STEPS)]
+    apps = [family.refactored(out, "table", "app2", "FROM {base}\n" + APP_STEPS["app2"].replace("EXPOSE 8080", "EXPOSE 9090"),
+                              ["base"])]
+    result = verify_cli(family.src / "app2", "--against", family.import_dir("table", bases, apps), cache=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "different" in result.stdout and "config ExposedPorts" in result.stdout
+    assert "0 of 1 apps equivalent" in result.stdout
+
+
+@pytest.mark.integration
+def test_a_multi_stage_original_against_a_refactoring_on_an_extracted_build_stage(family, tmp_path):
+    """The build stage becomes a base of its own (with a parent base); the final stage copies from it."""
+    build_steps = "RUN mkdir -p /out && echo built > /out/tool && chmod 755 /out/tool\n"
+    write(family.src / "multi" / "Dockerfile",
+          f"FROM {BUSYBOX} AS build\n{build_steps}"
+          f"FROM {BUSYBOX}\nWORKDIR /srv\nCOPY --from=build /out/tool /srv/tool\nCOPY app.txt /srv/\n"
+          'ENTRYPOINT ["/srv/tool"]\n')
+    write(family.src / "multi" / "app.txt", "multi\n")
+    out = family.root / "multi"
+    bases = [family.base(out, "os", f"FROM {BUSYBOX}\nWORKDIR /srv\n"),
+             family.base(out, "build", f"FROM {BUSYBOX}\n{build_steps}")]
+    bases[0]["context"] = None                 # a base that copies nothing may come without a folder
+    apps = [family.refactored(out, "multi", "multi",
+                              "FROM {base}\nCOPY --from=" + family.ref_of("build") + " /out/tool /srv/tool\n"
+                              'COPY app.txt /srv/\nENTRYPOINT ["/srv/tool"]\n', ["os", "build"])]
+    from layerwise.engine import Engine
+    from layerwise.layerindex import Cache
+    from layerwise.verify import verify
+
+    engine = Engine()
+    events = []
+    try:
+        results = verify(family.import_dir("multi", bases, apps), engine, cache=Cache(tmp_path),
+                         progress=lambda key, phase, event: events.append((key, phase)))
+    finally:
+        engine.close()
+    assert [(r.app, r.verdict, r.differences, r.reason) for r in results] == [
+        (family.app("multi"), "equivalent", [], None)]
+    assert ("base os", "done") in events and ("base build", "done") in events
+    assert (family.app("multi"), "done") in events
+
+
+# ------------------------------------------------------------------------------------------------
+# Engine.build with a Dockerfile of its own
+
+
+def build_facts(engine, context: Path, tag: str, refs: list, **kwargs):
+    from layerwise.verify import image_facts
+    refs.append(tag)
+    engine.build(context, tag, {}, **kwargs)
+    return image_facts(tag)
+
+
+@pytest.fixture
+def engine(services):
+    from layerwise.engine import Engine
+    e = Engine()
+    refs: list[str] = []
+    yield e, refs
+    for ref in refs:
+        e.remove(ref)
+    e.close()
+
+
+@pytest.mark.integration
+def test_a_dockerfile_outside_the_context_sees_the_same_files(engine, tmp_path, namespace):
+    eng, refs = engine
+    ctx = tmp_path / "ctx"
+    write(ctx / "a.txt", "a\n")
+    write(ctx / "Dockerfile", f"FROM {BUSYBOX}\nCOPY . /app/\n")
+    outside = write(tmp_path / "elsewhere" / "Dockerfile", f"FROM {BUSYBOX}\nCOPY . /app/\n")
+    tag = f"layerwise-verify/{namespace}-ctx"
+    in_place = build_facts(eng, ctx, f"{tag}:in-place", refs)
+    moved = build_facts(eng, ctx, f"{tag}:outside", refs, dockerfile=outside)
+    assert compare(in_place, moved) == []
+    assert {"app/a.txt", "app/Dockerfile"} <= set(moved.files) and not any(".dockerfile" in p for p in moved.files)
+    # A .dockerignore that keeps itself: an explicit Dockerfile, inside the context or not, sees the
+    # same (rewritten) .dockerignore, so the two builds verify compares stay comparable.
+    write(ctx / ".dockerignore", "# comment\n*.log\n")
+    write(ctx / "x.log", "ignored\n")
+    inside = build_facts(eng, ctx, f"{tag}:inside-explicit", refs, dockerfile=ctx / "Dockerfile")
+    moved = build_facts(eng, ctx, f"{tag}:outside-ignore", refs, dockerfile=outside)
+    assert compare(inside, moved) == []
+    assert "app/.dockerignore" in moved.files and "app/x.log" not in moved.files
+
+
+@pytest.mark.integration
+def test_target_and_the_refusal_apply_to_the_dockerfile_used(engine, tmp_path, namespace):
+    eng, refs = engine
+    ctx = tmp_path / "ctx"
+    write(ctx / "Dockerfile", f"# syntax=docker/dockerfile:1\nFROM {BUSYBOX}\n")
+    two_stages = write(tmp_path / "other" / "Dockerfile",
+                       f"FROM {BUSYBOX} AS first\nRUN echo one > /one\nFROM {BUSYBOX}\nRUN echo two > /two\n")
+    tag = f"layerwise-verify/{namespace}-target"
+    first = build_facts(eng, ctx, f"{tag}:first", refs, dockerfile=two_stages, target="first")
+    assert "one" in first.files and "two" not in first.files
+    with pytest.raises(UserError, match="syntax="):
+        eng.build(ctx, f"{tag}:refused", {})
+    with pytest.raises(UserError, match="syntax="):
+        eng.build(tmp_path, f"{tag}:refused", {}, dockerfile=ctx / "Dockerfile")
+
+
+@pytest.mark.integration
+def test_images_the_daemon_would_fetch_from_outside_are_named(engine):
+    eng, _ = engine
+    absent = f"layerwise-absent-{uuid.uuid4().hex[:8]}/none:never"
+    text = (f"FROM {BUSYBOX} AS a\nFROM {absent}\nCOPY --from=a /bin/sh /x\n"
+            "COPY --from=localhost:5000/any/thing:1 /a /b\nFROM ${NOT_SET}\n")
+    # Only checked, never built: local images and loopback registries are fine, the rest is named.
+    assert eng.unavailable_images(text) == [absent, "(an empty image name)"]
