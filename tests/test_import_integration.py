@@ -44,6 +44,9 @@ def test_import_refactor_build_verify(services, namespace, tmp_path):
     doc = json.loads(r.stdout)
     verified = {a["app"]: a for a in doc["verify"]["apps"]}
     assert set(verified) == {"a", "b", "c"} and all(a["equivalent"] for a in verified.values())
+    # Built, the base's size is measured: the RUN writes 6 bytes, the COPY 16; each of 3 apps but one saves them.
+    (measured,) = doc["verify"]["measured_base_bytes"].values()
+    assert 22 <= measured < 10_000 and doc["verify"]["measured_saving"] == 2 * measured
     # One base: the setup (RUN, ENV, COPY of the same files) shared by a, b and c's build stage.
     assert [b["used_by"] for b in doc["bases"]] == [["a", "b", "c"]]
     assert doc["bases"][0]["layers"] == 2 and doc["bases"][0]["known_bytes"] == len("echo util\n1 2 3\n")

@@ -262,30 +262,34 @@ def verify_command(originals: tuple[Path, ...], import_dir: Path, no_cache: bool
     from .verify import apps_for, load_import
 
     only = apps_for(load_import(import_dir), list(originals))   # bad input ends here, before any build
-    results = _verify(import_dir, only, no_cache, as_json)
+    results, measured = _verify(import_dir, only, no_cache, as_json)
     if as_json:
-        print(json.dumps(verify_dict(results, import_dir), indent=2, sort_keys=True))
+        print(json.dumps(verify_dict(results, import_dir) | measured, indent=2, sort_keys=True))
     else:
-        _print_verify(results)
+        _print_verify(results, measured)
     sys.exit(0 if all(r.equivalent for r in results) else 1)
 
 
-def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: bool) -> list:
+def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: bool) -> tuple[list, dict]:
+    """Verify the apps, then measure the bases that were built (sizes the import could not know)."""
     from .engine import Engine
     from .layerindex import Cache
-    from .verify import verify
+    from .verify import measured_base_bytes, measured_saving, verify
 
     out = console()
     progress = None if quiet else (RichProgress(out) if out.is_terminal else PlainProgress(out))
     engine = Engine()
     try:
         with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
-            return verify(import_dir, engine, only=only, progress=progress, cache=Cache(), no_cache=no_cache)
+            results = verify(import_dir, engine, only=only, progress=progress, cache=Cache(), no_cache=no_cache)
+        sizes = measured_base_bytes(import_dir, engine)
     finally:
         engine.close()
+    return results, {"measured_base_bytes": sizes, "measured_saving": measured_saving(import_dir, sizes)}
 
 
-def _print_verify(results) -> None:
+def _print_verify(results, measured: dict) -> None:
+    from .units import format_size
     out = console()
     out.print(verify_table(results))
     for r in results:
@@ -294,6 +298,10 @@ def _print_verify(results) -> None:
             out.print("\n".join("  " + line for line in r.log_tail), highlight=False, markup=False)
     same = sum(r.equivalent for r in results)
     out.print(f"{same} of {len(results)} apps equivalent")
+    if measured["measured_base_bytes"]:
+        out.print(f"measured: base images built {len(measured['measured_base_bytes'])}, their own layers "
+                  f"{format_size(sum(measured['measured_base_bytes'].values()))} (uncompressed); saved on a host "
+                  f"running every app: {format_size(measured['measured_saving'])}")
 
 
 @app.command("import")
@@ -341,11 +349,11 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
         write_refactored(family, refactor_dir, force=force)
     doc = summary(family)
     doc["stack_file_notes"] = notes
-    results = _verify(refactor_dir, None, False, as_json) if then_verify else None
+    results, measured = _verify(refactor_dir, None, False, as_json) if then_verify else (None, {})
     code = 0 if results is None or all(r.equivalent for r in results) else 1
     if as_json:
         if results is not None:
-            doc["verify"] = verify_dict(results, refactor_dir)
+            doc["verify"] = verify_dict(results, refactor_dir) | measured
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         sys.exit(code)
     out = console()
@@ -358,7 +366,7 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
     if refactor_dir is not None:
         out.print(f"wrote {refactor_dir}/ (bases/, apps/, import.json)")
     if results is not None:
-        _print_verify(results)
+        _print_verify(results, measured)
     sys.exit(code)
 
 

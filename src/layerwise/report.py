@@ -582,8 +582,8 @@ def import_tables(doc: dict) -> list:
 
 def import_summary_line(doc: dict) -> str:
     unknown = doc["unknown_layers_shared"]
-    saved = format_size(doc["known_bytes_saved"]) + (f" + {unknown} layers of unknown size (RUN output, or "
-                                                     "COPY without its context)" if unknown else "")
+    saved = format_size(doc["known_bytes_saved"]) + (f" known + {unknown} layers of unknown size (RUN output, or "
+                                                     "COPY without its context; verify measures them)" if unknown else "")
     return (f"{doc['images']} Dockerfiles ({doc['stages']} stages), {len(doc['bases'])} base images extracted, "
-            f"{doc['instructions_shared']} instructions shared ({doc['layers_shared']} layers); a host running "
-            f"every app pulls {saved} less")
+            f"{doc['instructions_shared']} instructions shared ({doc['layers_shared']} layers); saved on a host "
+            f"running every app: {saved}")

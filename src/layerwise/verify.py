@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
-from .dockerfiles import unbuildable_reason
+from .dockerfiles import parse_instructions, unbuildable_reason
 from .engine import BuildFailed, Engine
 from .errors import UserError
 from .images import open_image
@@ -185,6 +185,7 @@ class BaseSpec:
     dockerfile: Path
     context: Path | None
     parent: str | None
+    used_by: tuple[str, ...] = ()   # the apps built on it, directly or through a child base
 
 
 @dataclass(frozen=True)
@@ -250,9 +251,12 @@ def _path(obj: dict, key: str, where: str, root: Path, path: Path, optional: boo
 
 def _base(b: dict, i: int, root: Path, path: Path) -> BaseSpec:
     where = f"bases[{i}]"
+    used_by = b.get("used_by", [])
+    if not isinstance(used_by, list) or not all(isinstance(u, str) for u in used_by):
+        raise UserError(f"{where}: \"used_by\" must be a list of app names", path)
     return BaseSpec(_text(b, "name", where, path), _text(b, "ref", where, path),
                     _path(b, "dockerfile", where, root, path), _path(b, "context", where, root, path, True),
-                    _text(b, "parent", where, path, True))
+                    _text(b, "parent", where, path, True), tuple(used_by))
 
 
 def _app(a: dict, i: int, root: Path, path: Path) -> AppSpec:
@@ -456,3 +460,22 @@ def _build_app(app: AppSpec, result: AppResult, engine: Engine, report: Progress
             result.log_tail = [line for line in e.log if line.strip()][-15:]
             raise UserError(f"the {which} build failed: {e}") from None
     return ids[0], ids[1]
+
+
+def measured_base_bytes(import_dir: Path, engine: Engine) -> dict[str, int]:
+    """Uncompressed bytes of each built base's own layers, from the engine's history (the legacy
+    builder writes one history entry per instruction): what the import could only estimate."""
+    out = {}
+    for base in load_import(import_dir).bases:
+        image = engine.inspect(base.ref)
+        if image is None or not image.history:
+            continue
+        own = len(parse_instructions(base.dockerfile.read_text(encoding="utf-8"))) - 1   # all but FROM
+        out[base.name] = sum(int(h.get("Size") or 0) for h in image.history[len(image.history) - own:])
+    return out
+
+
+def measured_saving(import_dir: Path, sizes: dict[str, int]) -> int:
+    """Bytes a host running every app no longer pulls: each measured base once, not once per app."""
+    return sum(size * max(len(base.used_by) - 1, 0)
+               for base in load_import(import_dir).bases if (size := sizes.get(base.name)) is not None)
