@@ -2,9 +2,6 @@
 
 import json
 
-import pytest
-
-from layerwise.dockerfiles import parse_instructions
 from layerwise.planner import build_plan, merge_layers
 from layerwise.spec import load_stack
 from layerwise.model import Plan

@@ -21,12 +21,11 @@ from pathlib import Path
 import yaml
 
 from . import contexts
-from .build import build_family, connect, resolve_base
+from .build import build_family, connect
 from .cost import CONTAINERD, DOCKER, predict_pulls
 from .dockerfiles import render_dockerfile
 from .errors import UserError
 from .model import Plan, sha256_text
-from .planner import build_plan
 from .registry import Manifest, Registry, is_loopback, split_reference
 from .spec import Stack, load_stack
 from .state import load_state
