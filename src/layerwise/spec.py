@@ -84,20 +84,23 @@ class Stack:
 
 # ----------------------------------------------------------------------------- YAML with lines
 
-def _line_map(node: yaml.Node, path: tuple, out: dict, depth: int = 0) -> None:
-    """Record the 1-based line of every key and item, keyed by its path in the loaded data."""
+def _line_map(node: yaml.Node, path: tuple, lines: dict, texts: dict, depth: int = 0) -> None:
+    """Record the 1-based line of every key and item (`lines`) and of the first character of every
+    scalar's content (`texts`), keyed by its path in the loaded data: one walk of the node tree."""
     if depth > 50:
         return
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.ScalarNode):
+        texts.setdefault(path, _first_text_line(node))
+    elif isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             sub = path + (key.value,)
-            out.setdefault(sub, key.start_mark.line + 1)
-            _line_map(value, sub, out, depth + 1)
+            lines.setdefault(sub, key.start_mark.line + 1)
+            _line_map(value, sub, lines, texts, depth + 1)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            out.setdefault(path + (i,), item.start_mark.line + 1)
-            _line_map(item, path + (i,), out, depth + 1)
+            lines.setdefault(path + (i,), item.start_mark.line + 1)
+            _line_map(item, path + (i,), lines, texts, depth + 1)
 
 
 def _first_text_line(node: yaml.Node) -> int:
@@ -122,19 +125,6 @@ class Lines:
         return self._text.get(path) or self.at(path)
 
 
-def _text_lines(node: yaml.Node, path: tuple, out: dict, depth: int = 0) -> None:
-    if depth > 50:
-        return
-    if isinstance(node, yaml.ScalarNode):
-        out.setdefault(path, _first_text_line(node))
-    elif isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            _text_lines(value, path + (key.value,), out, depth + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _text_lines(item, path + (i,), out, depth + 1)
-
-
 def read_yaml(path: Path) -> tuple[Any, "Lines"]:
     try:
         text = path.read_text()
@@ -155,8 +145,7 @@ def read_yaml(path: Path) -> tuple[Any, "Lines"]:
     lines: dict = {}
     texts: dict = {}
     if root is not None:
-        _line_map(root, (), lines)
-        _text_lines(root, (), texts)
+        _line_map(root, (), lines, texts)
     return data, Lines(lines, texts)
 
 
