@@ -281,3 +281,14 @@ def test_import_command_outputs_and_exit_codes(tmp_path):
     assert r.returncode == 2 and r.stderr.count("error") == 1
     r = run_cli("import", str(tmp_path / "nothing-here"))
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_folders_are_searched_for_dockerfiles_but_not_hidden_ones(tmp_path):
+    write(tmp_path, {"svc/api/Dockerfile": "FROM a\nRUN x\n", "svc/web/web.Dockerfile": "FROM a\nRUN x\n",
+                     "svc/.git/Dockerfile": "FROM a\nRUN x\n", "svc/notes/Dockerfile.md.txt": "not one",
+                     "svc/src/Dockerfile": "FROM a\nRUN y\n"})
+    family = import_family([tmp_path / "svc"])
+    assert sorted(d.name for d in family.dockerfiles) == ["api", "svc-src", "web-dockerfile"]
+    # Named like one (Dockerfile.*), so looked at, and refused as what it is.
+    (error,) = family.errors
+    assert "Dockerfile.md.txt" in str(error) and "no FROM" in str(error)

@@ -81,8 +81,9 @@ def find_dockerfiles(inputs: list[Path]) -> list[Path]:
     """The Dockerfiles named or found (recursively) under the given folders, sorted, unique."""
     found: list[Path] = []
     for item in inputs:
-        if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and _DOCKERFILE_NAME.match(p.name))
+        if item.is_dir():   # hidden folders (.git, .venv, …) hold no app
+            found += sorted(p for p in item.rglob("*") if p.is_file() and _DOCKERFILE_NAME.match(p.name)
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
         elif item.is_file():
             found.append(item)
         else:
@@ -147,12 +148,12 @@ def read_dockerfile(path: Path, name: str, context: Path | None = None) -> Docke
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read the file: {e}", path) from None
-    instructions = parse_instructions(text, file=str(path))
     template = _TEMPLATE_MARK.search(text)
-    if template:
+    if template:   # before parsing: the parser's complaint about a placeholder would say less
         line = text.count("\n", 0, template.start()) + 1
         raise UserError(f"this looks like a template ({template.group(0)!r} placeholder); "
                         "render it first and import the result", path, line)
+    instructions = parse_instructions(text, file=str(path))
     if not any(i.keyword == "FROM" for i in instructions):
         raise UserError("no FROM instruction: this is not a Dockerfile", path)
 
