@@ -19,14 +19,13 @@ Rendering is in `report`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass, field
 
 from .cost import DOCKER, HOST_KINDS, HostLayer, distinct_bytes
 from .errors import UserError
 from .images import LayerRef, open_image
-from .layerindex import Cache, LayerIndex, LayerJob, dive_efficiency, effective_tree, index_layers
+from .layerindex import Cache, LayerIndex, dive_efficiency, effective_tree, index_layers, layer_jobs
 from .model import Step, sha256_text
 from .planner import TreeNode, image_runs, prefix_tree
 
@@ -57,11 +56,9 @@ def load(specs: list[str], *, platform: str | None = None, cache: Cache | None =
         opened.append((audited[-1], image))
     jobs, owners = [], []
     for entry, image in opened:
-        for i, layer in enumerate(entry.layers):
-            # Read as "layer 2/3 (sha256:…) of image NAME: what is wrong", like the readers' errors.
-            jobs.append(LayerJob(functools.partial(image.open_layer, i), digest=layer.digest,
-                                 diff_id=layer.diff_id, name=_layer_label(entry, i)))
-            owners.append(entry)
+        own = layer_jobs(image, entry.name)
+        jobs += own
+        owners += [entry] * len(own)
     if progress is not None:
         progress(None, len(jobs))      # announce the total before the first layer is done
     results = index_layers(jobs, processes=processes, cache=cache,
@@ -73,10 +70,6 @@ def load(specs: list[str], *, platform: str | None = None, cache: Cache | None =
             message = str(result.error)
             entry.error = message if entry.name in message else f"image {entry.name}: {message}"
     return audited
-
-
-def _layer_label(img: AuditedImage, i: int) -> str:
-    return f"{i + 1}/{len(img.layers)} ({img.layers[i].digest}) of image {img.name}"
 
 
 def layer_problems(img: AuditedImage) -> list[dict]:

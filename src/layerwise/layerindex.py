@@ -456,11 +456,8 @@ class _TarScanner:
         longname, self.longname = self.longname, None
         longlink, self.longlink = self.longlink, None
 
-        if "path" in pax:
-            name = pax["path"].decode("utf-8", "surrogateescape")
-        elif longname is not None:
-            name = longname
-        else:
+        name = _long_value(pax, "path", longname)
+        if name is None:
             name = _cstr(name_f)
             if magic == b"ustar\x00" and prefix_f[0]:
                 name = _cstr(prefix_f) + "/" + name
@@ -534,11 +531,8 @@ class _TarScanner:
             return
 
         if kind == SYMLINK or kind == HARDLINK:
-            if "linkpath" in pax:
-                link = pax["linkpath"].decode("utf-8", "surrogateescape")
-            elif longlink is not None:
-                link = longlink
-            else:
+            link = _long_value(pax, "linkpath", longlink)
+            if link is None:
                 link = _cstr(link_f)
             sha = None
             if kind == HARDLINK:
@@ -592,6 +586,13 @@ class _TarScanner:
         else:
             self.longlink = _cstr(data)
         self.state = _PAD if self.pad else _HEADER
+
+
+def _long_value(pax: dict, key: str, gnu_long: str | None) -> str | None:
+    """A name or link target too long for the header: from a PAX record, else a GNU long entry."""
+    if key in pax:
+        return pax[key].decode("utf-8", "surrogateescape")
+    return gnu_long
 
 
 def _pax_int(pax: dict[str, bytes], key: str, at: int) -> int:
@@ -950,6 +951,7 @@ class LayerJob:
     def label(self) -> str:
         return self.name or self.diff_id or self.digest or _describe(self.source)
 
+
     def open(self) -> BinaryIO:
         if isinstance(self.source, (str, os.PathLike)):
             if self.offset == 0 and self.length is None:
@@ -961,6 +963,15 @@ class LayerJob:
     def key(self) -> str | None:
         """Jobs with the same key are the same layer, indexed once."""
         return self.digest or self.diff_id
+
+
+def layer_jobs(image, name: str) -> list[LayerJob]:
+    """One job per layer of an `images.Image`, read through the image's own reader and named
+    "2/3 (sha256:…) of image NAME", the way the readers name a layer in their errors."""
+    count = len(image.layers)
+    return [LayerJob(functools.partial(image.open_layer, i), digest=layer.digest, diff_id=layer.diff_id,
+                     name=f"{i + 1}/{count} ({layer.digest}) of image {name}")
+            for i, layer in enumerate(image.layers)]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ Three parts, one job each: `image_facts` reads an image (through `images` and `l
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import tempfile
@@ -31,7 +30,7 @@ from .engine import BuildFailed, Engine
 from .errors import UserError
 from .images import open_image
 from .importer import IMPORT_SCHEMA
-from .layerindex import Cache, LayerIndex, LayerJob, effective_tree, index_layers
+from .layerindex import Cache, LayerIndex, effective_tree, index_layers, layer_jobs
 
 OWN_LABEL_PREFIXES = ("io.layerwise.", "org.opencontainers.image.base.")
 # Runtime config compared; Env and Labels entry by entry.
@@ -97,9 +96,7 @@ def facts_from(layers: list[LayerIndex], config: dict) -> ImageFacts:
 def image_facts(ref: str, *, cache: Cache | None = None, processes: int | None = None) -> ImageFacts:
     """Facts of an image of the local engine; the layers are indexed once per diff_id with a cache."""
     with open_image(f"docker://{ref}") as image:
-        jobs = [LayerJob(functools.partial(image.open_layer, i), digest=layer.digest, diff_id=layer.diff_id,
-                         name=f"{ref} layer {i + 1}") for i, layer in enumerate(image.layers)]
-        results = index_layers(jobs, processes=processes, cache=cache)
+        results = index_layers(layer_jobs(image, ref), processes=processes, cache=cache)
         for result in results:
             if result.error:
                 raise result.error
