@@ -63,9 +63,7 @@ class Dockerfile:
 
     def chain(self, index: int) -> list[Step]:
         """Every step of a stage from its external FROM: its parents' steps, then its own."""
-        stage = self.stages[index]
-        below = self.chain(stage.parent) if stage.parent is not None else [_from_step(stage.root)]
-        return below + list(stage.steps)
+        return _stage_chain(self.stages, index)
 
     def own_start(self, index: int) -> int:
         """Position in `chain(index)` of the stage's first own step."""
@@ -75,6 +73,12 @@ class Dockerfile:
 
 def _from_step(root: str) -> Step:
     return Step(instruction=root, category="os", size=0, size_source="empty")
+
+
+def _stage_chain(stages: tuple[Stage, ...] | list[Stage], index: int) -> list[Step]:
+    stage = stages[index]
+    below = _stage_chain(stages, stage.parent) if stage.parent is not None else [_from_step(stage.root)]
+    return below + list(stage.steps)
 
 
 def find_dockerfiles(inputs: list[Path]) -> list[Path]:
@@ -205,16 +209,18 @@ def _stage(ins: Instruction, index: int, stages: list[Stage], args: dict, path: 
     if len(words) not in (1, 3) or (len(words) == 3 and name is None):
         raise UserError(f"{ins.text!r}: write FROM IMAGE [AS NAME]", path, ins.line)
     image = _from_image(words[0], args, file=path, line=ins.line)
-    # A flag keeps a variable nobody declared ($BUILDPLATFORM is the builder's own).
-    flags = [expand_variables(f, _known(args)) if all(args.get(m.group(1) or m.group(4)) is not None
-                                                       for m in VARIABLE.finditer(f)) else f
-             for f in ins.flags]
-    by_name = {s.name: s.index for s in stages if s.name}
-    parent = by_name.get(image.lower())
-    if parent is None and image.isdigit() and int(image) < len(stages):
-        parent = int(image)
+    flags = [_expand_if_declared(f, args) for f in ins.flags]
+    parent = _stage_named(image, stages)
     root = None if parent is not None else " ".join(["FROM", *sorted(flags), image])
-    return Stage(index=index, name=name, from_text=ins.text, parent=parent, root=root, steps=())
+    return Stage(index=index, name=name, from_text=ins.text, parent=parent.index if parent else None,
+                 root=root, steps=())
+
+
+def _expand_if_declared(text: str, args: dict[str, str | None]) -> str:
+    """ARG defaults put in, or the text kept as written when a variable has no value: a FROM flag
+    may use one nobody declared ($BUILDPLATFORM is the builder's own)."""
+    names = [m.group(1) or m.group(4) for m in VARIABLE.finditer(text)]
+    return expand_variables(text, _known(args)) if all(args.get(n) is not None for n in names) else text
 
 
 def _step(ins: Instruction, args: dict, context: Path | None, ignore, stages: list[Stage],
@@ -252,12 +258,7 @@ def _stage_named(ref: str, stages: list[Stage]) -> Stage | None:
 
 
 def _chain_digest(stages: list[Stage], stage: Stage) -> str:
-    parts = []
-    while True:
-        parts = [s.identity for s in stage.steps] + parts
-        if stage.parent is None:
-            return sha256_text(stage.root or "", *parts)
-        stage = stages[stage.parent]
+    return sha256_text(*(s.identity for s in _stage_chain(stages, stage.index)))
 
 
 def raw_category(ins: Instruction) -> str | None:
