@@ -292,3 +292,16 @@ def test_folders_are_searched_for_dockerfiles_but_not_hidden_ones(tmp_path):
     # Named like one (Dockerfile.*), so looked at, and refused as what it is.
     (error,) = family.errors
     assert "Dockerfile.md.txt:1: unknown instruction" in str(error)
+
+
+def test_base_context_keeps_a_copied_file_named_dockerfile(tmp_path):
+    """`COPY . /src` copies the Dockerfile too: the base's own Dockerfile must not replace it."""
+    text = "FROM a\nCOPY . /src\nRUN make\n"
+    write(tmp_path, {"one/Dockerfile": text, "two/Dockerfile": text})   # the same files in both contexts
+    family = import_family([tmp_path / "one", tmp_path / "two"])
+    (base,) = family.bases
+    assert base.used_by == ("one", "two") and base.buildable
+    out = write_refactored(family, tmp_path / "out")
+    spec = json.loads((out / "import.json").read_text())["bases"][0]
+    assert (out / spec["context"] / "Dockerfile").read_text() == text
+    assert (out / spec["dockerfile"]).read_text() == base_dockerfile(base)

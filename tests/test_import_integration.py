@@ -53,7 +53,8 @@ def test_import_refactor_build_verify(services, namespace, tmp_path):
     assert all(not a["text_only_lines"] for a in doc["apps"])
     base_ref = doc["bases"][0]["ref"]
     assert (out / "apps/a/Dockerfile").read_text().count(f"FROM {base_ref}") == 1
-    assert "lib" in {p.name for p in (out / "bases").iterdir() for p in p.iterdir()}
+    (base_dir,) = (out / "bases").iterdir()
+    assert (base_dir / "context/lib/data/values.txt").read_text() == "1 2 3\n"
 
     r = run_cli("verify", str(src), "--against", str(out), "--no-cache", "--json")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,7 +1,8 @@
 """Writing an imported family: the refactored folder (`--refactor-to`) and a stack file (`-o`).
 
-The folder holds one Dockerfile (and context files) per extracted base under `bases/`, one
-rewritten Dockerfile per app under `apps/` (built with the app's original context), and
+The folder holds per extracted base `bases/<name>/Dockerfile` and, beside it, `context/` with the
+files its COPYs read (apart, so a copied file named Dockerfile cannot clash with it); one
+rewritten Dockerfile per app under `apps/` (built with the app's original context); and
 `import.json`, which says what to build in which order: `layerwise verify` reads it.
 """
 
@@ -30,6 +31,10 @@ def base_folder(base: BaseImage) -> str:
     return "bases/" + base.name.split("/", 1)[1]
 
 
+def base_context(base: BaseImage) -> str:
+    return base_folder(base) + "/context"
+
+
 def base_dockerfile(base: BaseImage) -> str:
     header = [f"base image {base.ref}, extracted by layerwise import",
               f"used by: {', '.join(base.used_by)}"]
@@ -56,7 +61,7 @@ def app_dockerfile(item: Refactored, family: Family) -> str:
 
 def import_json(family: Family) -> str:
     bases = [{"name": b.name, "ref": b.ref, "dockerfile": base_folder(b) + "/Dockerfile",
-              "context": base_folder(b) if b.buildable else None, "parent": b.parent,
+              "context": base_context(b) if b.buildable else None, "parent": b.parent,
               "used_by": list(b.used_by)} for b in family.bases]
     apps = [{"name": r.source.name, "original": str(r.source.path),
              "context": str(r.source.context) if r.source.context and not r.source.text_only else None,
@@ -77,11 +82,12 @@ def is_import_output(folder: Path) -> bool:
 def _fill(family: Family, root: Path) -> None:
     for base in family.bases:
         folder = root / base_folder(base)
-        folder.mkdir(parents=True)
+        (root / base_context(base)).mkdir(parents=True)
         if base.buildable and base.context is not None:
             ignore = contexts.dockerignore(base.context)
             for step in base.steps:
-                contexts.copy_reproducibly(base.context.resolve(), list(step.sources), folder, ignore)
+                contexts.copy_reproducibly(base.context.resolve(), list(step.sources), root / base_context(base),
+                                           ignore)
         (folder / "Dockerfile").write_text(base_dockerfile(base))
     for item in family.refactored:
         folder = root / "apps" / item.source.name
