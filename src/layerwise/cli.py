@@ -274,7 +274,7 @@ def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: boo
     """Verify the apps, then measure the bases that were built (sizes the import could not know)."""
     from .engine import Engine
     from .layerindex import Cache
-    from .verify import measured_base_bytes, measured_saving, verify
+    from .verify import load_import, measured_base_bytes, measured_saving, verify
 
     out = console()
     progress = None if quiet else (RichProgress(out) if out.is_terminal else PlainProgress(out))
@@ -282,10 +282,11 @@ def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: boo
     try:
         with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
             results = verify(import_dir, engine, only=only, progress=progress, cache=Cache(), no_cache=no_cache)
-        sizes = measured_base_bytes(import_dir, engine)
+        spec = load_import(import_dir)
+        sizes = measured_base_bytes(spec, engine)
     finally:
         engine.close()
-    return results, {"measured_base_bytes": sizes, "measured_saving": measured_saving(import_dir, sizes)}
+    return results, {"measured_base_bytes": sizes, "measured_saving": measured_saving(spec, sizes)}
 
 
 def _print_verify(results, measured: dict) -> None:

@@ -459,11 +459,11 @@ def _build_app(app: AppSpec, result: AppResult, engine: Engine, report: Progress
     return ids[0], ids[1]
 
 
-def measured_base_bytes(import_dir: Path, engine: Engine) -> dict[str, int]:
+def measured_base_bytes(spec: ImportSet, engine: Engine) -> dict[str, int]:
     """Uncompressed bytes of each built base's own layers, from the engine's history (the legacy
     builder writes one history entry per instruction): what the import could only estimate."""
     out = {}
-    for base in load_import(import_dir).bases:
+    for base in spec.bases:
         image = engine.inspect(base.ref)
         if image is None or not image.history:
             continue
@@ -472,7 +472,7 @@ def measured_base_bytes(import_dir: Path, engine: Engine) -> dict[str, int]:
     return out
 
 
-def measured_saving(import_dir: Path, sizes: dict[str, int]) -> int:
+def measured_saving(spec: ImportSet, sizes: dict[str, int]) -> int:
     """Bytes a host running every app no longer pulls: each measured base once, not once per app."""
     return sum(size * max(len(base.used_by) - 1, 0)
-               for base in load_import(import_dir).bases if (size := sizes.get(base.name)) is not None)
+               for base in spec.bases if (size := sizes.get(base.name)) is not None)
