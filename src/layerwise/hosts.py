@@ -61,11 +61,22 @@ def normalized(ref: str) -> str:
     return f"{host}/{name}@{tag}" if tag.startswith("sha256:") else f"{host}/{name}:{tag}"
 
 
+# The bench's daemons only ever pull through the throttling proxy on loopback. Anything else they
+# might try goes to a closed loopback port and fails at once: the same safety net as
+# scripts/services gives the main engine.
+CLOSED_PROXY = "http://127.0.0.1:9"
+LOOPBACK_NAMES = "localhost,127.0.0.1,::1"
+
+
 def _daemon_env() -> dict[str, str]:
-    """The environment a bench daemon or client runs with: no proxies, no DOCKER_*/CONTAINERD_*."""
+    """The environment a bench daemon or client runs with: the closed proxy with loopback exempt, and
+    no DOCKER_*/CONTAINERD_* of the caller's."""
     drop = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
     env = {k: v for k, v in os.environ.items()
            if k.lower() not in drop and not k.startswith(("DOCKER_", "CONTAINERD_"))}
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env[key] = CLOSED_PROXY
+    env["NO_PROXY"] = env["no_proxy"] = LOOPBACK_NAMES
     env["PATH"] = env.get("PATH", "") + ":" + _SYSTEM_PATH
     return env
 
