@@ -12,12 +12,13 @@ import tarfile
 import pytest
 import zstandard
 
-from layerwise import layerindex
+from layerwise.layerindex import scanner
 from layerwise.errors import UserError
 from layerwise.layerindex import (
     DIR, FIFO, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT, Cache, Entry, LayerIndex, LayerJob,
-    _TarScanner, dive_efficiency, effective_tree, index_layer, index_layers,
+    dive_efficiency, effective_tree, index_layer, index_layers,
 )
+from layerwise.layerindex.scanner import _CorruptLayer, _scan, _TarScanner
 
 
 def sha(data: bytes) -> str:
@@ -232,8 +233,8 @@ def test_corrupted_gzip():
 
 def test_zlib_fallback_when_isal_is_missing(monkeypatch):
     import zlib
-    monkeypatch.setattr(layerindex, "_GzipFile", gzip.GzipFile)
-    monkeypatch.setattr(layerindex, "_GzipLibError", zlib.error)
+    monkeypatch.setattr(scanner, "_GzipFile", gzip.GzipFile)
+    monkeypatch.setattr(scanner, "_GzipLibError", zlib.error)
     tar = make_tar(BASIC)
     blob = gz(tar)
     assert index_bytes(blob).diff_id == digest(tar)
@@ -274,7 +275,6 @@ class Trickle:
 
 @pytest.mark.parametrize("threads", [False, True])
 def test_streams_that_trickle_with_and_without_the_reader_thread(threads):
-    from layerwise.layerindex import _CorruptLayer, _scan
     tar = make_tar(BASIC)
     for blob in (gz(tar), zstandard.ZstdCompressor().compress(tar), tar):
         ix = _scan(Trickle(blob), threads=threads)
@@ -367,25 +367,21 @@ def test_parallel_runner_isolates_a_bad_layer(tmp_path):
         good.append((path, tar))
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(gz(make_tar(BASIC))[:300])
-    # a blob inside a bigger file (as in a `docker save` archive), and one opened by a callable
-    inner = gz(make_tar([("inner", "file", b"inside")]))
-    archive = tmp_path / "archive.tar"
-    archive.write_bytes(b"H" * 1000 + inner + b"T" * 500)
+    # and one opened by a callable
     jobs = [LayerJob(good[0][0], diff_id=digest(good[0][1])), LayerJob(bad, name="img:bad"),
-            LayerJob(good[1][0]), LayerJob(archive, offset=1000, length=len(inner), digest=digest(inner)),
+            LayerJob(good[1][0]),
             LayerJob(functools.partial(_open_bytes, gz(good[2][1])), name="from-callable")]
     cache = Cache(tmp_path / "cache")
     seen = []
     results = index_layers(jobs, processes=2, cache=cache, progress=seen.append)
     assert len(seen) == len(jobs)
-    assert [r.ok for r in results] == [True, False, True, True, True]
+    assert [r.ok for r in results] == [True, False, True, True]
     assert "img:bad" in str(results[1].error) and "truncated" in str(results[1].error)
     assert results[0].index.diff_id == digest(good[0][1])
-    assert results[3].index.entries[0].sha256 == sha(b"inside")
-    assert results[4].index.diff_id == digest(good[2][1])
-    # second run: the layers known by digest or diff_id come from the cache; the bad one fails again
+    assert results[3].index.diff_id == digest(good[2][1])
+    # second run: the layer known by its diff_id comes from the cache; the bad one fails again
     again = index_layers(jobs, processes=2, cache=cache)
-    assert [r.cached for r in again] == [True, False, False, True, False]
+    assert [r.cached for r in again] == [True, False, False, False]
     assert again[0].index == results[0].index and not again[1].ok
 
 
