@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from layerwise.registry import DOCKER_MANIFEST
+from layerwise.mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed"
@@ -95,8 +95,6 @@ def namespace():
 # -- hand-made images, archives, layouts and a loopback server posing as a registry -------------------
 # Shared by test_images.py (the readers, unit by unit) and test_audit.py (bad input end to end).
 
-DOCKER_CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
 def sha256(data: bytes) -> str:
@@ -126,7 +124,7 @@ class FakeImage:
         self.config_raw = json.dumps(self.config).encode()
         self.manifest = {
             "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-            "config": {"mediaType": DOCKER_CONFIG_TYPE, "size": len(self.config_raw), "digest": sha256(self.config_raw)},
+            "config": {"mediaType": DOCKER_CONFIG, "size": len(self.config_raw), "digest": sha256(self.config_raw)},
             "layers": [{"mediaType": DOCKER_LAYER, "size": len(g), "digest": sha256(g)} for g in self.gz],
         }
         self.manifest_raw = json.dumps(self.manifest).encode()

@@ -257,7 +257,8 @@ def test_audit_finds_a_run_built_twice_a_recompressed_layer_and_waste(services, 
 
     import docker
 
-    from layerwise.registry import DOCKER_MANIFEST, Registry
+    from layerwise.mediatypes import DOCKER_MANIFEST
+    from layerwise.registry import Registry
 
     client = docker.from_env(version="auto")
     base = "FROM localhost:5000/os/busybox:latest\n"
@@ -318,7 +319,7 @@ def test_audit_goes_on_past_a_missing_image(services, namespace, tmp_path):
 
 def push_fake(reg, name: str, image, tag: str = "v1") -> str:
     """A hand-made image pushed to the real registry as it is, broken blobs included."""
-    from layerwise.registry import DOCKER_MANIFEST
+    from layerwise.mediatypes import DOCKER_MANIFEST
     for digest, data in image.blobs.items():
         reg.upload_blob(name, digest, data, len(data))
     reg.put_manifest_bytes(name, tag, image.manifest_raw, DOCKER_MANIFEST)
@@ -343,7 +344,7 @@ def flaky_registry(serve, image, fail_first: int = 0, layers_down: bool = False)
     `fail_first` manifest and blob requests, then recovers; with `layers_down`, to every layer request.
     Returns the server and the failures still to come."""
     from conftest import registry_app
-    from layerwise.registry import DOCKER_MANIFEST
+    from layerwise.mediatypes import DOCKER_MANIFEST
 
     inner = registry_app({"v1": (image.manifest_raw, DOCKER_MANIFEST)}, dict(image.blobs))
     left = {"manifests": fail_first, "blobs": fail_first}

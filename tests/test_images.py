@@ -26,8 +26,8 @@ import pytest
 from layerwise.errors import ServiceDown, UserError
 from layerwise.images import (DockerArchiveImage, EngineImage, OCILayoutImage, RegistryImage, open_image,
                               parse_platform, select_platform)
-from layerwise.registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, DigestMismatch, Registry,
-                                split_reference)
+from layerwise.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX
+from layerwise.registry import DigestMismatch, Registry, split_reference
 
 from conftest import REGISTRY, FakeImage, Server, legacy_archive, registry_app, sha256, write_blob
 

@@ -25,14 +25,13 @@ from .dockerfiles import unbuildable_reason
 from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, dockerfile_text, write_tree
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
-from .registry import DOCKER_MANIFEST, Manifest, Registry, is_loopback, split_reference
+from .mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
+from .registry import Manifest, Registry, is_loopback, split_reference
 from .spec import Stack
 from .planner import build_plan
 from .state import ImageRecord, LayerRecord, State, load_state
 
 BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 BUILD, SKIP, NOT_SELECTED = "build", "skip", "not selected"
 

@@ -33,28 +33,15 @@ from pathlib import Path
 from typing import BinaryIO, Callable, ClassVar
 
 from .errors import UserError
-from .registry import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, DigestMismatch, Registry, VerifyingReader,
-                       check_digest, split_reference)
+from .mediatypes import (CONFIG_TYPES, IMAGE_MANIFEST_TYPES, INDEX_TYPES, LAYER_TYPES, OCI_LAYER, OCI_LAYER_GZIP,
+                         OCI_LAYER_ZSTD)
+from .registry import DigestMismatch, Registry, VerifyingReader, check_digest, split_reference
 
 __all__ = ["DEFAULT_PLATFORM", "LayerRef", "Image", "RegistryImage", "DockerArchiveImage", "OCILayoutImage",
            "EngineImage", "open_image", "parse_platform", "select_platform"]
 
 DEFAULT_PLATFORM = "linux/amd64"
 
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
-OCI_LAYER_ZSTD = OCI_LAYER + "+zstd"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-LAYER_TYPES = frozenset({
-    DOCKER_LAYER, DOCKER_FOREIGN_LAYER, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-})
-CONFIG_TYPES = frozenset({DOCKER_CONFIG, OCI_CONFIG})
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 _SMALL = 64 << 20          # the most a manifest, index or config may weigh: they are read whole

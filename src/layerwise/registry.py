@@ -25,15 +25,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from .errors import ServiceDown, UserError
+from .mediatypes import INDEX_TYPES, MANIFEST_TYPES
 
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
-IMAGE_MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 _REPO_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/")
 
