@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -18,7 +18,7 @@ from .errors import ServiceDown, UserError
 from .generate import generate as generate_family
 from .planner import build_plan
 from .report import (PlainProgress, RichProgress, audit_html, audit_tables, bar_chart_svg, bench_dict, bench_summary, bench_table,
-                     build_table, console, cost_dict, cost_tables, plan_tree, simulate_dict,
+                     build_table, console, cost_dict, cost_tables, json_text, plan_tree, simulate_dict,
                      simulate_tables, size_note, verify_dict, verify_table)
 from .spec import load_stack
 from .state import load_state, with_measured_sizes
@@ -60,7 +60,7 @@ def plan(stack: Path, as_json: bool) -> None:
     summary = summarize(the_plan)
     if as_json:
         doc = {"plan": the_plan.to_dict(), "cost": cost_dict(summary)}
-        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        sys.stdout.write(json_text(doc))
     else:
         _print_plan(the_plan, summary)
 
@@ -114,7 +114,7 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
     by_key = {d.key: d for d in decisions}
     if dry_run:
         if as_json:
-            print(json.dumps([d.__dict__ for d in decisions], indent=2))
+            sys.stdout.write(json_text([asdict(d) for d in decisions]))
         else:
             for d in decisions:
                 out.print(f"{d.action:<12} {d.key:<36} {d.reason}", highlight=False, markup=False)
@@ -123,8 +123,8 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
     counts = {s: sum(r.status == s for r in results)
               for s in ("built", "skipped", "failed", "not attempted", "not selected")}
     if as_json:
-        print(json.dumps({"seconds": round(seconds, 2), "counts": counts,
-                          "images": [r.__dict__ for r in results]}, indent=2))
+        sys.stdout.write(json_text({"seconds": round(seconds, 2), "counts": counts,
+                                    "images": [asdict(r) for r in results]}))
     else:
         out.print(build_table(results, by_key))
         for r in results:
@@ -177,7 +177,7 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
                             | {"floor": [r.floor_monthly for r in results]})
         write_atomically(chart, svg)
     if as_json:
-        print(json.dumps(simulate_dict(results, labels, rates), indent=2, sort_keys=True))
+        sys.stdout.write(json_text(simulate_dict(results, labels, rates)))
         return
     out = console()
     for table in simulate_tables(results, labels):
@@ -240,7 +240,7 @@ def audit(images: tuple[str, ...], platform: str | None, processes: int | None, 
         except OSError as e:
             raise UserError(f"--html {html_path}: cannot write it ({e.strerror or e})") from None
     if as_json:
-        print(json.dumps(doc | {"gates_failed": failed}, indent=2, sort_keys=True))
+        sys.stdout.write(json_text(doc | {"gates_failed": failed}))
     else:
         for part in audit_tables(doc):
             out.print(part)
@@ -264,7 +264,7 @@ def verify_command(originals: tuple[Path, ...], import_dir: Path, no_cache: bool
     only = apps_for(load_import(import_dir), list(originals))   # bad input ends here, before any build
     results, measured = _verify(import_dir, only, no_cache, as_json)
     if as_json:
-        print(json.dumps(verify_dict(results, import_dir) | measured, indent=2, sort_keys=True))
+        sys.stdout.write(json_text(verify_dict(results, import_dir) | measured))
     else:
         _print_verify(results, measured)
     sys.exit(0 if all(r.equivalent for r in results) else 1)
@@ -355,7 +355,7 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
     if as_json:
         if results is not None:
             doc["verify"] = verify_dict(results, refactor_dir) | measured
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(json_text(doc))
         sys.exit(code)
     out = console()
     for table in import_tables(doc):
@@ -398,7 +398,7 @@ def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates:
     report = run_bench_pull(stack, bps, ["docker", "containerd"] if host_kinds == "both" else [host_kinds],
                             updates=not no_updates, output=output, quiet=as_json)
     if as_json:
-        print(json.dumps(bench_dict(report), indent=2, sort_keys=True))
+        sys.stdout.write(json_text(bench_dict(report)))
 
 
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
@@ -416,7 +416,7 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
     for line in bench_summary(report):
         table_console.print(line, highlight=False, markup=False)
     write_atomically(folder / "bench-pull.txt", table_console.export_text())
-    write_atomically(folder / "bench-pull.json", json.dumps(bench_dict(report), indent=2, sort_keys=True) + "\n")
+    write_atomically(folder / "bench-pull.json", json_text(bench_dict(report)))
     kinds_seen = sorted({c.host_kind for c in report.cases})
     labels = [f"{c.variant} {c.name}" for c in report.cases if c.host_kind == kinds_seen[0]]
     series = {k: [c.seconds for c in report.cases if c.host_kind == k] for k in kinds_seen}

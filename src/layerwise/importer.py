@@ -24,7 +24,6 @@ from .model import Step, sha256_text
 from .planner import TreeNode, prefix_tree
 
 IMPORT_RECIPE = "layerwise-import/1"
-IMPORT_SCHEMA = "layerwise.import/v1"   # import.json, written by `refactor`, read by `verify`
 _DOCKERFILE_NAME = re.compile(r"^(Dockerfile([.-].+)?|.+\.[Dd]ockerfile)$")
 _TEMPLATE_MARK = re.compile(r"\{\{|%%[A-Z_]+%%")
 

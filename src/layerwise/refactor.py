@@ -19,7 +19,8 @@ from . import contexts
 from .dockerfiles import parse_instructions, render_dockerfile
 from .errors import UserError
 from .generate import replace_folder
-from .importer import CATEGORY_ORDER, IMPORT_SCHEMA, BaseImage, Dockerfile, Family, Refactored, categorize
+from .importer import CATEGORY_ORDER, BaseImage, Dockerfile, Family, Refactored, categorize
+from .importfile import IMPORT_FILE, ImportedApp, ImportedBase, ImportSet, is_import_output
 
 _OWNERS = {"tools": ("platform", 0.5), "library": ("platform", 2), "code": ("app-team", 20),
            "config": ("app-team", 10)}
@@ -59,24 +60,16 @@ def app_dockerfile(item: Refactored, family: Family) -> str:
     return "\n".join(lines) + "\n"
 
 
-def import_json(family: Family) -> str:
-    bases = [{"name": b.name, "ref": b.ref, "dockerfile": base_folder(b) + "/Dockerfile",
-              "context": base_context(b) if b.buildable else None, "parent": b.parent,
-              "used_by": list(b.used_by)} for b in family.bases]
-    apps = [{"name": r.source.name, "original": str(r.source.path),
-             "context": str(r.source.context) if r.source.context and not r.source.text_only else None,
-             "dockerfile": f"apps/{r.source.name}/Dockerfile", "bases": list(r.bases),
-             "unbuildable": r.source.unbuildable} for r in family.refactored]
-    doc = {"schema": IMPORT_SCHEMA, "registry": family.registry, "project": family.project,
-           "bases": bases, "apps": apps}
-    return json.dumps(doc, indent=2) + "\n"
-
-
-def is_import_output(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "import.json").read_text()).get("schema") == IMPORT_SCHEMA
-    except (OSError, ValueError, AttributeError):
-        return False
+def import_set(family: Family, root: Path) -> ImportSet:
+    """What import.json says of the refactored folder `root` (paths inside it relative to it)."""
+    bases = tuple(ImportedBase(b.name, b.ref, Path(base_folder(b)) / "Dockerfile",
+                               Path(base_context(b)) if b.buildable else None, b.parent, tuple(b.used_by))
+                  for b in family.bases)
+    apps = tuple(ImportedApp(r.source.name, r.source.path,
+                             r.source.context if r.source.context and not r.source.text_only else None,
+                             Path("apps") / r.source.name / "Dockerfile", tuple(r.bases), r.source.unbuildable)
+                 for r in family.refactored)
+    return ImportSet(root, bases, apps, family.registry, family.project)
 
 
 def _fill(family: Family, root: Path) -> None:
@@ -93,13 +86,13 @@ def _fill(family: Family, root: Path) -> None:
         folder = root / "apps" / item.source.name
         folder.mkdir(parents=True)
         (folder / "Dockerfile").write_text(app_dockerfile(item, family))
-    (root / "import.json").write_text(import_json(family))
+    (root / IMPORT_FILE).write_text(import_set(family, root).to_json())
 
 
 def write_refactored(family: Family, out: Path, *, force: bool = False) -> Path:
     """Write the refactored folder atomically (beside, then renamed into place)."""
     return replace_folder(out, lambda tmp: _fill(family, tmp), force=force, is_ours=is_import_output,
-                          marker="import.json")
+                          marker=IMPORT_FILE)
 
 
 # ----------------------------------------------------------------------------- stack file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import asdict
@@ -15,6 +16,11 @@ from rich.tree import Tree
 from .cost import CostSummary
 from .model import ImageNode, Plan
 from .units import format_size
+
+
+def json_text(doc) -> str:
+    """Every JSON output of layerwise: indented, keys sorted (the same data gives the same bytes)."""
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
 def console(stderr: bool = False) -> Console:

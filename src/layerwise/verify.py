@@ -1,6 +1,6 @@
 """`layerwise verify`: prove that refactored images are equivalent to the originals they replace.
 
-Input is what `layerwise import --refactor-to DIR` writes, `DIR/import.json` (`layerwise.import/v1`):
+Input is what `layerwise import --refactor-to DIR` writes, `DIR/import.json` (read by `importfile`):
 base images (built parents first, each from its own folder in DIR, tagged with its `ref`) and apps,
 each with its original Dockerfile, its build context and its refactored Dockerfile (FROM a base).
 Per app, the original and the refactored Dockerfile are built with the real engine on the same
@@ -29,7 +29,7 @@ from .dockerfiles import parse_instructions, unbuildable_reason
 from .engine import BuildFailed, Engine
 from .errors import UserError
 from .images import open_image
-from .importer import IMPORT_SCHEMA
+from .importfile import ImportedApp, ImportedBase, ImportSet, load_import
 from .layerindex import Cache, LayerIndex, effective_tree, index_layers, layer_jobs
 
 OWN_LABEL_PREFIXES = ("io.layerwise.", "org.opencontainers.image.base.")
@@ -172,117 +172,7 @@ def _compare_config(a: dict[str, Any], b: dict[str, Any]) -> list[Difference]:
 
 
 # -------------------------------------------------------------------------------------------------
-# import.json
-
-
-@dataclass(frozen=True)
-class BaseSpec:
-    name: str
-    ref: str
-    dockerfile: Path
-    context: Path | None
-    parent: str | None
-    used_by: tuple[str, ...] = ()   # the apps built on it, directly or through a child base
-
-
-@dataclass(frozen=True)
-class AppSpec:
-    name: str
-    original: Path
-    context: Path | None
-    dockerfile: Path
-    bases: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ImportSet:
-    dir: Path
-    bases: tuple[BaseSpec, ...]
-    apps: tuple[AppSpec, ...]
-
-    def base(self, name: str) -> BaseSpec:
-        return next(b for b in self.bases if b.name == name)
-
-
-def load_import(directory: Path) -> ImportSet:
-    """Read and check DIR/import.json; anything wrong is one UserError naming the file."""
-    path = Path(directory) / "import.json"
-    if not path.is_file():
-        raise UserError(f"{directory} holds no import.json; write one with "
-                        "`layerwise import DOCKERFILE... --refactor-to DIR`")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"not valid JSON: {e.msg}", path, e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read it ({e})", path) from None
-    if not isinstance(doc, dict) or doc.get("schema") != IMPORT_SCHEMA:
-        raise UserError(f"not an import description: \"schema\" must be {IMPORT_SCHEMA!r}", path)
-    root = path.parent.resolve()
-    bases = tuple(_base(b, i, root, path) for i, b in enumerate(_list(doc, "bases", path)))
-    apps = tuple(_app(a, i, root, path) for i, a in enumerate(_list(doc, "apps", path)))
-    _check_names(bases, apps, path)
-    return ImportSet(root, bases, apps)
-
-
-def _list(doc: dict, key: str, path: Path) -> list[dict]:
-    value = doc.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise UserError(f"\"{key}\" must be a list of objects", path)
-    return value
-
-
-def _text(obj: dict, key: str, where: str, path: Path, optional: bool = False) -> str | None:
-    value = obj.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value:
-        raise UserError(f"{where}: \"{key}\" must be a non-empty string" + (" or null" if optional else ""), path)
-    return value
-
-
-def _path(obj: dict, key: str, where: str, root: Path, path: Path, optional: bool = False) -> Path | None:
-    value = _text(obj, key, where, path, optional)
-    return None if value is None else root / value    # an absolute value stays as it is
-
-
-def _base(b: dict, i: int, root: Path, path: Path) -> BaseSpec:
-    where = f"bases[{i}]"
-    used_by = b.get("used_by", [])
-    if not isinstance(used_by, list) or not all(isinstance(u, str) for u in used_by):
-        raise UserError(f"{where}: \"used_by\" must be a list of app names", path)
-    return BaseSpec(_text(b, "name", where, path), _text(b, "ref", where, path),
-                    _path(b, "dockerfile", where, root, path), _path(b, "context", where, root, path, True),
-                    _text(b, "parent", where, path, True), tuple(used_by))
-
-
-def _app(a: dict, i: int, root: Path, path: Path) -> AppSpec:
-    where = f"apps[{i}]"
-    bases = a.get("bases", [])
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise UserError(f"{where}: \"bases\" must be a list of base names", path)
-    return AppSpec(_text(a, "name", where, path), _path(a, "original", where, root, path),
-                   _path(a, "context", where, root, path, True), _path(a, "dockerfile", where, root, path),
-                   tuple(bases))
-
-
-def _check_names(bases: tuple[BaseSpec, ...], apps: tuple[AppSpec, ...], path: Path) -> None:
-    """Unique names, and every base named (as parent or by an app) listed before it is needed."""
-    seen: set[str] = set()
-    for b in bases:
-        if b.name in seen:
-            raise UserError(f"base {b.name!r} is listed twice", path)
-        if b.parent is not None and b.parent not in seen:
-            raise UserError(f"base {b.name!r}: its parent {b.parent!r} is not a base listed before it", path)
-        seen.add(b.name)
-    names: set[str] = set()
-    for a in apps:
-        if a.name in names:
-            raise UserError(f"app {a.name!r} is listed twice", path)
-        names.add(a.name)
-        for name in a.bases:
-            if name not in seen:
-                raise UserError(f"app {a.name!r} uses base {name!r}, which is not listed", path)
+# choosing apps
 
 
 def apps_for(spec: ImportSet, originals: list[Path]) -> list[str] | None:
@@ -347,7 +237,7 @@ def verify(import_dir: Path, engine: Engine, only: list[str] | None = None, prog
     return [_verify_app(a, refusals[a.name], broken, engine, report, cache, no_cache) for a in apps]
 
 
-def _refusal(app: AppSpec) -> str | None:
+def _refusal(app: ImportedApp) -> str | None:
     """Why an app cannot be verified at all, found before anything is built."""
     if app.context is None:
         return ("its Dockerfile came without its build context; verify builds the original and needs it "
@@ -366,7 +256,7 @@ def _refusal(app: AppSpec) -> str | None:
     return None
 
 
-def _bases_needed(spec: ImportSet, apps: list[AppSpec]) -> list[BaseSpec]:
+def _bases_needed(spec: ImportSet, apps: list[ImportedApp]) -> list[ImportedBase]:
     """The bases these apps use and their ancestors, parents first (import.json's order)."""
     wanted: set[str] = set()
     for name in (n for a in apps for n in a.bases):
@@ -376,7 +266,7 @@ def _bases_needed(spec: ImportSet, apps: list[AppSpec]) -> list[BaseSpec]:
     return [b for b in spec.bases if b.name in wanted]
 
 
-def _build_bases(bases: list[BaseSpec], engine: Engine, report: Progress, no_cache: bool) -> dict[str, str]:
+def _build_bases(bases: list[ImportedBase], engine: Engine, report: Progress, no_cache: bool) -> dict[str, str]:
     """Build each base, tagged with its ref (children find it locally); returns why each base that
     could not be built failed (its own error, or its parent's)."""
     broken: dict[str, str] = {}
@@ -397,7 +287,7 @@ def _build_bases(bases: list[BaseSpec], engine: Engine, report: Progress, no_cac
 
 
 @contextmanager
-def _base_context(base: BaseSpec) -> Iterator[Path]:
+def _base_context(base: ImportedBase) -> Iterator[Path]:
     """A base's own context folder, or an empty one when it copies nothing (context null)."""
     if base.context is not None:
         if not base.context.is_dir():
@@ -414,7 +304,7 @@ def image_tag(app: str, which: str) -> str:
     return f"{VERIFY_REPOSITORY}/{name}:{which}"
 
 
-def _verify_app(app: AppSpec, refusal: str | None, broken: dict[str, str], engine: Engine, report: Progress,
+def _verify_app(app: ImportedApp, refusal: str | None, broken: dict[str, str], engine: Engine, report: Progress,
                 cache: Cache | None, no_cache: bool) -> AppResult:
     if refusal:
         report(app.name, "done", {"status": f"refused: {refusal}"})
@@ -442,7 +332,7 @@ def _verify_app(app: AppSpec, refusal: str | None, broken: dict[str, str], engin
     return result
 
 
-def _build_app(app: AppSpec, result: AppResult, engine: Engine, report: Progress,
+def _build_app(app: ImportedApp, result: AppResult, engine: Engine, report: Progress,
                no_cache: bool) -> tuple[str, str]:
     """Build the original and the refactored image on the same context; returns their image IDs.
     A failed build leaves the end of its log in `result` and ends in a UserError."""
