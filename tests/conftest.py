@@ -73,6 +73,16 @@ def services_problem() -> str | None:
     return None
 
 
+def pytest_collection_modifyitems(items):
+    """The tiers hold: a test that asks for the real services must carry the integration marker, so
+    `pytest -m "not integration"` never needs them."""
+    unmarked = [item.nodeid for item in items
+                if "services" in item.fixturenames and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use the real engine and registry but are not marked "
+                                "@pytest.mark.integration: " + ", ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def services():
     """The real Docker Engine and registry. Outside CI a missing service skips; in CI it fails."""

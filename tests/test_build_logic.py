@@ -111,6 +111,7 @@ def test_daemon_down_is_one_clear_error(write_stack, tmp_path):
     assert "scripts/services start" in result.stderr
 
 
+@pytest.mark.integration
 def test_registry_down_is_one_clear_error(services, write_stack):
     from conftest import run_cli
     path = write_stack(STACK.replace("registry: localhost:5000", "registry: localhost:5999"))

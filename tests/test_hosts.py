@@ -122,11 +122,11 @@ def test_start_pull_wipe_pull_stop(host_class, bench, main_engine, tmp_path_fact
         assert _alive(pid) and host.running
         host.start()                                  # idempotent
         assert host.pid == pid
-        assert host.start_seconds < 60
+        assert host.start_seconds > 0     # measured; tests never bound wall time
         assert not host.has_image(REF) and host.blobs() == set()
 
         seconds = host.pull(REF)
-        assert 0 < seconds < 30
+        assert seconds > 0
         assert host.has_image(REF)
         held = host.blobs()
         if host.kind == "containerd":   # every blob pulled: layers, config, manifest

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import run_cli
+
+pytestmark = pytest.mark.integration
 
 BASE = "localhost:5000/os/busybox:latest"
 SETUP = (f"FROM {BASE}\n"
