@@ -23,13 +23,19 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REGISTRY, FakeImage, Server, legacy_archive, registry_app, sha256, write_blob
 from layerwise.errors import ServiceDown, UserError
-from layerwise.images import (DockerArchiveImage, EngineImage, OCILayoutImage, RegistryImage, open_image,
-                              parse_platform, select_platform)
+from layerwise.images import (
+    DockerArchiveImage,
+    EngineImage,
+    OCILayoutImage,
+    RegistryImage,
+    open_image,
+    parse_platform,
+    select_platform,
+)
 from layerwise.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX
 from layerwise.registry import DigestMismatch, Registry, split_reference
-
-from conftest import REGISTRY, FakeImage, Server, legacy_archive, registry_app, sha256, write_blob
 
 BASE = f"{REGISTRY}/os/busybox:latest"
 
@@ -96,7 +102,7 @@ def test_unknown_layer_and_config_media_types(serve):
 def index_of(*entries, media_type=OCI_INDEX) -> bytes:
     return json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": [
         {"mediaType": DOCKER_MANIFEST, "digest": digest, "size": size,
-         "platform": dict(zip(("os", "architecture", "variant"), platform.split("/")))}
+         "platform": dict(zip(("os", "architecture", "variant"), platform.split("/"), strict=False))}
         for platform, digest, size in entries]}).encode()
 
 
@@ -200,7 +206,8 @@ def test_missing_image_and_tags_with_pagination(serve):
         rest = [t for t in tags if t > after]
         page, more = rest[:n], rest[n:]
         link = {"Link": f'</v2/team/app/tags/list?last={page[-1]}&n={n}>; rel="next"'} if more else {}
-        return 200, {"Content-Type": "application/json", **link}, json.dumps({"name": "team/app", "tags": page}).encode()
+        body = json.dumps({"name": "team/app", "tags": page}).encode()
+        return 200, {"Content-Type": "application/json", **link}, body
 
     server = serve(handle)
     with Registry(server.host) as reg:
@@ -403,7 +410,8 @@ def layout_from_registry(root: Path, ref: str, nested: bool) -> dict:
     if nested:
         platforms = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
             {**descriptor, "platform": {"os": "linux", "architecture": "amd64"}},
-            {**descriptor, "digest": sha256(b"absent"), "platform": {"os": "linux", "architecture": "arm64"}}]}).encode()
+            {**descriptor, "digest": sha256(b"absent"),
+             "platform": {"os": "linux", "architecture": "arm64"}}]}).encode()
         top = {"mediaType": OCI_INDEX, "digest": write_blob(root, platforms), "size": len(platforms),
                "annotations": {"org.opencontainers.image.ref.name": "v1"}}
     else:
@@ -515,7 +523,7 @@ def test_every_source_gives_the_same_image(family):
             img = sources[key]
             assert img.manifest_digest is None, key
             assert [l.digest for l in img.layers] == img.diff_ids and img.layers[0].compression is None, key
-            assert all(l.size > r.size for l, r in zip(img.layers, reference.layers)), key
+            assert all(l.size > r.size for l, r in zip(img.layers, reference.layers, strict=True)), key
         assert sources["oci layout"].platform == "linux/amd64" and sources["registry"].name == ref
     finally:
         for img in sources.values():

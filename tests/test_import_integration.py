@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+
 from conftest import run_cli
 
 pytestmark = pytest.mark.integration

@@ -12,11 +12,24 @@ import tarfile
 import pytest
 import zstandard
 
-from layerwise.layerindex import scanner
 from layerwise.errors import UserError
 from layerwise.layerindex import (
-    DIR, FIFO, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT, Cache, Entry, LayerIndex, LayerJob,
-    dive_efficiency, effective_tree, index_layer, index_layers,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    OPAQUE,
+    SYMLINK,
+    WHITEOUT,
+    Cache,
+    Entry,
+    LayerIndex,
+    LayerJob,
+    dive_efficiency,
+    effective_tree,
+    index_layer,
+    index_layers,
+    scanner,
 )
 from layerwise.layerindex.scanner import _CorruptLayer, _scan, _TarScanner
 

@@ -33,8 +33,15 @@ from pathlib import Path
 from typing import BinaryIO, Callable, ClassVar
 
 from .errors import UserError
-from .mediatypes import (CONFIG_TYPES, IMAGE_MANIFEST_TYPES, INDEX_TYPES, LAYER_TYPES, OCI_LAYER, OCI_LAYER_GZIP,
-                         OCI_LAYER_ZSTD)
+from .mediatypes import (
+    CONFIG_TYPES,
+    IMAGE_MANIFEST_TYPES,
+    INDEX_TYPES,
+    LAYER_TYPES,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+)
 from .registry import DigestMismatch, Registry, VerifyingReader, check_digest, split_reference
 
 __all__ = ["DEFAULT_PLATFORM", "LayerRef", "Image", "RegistryImage", "DockerArchiveImage", "OCILayoutImage",
@@ -97,7 +104,7 @@ class Image(ABC):
             raise UserError(f"image {name} is inconsistent: its config lists {len(diff_ids)} layers "
                             f"(diff_ids), its manifest {len(layers)}")
         self._layers = tuple(LayerRef(digest, diff_id, size, media_type)
-                             for (digest, size, media_type), diff_id in zip(layers, diff_ids))
+                             for (digest, size, media_type), diff_id in zip(layers, diff_ids, strict=True))
 
     @property
     def name(self) -> str:
@@ -155,7 +162,7 @@ class Image(ABC):
     def _layer_what(self, i: int) -> str:
         return f"layer {i + 1}/{len(self._layers)} ({self._layers[i].digest}) of image {self._name}"
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default: only some sources hold something
         """Release what the source holds (a connection, a temporary file)."""
 
     def __enter__(self):
@@ -524,7 +531,7 @@ def _resolve_oci(blobs: _Blobs, index_raw: bytes, select: str | None, platform: 
             continue
         (config_digest, config_size, _), layers = _manifest_parts(doc, f"image {image}")
         config_raw = blobs.read(config_digest, f"config of image {image}", config_size)
-        for n, (layer_digest, layer_size, _) in enumerate(layers):
+        for n, (layer_digest, _, _) in enumerate(layers):
             stored = blobs.size(layer_digest)
             if stored is None:
                 raise UserError(f"layer {n + 1}/{len(layers)} ({layer_digest}) of image {image} is missing "
@@ -615,7 +622,7 @@ class DockerArchiveImage(Image):
                             f"{len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids, manifest.json "
                             f"{len(layer_paths)} layers")
         layers = []
-        for n, (layer_path, diff_id) in enumerate(zip(layer_paths, diff_ids)):
+        for n, (layer_path, diff_id) in enumerate(zip(layer_paths, diff_ids, strict=True)):
             what = f"layer {n + 1}/{len(layer_paths)} ({layer_path}, diff_id {diff_id}) of image {name}"
             member = archive.member(str(layer_path))
             if member is None:

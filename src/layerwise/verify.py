@@ -155,7 +155,7 @@ def _compare_files(a: dict[str, FileFacts], b: dict[str, FileFacts]) -> list[Dif
             out.append(Difference("extra", where, refactored=new.type))
         elif old != new:
             out += [Difference("changed", where, name, x, y)
-                    for name, x, y in zip(FILE_FIELDS, old, new) if x != y]
+                    for name, x, y in zip(FILE_FIELDS, old, new, strict=True) if x != y]
     return out
 
 

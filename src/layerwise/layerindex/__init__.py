@@ -21,7 +21,17 @@ The package follows the work's seams:
 
 from .cache import Cache, default_cache_dir
 from .entries import (
-    BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT, Entry, LayerIndex,
+    BLOCK,
+    CHAR,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    OPAQUE,
+    SYMLINK,
+    WHITEOUT,
+    Entry,
+    LayerIndex,
 )
 from .jobs import LayerJob, LayerResult, index_layer, index_layers, layer_jobs
 from .scanner import clean_path

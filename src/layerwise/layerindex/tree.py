@@ -99,80 +99,31 @@ def dive_efficiency(layers: Sequence[LayerIndex]) -> Efficiency:
     cumulative: dict[str, int] = {}
     minimum: dict[str, int] = {}
     seen: dict[str, int] = {}
-    stacked: dict[str, tuple[bool, int]] = {}     # dive's stacked tree of the lower layers: (is_dir, size)
-    stacked_kids: dict[str, set[str]] = {}
+    stacked = _StackedTree()            # dive's stacked tree of the lower layers
     size_bytes = user_size = 0
 
-    def subtree(path: str) -> list[str]:
-        out, stack = [], [path]
-        while stack:
-            p = stack.pop()
-            out.append(p)
-            stack.extend(stacked_kids.get(p, ()))
-        return out
-
-    def remove(path: str) -> None:
-        if path not in stacked:
-            return
-        for p in subtree(path):
-            stacked.pop(p, None)
-            stacked_kids.pop(p, None)
-        parent = path.rpartition("/")[0]
-        if parent in stacked_kids:
-            stacked_kids[parent].discard(path)
+    def visit(path: str, size: int) -> None:
+        cumulative[path] = cumulative.get(path, 0) + size
+        old = minimum.get(path)
+        minimum[path] = size if old is None or size < old else old
+        seen[path] = seen.get(path, 0) + 1
 
     for position, layer in enumerate(layers):
         layer_bytes = sum(e.size for e in layer.entries)
         size_bytes += layer_bytes
         if position:
             user_size += layer_bytes
-        # this layer's own tree: path -> (is_dir, size); whiteouts apart, keyed by the path they delete
-        nodes: dict[str, tuple[bool, int]] = {}
-        whiteouts: list[str] = []
-        parents: set[str] = set()       # nodes of this layer's tree that have children
-
-        def add_parents(p: str) -> None:
-            while p and p not in parents:
-                parents.add(p)
-                nodes.setdefault(p, (False, 0))   # an implicit parent: dive gives it an empty FileInfo
-                p = p.rpartition("/")[0]
-
-        for e in layer.entries:
-            if e.type == WHITEOUT:          # the node `.wh.NAME` is a leaf under NAME's parent
-                whiteouts.append(e.path)
-            elif e.type == OPAQUE:          # never added, but its parents are
-                if e.path:
-                    nodes.setdefault(e.path, (False, 0))
-            else:
-                nodes[e.path] = (e.type == DIR, e.size)
-            add_parents(e.path.rpartition("/")[0])
-
-        def visit(path: str, size: int) -> None:
-            cumulative[path] = cumulative.get(path, 0) + size
-            old = minimum.get(path)
-            minimum[path] = size if old is None or size < old else old
-            seen[path] = seen.get(path, 0) + 1
-
+        nodes, whiteouts, parents = _layer_tree(layer)
         for path in whiteouts:
-            before = stacked.get(path)
-            size = sum(stacked[p][1] for p in subtree(path)) if before is not None and before[0] else 0
-            visit(path, size)
+            visit(path, stacked.deleted_bytes(path))
         for path, (_, size) in nodes.items():
             if path not in parents:
                 visit(path, size)
         # stack this layer onto the lower ones, as dive's Stack does (whiteouts remove, others replace)
         for path in whiteouts:
-            remove(path)
+            stacked.remove(path)
         for path, payload in nodes.items():
-            stacked[path] = payload
-            p = path
-            while p:
-                parent = p.rpartition("/")[0]
-                stacked_kids.setdefault(parent, set()).add(p)
-                if parent in stacked or not parent:
-                    break
-                stacked[parent] = (False, 0)
-                p = parent
+            stacked.add(path, payload)
 
     discovered = sum(cumulative.values())
     least = sum(minimum.values())
@@ -182,3 +133,68 @@ def dive_efficiency(layers: Sequence[LayerIndex]) -> Efficiency:
                       wasted_bytes=sum(i.cumulative_size for i in inefficient),
                       user_size_bytes=user_size, size_bytes=size_bytes, discovered_bytes=discovered,
                       minimum_bytes=least, inefficiencies=tuple(inefficient))
+
+
+def _layer_tree(layer: LayerIndex) -> tuple[dict[str, tuple[bool, int]], list[str], set[str]]:
+    """One layer's own tree as dive builds it: path -> (is_dir, size), implicit parents included;
+    the paths its whiteouts delete, apart (the node `.wh.NAME` is a leaf under NAME's parent); and
+    the nodes that have children."""
+    nodes: dict[str, tuple[bool, int]] = {}
+    whiteouts: list[str] = []
+    parents: set[str] = set()
+    for e in layer.entries:
+        if e.type == WHITEOUT:
+            whiteouts.append(e.path)
+        elif e.type == OPAQUE:          # never added, but its parents are
+            if e.path:
+                nodes.setdefault(e.path, (False, 0))
+        else:
+            nodes[e.path] = (e.type == DIR, e.size)
+        p = e.path.rpartition("/")[0]
+        while p and p not in parents:
+            parents.add(p)
+            nodes.setdefault(p, (False, 0))   # an implicit parent: dive gives it an empty FileInfo
+            p = p.rpartition("/")[0]
+    return nodes, whiteouts, parents
+
+
+class _StackedTree:
+    """The lower layers stacked: path -> (is_dir, size), with each path's children."""
+
+    def __init__(self):
+        self.nodes: dict[str, tuple[bool, int]] = {}
+        self.kids: dict[str, set[str]] = {}
+
+    def _subtree(self, path: str) -> list[str]:
+        out, stack = [], [path]
+        while stack:
+            p = stack.pop()
+            out.append(p)
+            stack.extend(self.kids.get(p, ()))
+        return out
+
+    def deleted_bytes(self, path: str) -> int:
+        """What a whiteout of `path` counts: 0 for a file, its subtree's sizes for a directory."""
+        node = self.nodes.get(path)
+        return sum(self.nodes[p][1] for p in self._subtree(path)) if node is not None and node[0] else 0
+
+    def remove(self, path: str) -> None:
+        if path not in self.nodes:
+            return
+        for p in self._subtree(path):
+            self.nodes.pop(p, None)
+            self.kids.pop(p, None)
+        parent = path.rpartition("/")[0]
+        if parent in self.kids:
+            self.kids[parent].discard(path)
+
+    def add(self, path: str, payload: tuple[bool, int]) -> None:
+        self.nodes[path] = payload
+        p = path
+        while p:
+            parent = p.rpartition("/")[0]
+            self.kids.setdefault(parent, set()).add(p)
+            if parent in self.nodes or not parent:
+                break
+            self.nodes[parent] = (False, 0)
+            p = parent
