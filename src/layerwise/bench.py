@@ -57,6 +57,17 @@ class BenchReport:
     cases: list[Case] = field(default_factory=list)
     engine_costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        """`bench pull --json` and bench-pull.json."""
+        return {
+            "bandwidth_bps": self.bandwidth_bps,
+            "engine_costs": self.engine_costs,
+            "cases": [{"host_kind": c.host_kind, "variant": c.variant, "case": c.name, "pulls": c.pulls,
+                       "seconds": round(c.seconds, 3), "measured_bytes": c.measured, "header_bytes": c.headers,
+                       "predicted_bytes": c.predicted, "error": round(c.error, 6), "layers": c.layers,
+                       "changed_bytes": c.floor} for c in self.cases],
+        }
+
 
 # ----------------------------------------------------------------------------- the images
 

@@ -17,9 +17,9 @@ from .cost import summarize
 from .errors import ServiceDown, UserError
 from .generate import generate as generate_family
 from .planner import build_plan
-from .report import (PlainProgress, RichProgress, audit_html, audit_tables, bar_chart_svg, bench_dict, bench_summary, bench_table,
+from .report import (PlainProgress, RichProgress, audit_html, audit_tables, bar_chart_svg, bench_summary, bench_table,
                      build_table, console, cost_dict, cost_tables, json_text, plan_tree, simulate_dict,
-                     simulate_tables, size_note, verify_dict, verify_table)
+                     simulate_tables, size_note, verify_table)
 from .spec import load_stack
 from .state import load_state, with_measured_sizes
 
@@ -259,7 +259,7 @@ def audit(images: tuple[str, ...], platform: str | None, processes: int | None, 
 def verify_command(originals: tuple[Path, ...], import_dir: Path, no_cache: bool, as_json: bool) -> None:
     """Build each ORIGINAL Dockerfile (or those in ORIGINAL folders; default: every app) and its
     refactored version, and prove them equivalent: same files, same runtime config."""
-    from .verify import apps_for, load_import
+    from .verify import apps_for, load_import, verify_dict
 
     only = apps_for(load_import(import_dir), list(originals))   # bad input ends here, before any build
     results, measured = _verify(import_dir, only, no_cache, as_json)
@@ -354,6 +354,7 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
     code = 0 if results is None or all(r.equivalent for r in results) else 1
     if as_json:
         if results is not None:
+            from .verify import verify_dict
             doc["verify"] = verify_dict(results, refactor_dir) | measured
         sys.stdout.write(json_text(doc))
         sys.exit(code)
@@ -398,7 +399,7 @@ def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates:
     report = run_bench_pull(stack, bps, ["docker", "containerd"] if host_kinds == "both" else [host_kinds],
                             updates=not no_updates, output=output, quiet=as_json)
     if as_json:
-        sys.stdout.write(json_text(bench_dict(report)))
+        sys.stdout.write(json_text(report.to_dict()))
 
 
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
@@ -416,7 +417,7 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
     for line in bench_summary(report):
         table_console.print(line, highlight=False, markup=False)
     write_atomically(folder / "bench-pull.txt", table_console.export_text())
-    write_atomically(folder / "bench-pull.json", json_text(bench_dict(report)))
+    write_atomically(folder / "bench-pull.json", json_text(report.to_dict()))
     kinds_seen = sorted({c.host_kind for c in report.cases})
     labels = [f"{c.variant} {c.name}" for c in report.cases if c.host_kind == kinds_seen[0]]
     series = {k: [c.seconds for c in report.cases if c.host_kind == k] for k in kinds_seen}

@@ -321,17 +321,6 @@ def bench_summary(report) -> list[str]:
     return lines
 
 
-def bench_dict(report) -> dict:
-    return {
-        "bandwidth_bps": report.bandwidth_bps,
-        "engine_costs": report.engine_costs,
-        "cases": [{"host_kind": c.host_kind, "variant": c.variant, "case": c.name, "pulls": c.pulls,
-                   "seconds": round(c.seconds, 3), "measured_bytes": c.measured, "header_bytes": c.headers,
-                   "predicted_bytes": c.predicted, "error": round(c.error, 6), "layers": c.layers,
-                   "changed_bytes": c.floor} for c in report.cases],
-    }
-
-
 # ----------------------------------------------------------------------------- audit
 
 HOST_NAMES = {"docker": "Docker Engine", "containerd": "containerd"}
@@ -549,11 +538,6 @@ def verify_table(results, shown: int = 3) -> Table:
         t.add_row(Text(r.app), f"[{colors.get(r.verdict, 'white')}]{r.verdict}[/]",
                   str(len(r.differences)) if not r.reason else "", Text(detail))
     return t
-
-
-def verify_dict(results, against) -> dict:
-    return {"schema": "layerwise.verify/v1", "against": str(against),
-            "equivalent": all(r.equivalent for r in results), "apps": [r.to_dict() for r in results]}
 
 
 # ----------------------------------------------------------------------------- import

@@ -218,6 +218,12 @@ class AppResult:
                 "differences": [d.to_dict() for d in self.differences], "log_tail": self.log_tail}
 
 
+def verify_dict(results: list[AppResult], against: Path) -> dict:
+    """`verify --json` (`layerwise.verify/v1`): the verdict over all apps, then each app's result."""
+    return {"schema": "layerwise.verify/v1", "against": str(against),
+            "equivalent": all(r.equivalent for r in results), "apps": [r.to_dict() for r in results]}
+
+
 def verify(import_dir: Path, engine: Engine, only: list[str] | None = None, progress: Progress | None = None,
            cache: Cache | None = None, no_cache: bool = False) -> list[AppResult]:
     """Per app (all, or those named in `only`): build the bases it needs, its original and its
