@@ -250,6 +250,31 @@ def _step(ins: Instruction, args: dict, context: Path | None, ignore, stages: li
                 size=size, size_source=source)
 
 
+_FROM_FLAG = re.compile(r"(?<![\w-])(--from=|from=)([^,\s]+)")
+
+
+def _flag_part(text: str) -> tuple[str, str]:
+    """An instruction's text split after its flags (`RUN --mount=… ` | `echo hi`)."""
+    ins = parse_instructions(text)[0]
+    head = " ".join([ins.keyword, *ins.flags])
+    return (head, text[len(head):]) if ins.flags and text.startswith(head) else ("", text)
+
+
+def stage_references(text: str) -> list[str]:
+    """What an instruction's `--from=` / `--mount=…,from=` flags name (a stage or an image)."""
+    head, _ = _flag_part(text)
+    return [m.group(2) for m in _FROM_FLAG.finditer(head)]
+
+
+def renumber_stages(text: str, new_index: dict[int, int]) -> str:
+    """The instruction with stage numbers in its from= flags changed to the kept stages' numbers."""
+    head, rest = _flag_part(text)
+    def one(m: re.Match) -> str:
+        ref = m.group(2)
+        return m.group(1) + (str(new_index.get(int(ref), ref)) if ref.isdigit() else ref)
+    return _FROM_FLAG.sub(one, head) + rest
+
+
 def _stage_named(ref: str, stages: list[Stage]) -> Stage | None:
     for s in stages:
         if s.name == ref.lower() or (ref.isdigit() and s.index == int(ref)):
@@ -328,7 +353,31 @@ class Refactored:
 
     @property
     def bases(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.stage_bases.values()))
+        return tuple(dict.fromkeys(self.stage_bases[i] for i in self.kept_stages() if i in self.stage_bases))
+
+    def steps(self, index: int) -> tuple[Step, ...]:
+        """What stage `index` runs once refactored: after its base, or all its own steps."""
+        return self.remaining[index] if index in self.stage_bases else self.source.stages[index].steps
+
+    def kept_stages(self) -> list[int]:
+        """The stages the final stage still needs once refactored (through FROM <stage>,
+        COPY --from=<stage>, RUN --mount=…,from=<stage>), in order; a stage whose only user now
+        starts FROM a base is dropped: the legacy builder would build it for nothing."""
+        stages = self.source.stages
+        needed, todo = set(), [len(stages) - 1]
+        while todo:
+            i = todo.pop()
+            if i in needed:
+                continue
+            needed.add(i)
+            if i not in self.stage_bases and stages[i].parent is not None:
+                todo.append(stages[i].parent)
+            for step in self.steps(i):
+                for ref in stage_references(step.instruction):
+                    used = _stage_named(ref, list(stages[:i]))
+                    if used is not None:
+                        todo.append(used.index)
+        return sorted(needed)
 
 
 @dataclass(frozen=True)
