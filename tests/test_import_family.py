@@ -11,6 +11,7 @@ import pytest
 
 from conftest import SEED, run_cli
 from layerwise.dockerfiles import parse_instructions
+from layerwise.build import needed_images, select
 from layerwise.errors import UserError
 from layerwise.family import ImportedFamily, family_plan, load_family
 from layerwise.importer import import_family, renumber_stages, stage_references
@@ -167,3 +168,26 @@ def test_simulate_takes_an_import_folder(refactored):
     both = next(g for g in doc["groups"] if g["name"] == "both")
     # Two apps on one host: the shared bases are pulled once, so planned < flat.
     assert both["cold"]["planned"]["bytes"] < both["cold"]["flat"]["bytes"]
+
+
+def test_an_app_needs_the_bases_its_other_stages_start_from(tmp_path):
+    """The BuildKit fixture: the deps stage became a base of its own, read by the runtime stage
+    through a mount. The app must wait for it, --only must bring it, and it changes the app."""
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURE.parent / "buildkit-family", src)
+    for svc in ("svc-a", "svc-b"):
+        (src / svc / "shared.bin").write_bytes(b"\0" * 1000)
+    family = import_family([src], project="bk")
+    out = write_refactored(family, tmp_path / "out")
+    loaded = load_family(out)
+    plan = family_plan(loaded)
+    root, deps, runtime = (next(b.name for b in family.bases if word in b.name)
+                           for word in ("default-root", "deps", "runtime"))
+    assert plan.image("bk/svc-a").parent == runtime and plan.image(runtime).parent == root
+    assert needed_images(plan, loaded, "bk/svc-a") == [runtime, deps]
+    assert select(plan, ["svc-a"], loaded) == {root, runtime, deps, "bk/svc-a"}
+    assert "default_root_image" not in (out / "apps/svc-a/Dockerfile").read_text()
+    before = plan.image("bk/svc-a").fingerprint
+    listed = out / "bases" / deps.split("/")[1] / "context/deps/list.txt"
+    listed.write_text(listed.read_text() + "openssl\n")
+    assert family_plan(load_family(out)).image("bk/svc-a").fingerprint != before

@@ -78,8 +78,8 @@ def check_buildable(plan: Plan, stack: Family) -> None:
             raise UserError(f"cannot build {img.key}: {reason}; rewrite that step", stack.path)
 
 
-def select(plan: Plan, only: list[str] | None) -> set[str]:
-    """Keys to consider: all, or the named images (by key, ref or app name) and their ancestors."""
+def select(plan: Plan, only: list[str] | None, family: Family | None = None) -> set[str]:
+    """Keys to consider: all, or the named images (by key, ref or app name) and what they need."""
     if not only:
         return {img.key for img in plan.images}
     keys: set[str] = set()
@@ -89,8 +89,20 @@ def select(plan: Plan, only: list[str] | None) -> set[str]:
         if key is None:
             raise UserError(f"--only {name}: no such image or app in the plan "
                             f"(images: {', '.join(i.key for i in plan.images)})")
-        keys |= {i.key for i in plan.chain(key)}
+        todo = [key]
+        while todo:   # the image, its ancestors, and (imported) the bases its other stages use
+            k = todo.pop()
+            if k not in keys:
+                keys.add(k)
+                todo += needed_images(plan, family, k)
     return keys
+
+
+def needed_images(plan: Plan, family: Family | None, key: str) -> list[str]:
+    """Parent first, then (for an import folder) the other bases the image's Dockerfile uses."""
+    parent = plan.image(key).parent
+    others = family.needs.get(key, ()) if isinstance(family, ImportedFamily) else ()
+    return list(dict.fromkeys([*([parent] if parent else []), *others]))
 
 
 def decide(plan: Plan, present: set[str], state: State, selected: set[str]) -> list[Decision]:
@@ -199,6 +211,11 @@ class Builder:
                 host, name, ref = split_reference(base)
                 self.engine.pull(f"{host}/{name}", ref)
 
+    def needs(self, key: str) -> list[str]:
+        """The images that must exist before this one builds: its parent, and for an imported app
+        every base another of its stages starts FROM."""
+        return needed_images(self.plan, self.stack, key)
+
     def build_input(self, img: ImageNode, workdir: Path) -> tuple[Path, Path | None]:
         """Context folder and Dockerfile (None: the context's own) an image is built from."""
         if isinstance(self.stack, ImportedFamily):
@@ -219,7 +236,7 @@ class Builder:
             for d in decisions:
                 if d.action == SKIP:
                     results[d.key] = self._skip(d, needed_locally=any(
-                        c.key in to_build for c in self.plan.children(d.key)))
+                        d.key in self.needs(k) for k in to_build))
                 elif d.action == NOT_SELECTED:
                     results[d.key] = Result(d.key, "not selected", d.reason)
             self._build_all(to_build, by_key, results, workdir)
@@ -247,14 +264,16 @@ class Builder:
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
             while pending or running:
                 for key in sorted(pending):
-                    parent = self.plan.image(key).parent
-                    if parent in pending or parent in running.values():
+                    needs = self.needs(key)
+                    if any(n in pending or n in running.values() for n in needs):
                         continue
                     pending.discard(key)
-                    if parent and results[parent].status not in ("built", "skipped"):
+                    broken = [n for n in needs if results[n].status not in ("built", "skipped")]
+                    if broken:
+                        what = "parent" if broken[0] == self.plan.image(key).parent else "base"
                         results[key] = Result(key, "not attempted", by_key[key].reason,
-                                              error=f"parent {short_name(self.plan, parent)} "
-                                                    f"{results[parent].status}")
+                                              error=f"{what} {short_name(self.plan, broken[0])} "
+                                                    f"{results[broken[0]].status}")
                         continue
                     running[pool.submit(self._build_one, key, by_key[key].reason, workdir)] = key
                 if not running:
@@ -389,7 +408,7 @@ def build_family(stack: Family, *, push: bool, parallel: int = 2, only: list[str
             plan = build_plan(stack, state.base_digest)
         builder = Builder(stack, plan, state, engine, registry, parallel=parallel, no_cache=no_cache,
                           progress=progress)
-        decisions = decide(plan, builder.present(), state, select(plan, only))
+        decisions = decide(plan, builder.present(), state, select(plan, only, stack))
         results = [] if dry_run else builder.run(decisions)
     finally:
         if registry:

@@ -43,6 +43,7 @@ class ImportedFamily:
     dockerfiles: dict[str, Dockerfile]           # image key -> its parsed Dockerfile
     inputs: dict[str, BuildInput]                # image key -> Dockerfile and context
     apps: dict[str, str]                         # app name -> image key
+    needs: dict[str, tuple[str, ...]]            # image key -> the bases its stages start FROM
 
     @property
     def root(self) -> Path:
@@ -85,7 +86,11 @@ def load_imported(folder: Path) -> ImportedFamily:
         dockerfiles[key] = _read(app.dockerfile, app.name, app.context, where)
         inputs[key] = BuildInput(app.dockerfile, app.context)
         apps[app.name] = key
-    return ImportedFamily(where, registry, project, spec, dockerfiles, inputs, apps)
+    key_of_ref = {b.ref: b.name for b in spec.bases}
+    needs = {key: tuple(sorted({key_of_ref[_from_image(s.root)] for s in doc.stages
+                                if s.root and _from_image(s.root) in key_of_ref}))
+             for key, doc in dockerfiles.items()}
+    return ImportedFamily(where, registry, project, spec, dockerfiles, inputs, apps, needs)
 
 
 def _read(dockerfile: Path, name: str, context: Path | None, where: Path) -> Dockerfile:
@@ -128,8 +133,9 @@ def import_plan(family: ImportedFamily, digests: dict[str, str]) -> Plan:
         if base in key_of_ref and parent is None:
             raise UserError(f"{key} starts FROM {base}, a base listed after it", family.path)
         below = parent.fingerprint if parent else "base:" + digests.get(base, base)
+        # A stage FROM a base changes with that base's fingerprint, one FROM an outer image with its digest.
         stage_texts = [part for s in doc.stages for part in
-                       (s.from_text, digests.get(_from_image(s.root), "") if s.root else "",
+                       (s.from_text, _root_identity(s.root, images, key_of_ref, digests),
                         *(step.identity for step in s.steps))]
         fingerprint = sha256_text(FAMILY_RECIPE, below, *doc.global_args, *stage_texts)
         is_app = key not in used_by
@@ -150,6 +156,14 @@ def import_plan(family: ImportedFamily, digests: dict[str, str]) -> Plan:
     os_base = max(sorted(set(roots)), key=roots.count) if roots else ""
     return Plan(registry=family.registry, project=family.project, base=os_base, categories=categories,
                 images=tuple(ordered), apps=dict(family.apps), base_digest=digests.get(os_base))
+
+
+def _root_identity(root: str | None, images: dict[str, ImageNode], key_of_ref: dict[str, str],
+                   digests: dict[str, str]) -> str:
+    if root is None:
+        return ""
+    image = _from_image(root)
+    return images[key_of_ref[image]].fingerprint if image in key_of_ref else digests.get(image, "")
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
