@@ -9,6 +9,7 @@ and the context it is built from (`ImportedFamily.inputs`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +18,11 @@ from .generate import dockerfile_text
 from .importer import CATEGORY_ORDER, Dockerfile, categorize, read_dockerfile
 from .model import Category, ImageNode, Plan, sha256_text
 from .planner import build_plan
+from .refactor import CATEGORY_OWNERS
 from .spec import Stack, load_stack
 from .verify import ImportSet, load_import
 
 FAMILY_RECIPE = "layerwise-import-build/1"
-# Owners and change rates of the import's categories (the stack file `import -o` writes says the same).
-IMPORT_CATEGORIES = {"tools": ("platform", 0.5), "library": ("platform", 2.0), "code": ("app-team", 20.0),
-                     "config": ("app-team", 10.0)}
 
 
 @dataclass(frozen=True)
@@ -66,11 +65,13 @@ def load_family(path: str | Path) -> Family:
         return load_imported(path.parent)
     if path.is_dir() and (path / "import.json").exists():
         return load_imported(path)
+    if path.is_dir() and not (path / "layerwise.yaml").exists():
+        raise UserError("holds neither a stack file (layerwise.yaml) nor an import.json; give a stack file "
+                        "or a folder `layerwise import --refactor-to` wrote", path)
     return load_stack(path)
 
 
 def load_imported(folder: Path) -> ImportedFamily:
-    import json
     spec = load_import(folder)
     doc = json.loads((spec.dir / "import.json").read_text(encoding="utf-8"))
     registry, project = doc.get("registry"), doc.get("project")
@@ -139,9 +140,8 @@ def import_plan(family: ImportedFamily, digests: dict[str, str]) -> Plan:
                         *(step.identity for step in s.steps))]
         fingerprint = sha256_text(FAMILY_RECIPE, below, *doc.global_args, *stage_texts)
         is_app = key not in used_by
-        name = doc.name
         repository, tag = (f"{family.registry}/{key}", "latest") if is_app else _split_ref(family.spec.base(key).ref)
-        apps = (name,) if is_app else tuple(sorted(used_by[key] & set(family.apps)))
+        apps = (doc.name,) if is_app else tuple(sorted(used_by[key] & set(family.apps)))
         images[key] = ImageNode(key=key, repository=repository, tag=tag, fingerprint=fingerprint,
                                 parent=parent.key if parent else None, base=base,
                                 owner="app-team" if is_app else "platform", kind="app" if is_app else "base",
@@ -151,7 +151,8 @@ def import_plan(family: ImportedFamily, digests: dict[str, str]) -> Plan:
         depth[key] = depth[images[key].parent] + 1 if images[key].parent else 0
     ordered = sorted(images.values(), key=lambda img: (depth[img.key], img.key))
     used = {s.category for img in ordered for s in img.steps}
-    categories = tuple(Category(c, *IMPORT_CATEGORIES[c]) for c in CATEGORY_ORDER if c in used and c in IMPORT_CATEGORIES)
+    # Owners and change rates as the stack file `import -o` writes says them.
+    categories = tuple(Category(c, *CATEGORY_OWNERS[c]) for c in CATEGORY_ORDER if c in used and c in CATEGORY_OWNERS)
     roots = [img.base for img in ordered if img.parent is None]
     os_base = max(sorted(set(roots)), key=roots.count) if roots else ""
     return Plan(registry=family.registry, project=family.project, base=os_base, categories=categories,
@@ -163,7 +164,9 @@ def _root_identity(root: str | None, images: dict[str, ImageNode], key_of_ref: d
     if root is None:
         return ""
     image = _from_image(root)
-    return images[key_of_ref[image]].fingerprint if image in key_of_ref else digests.get(image, "")
+    if image in key_of_ref:   # import.json lists bases before their users, so it is known by now
+        return images[key_of_ref[image]].fingerprint if key_of_ref[image] in images else image
+    return digests.get(image, "")
 
 
 def _split_ref(ref: str) -> tuple[str, str]:

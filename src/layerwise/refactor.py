@@ -24,7 +24,7 @@ from .generate import replace_folder
 from .importer import (CATEGORY_ORDER, IMPORT_SCHEMA, BaseImage, Dockerfile, Family, Refactored, categorize,
                        renumber_stages)
 
-_OWNERS = {"tools": ("platform", 0.5), "library": ("platform", 2), "code": ("app-team", 20),
+CATEGORY_OWNERS = {"tools": ("platform", 0.5), "library": ("platform", 2), "code": ("app-team", 20),
            "config": ("app-team", 10)}
 
 
@@ -203,7 +203,7 @@ def stack_text(family: Family, stack_path: Path, base: str | None = None) -> tup
             app.setdefault(step.category, []).append(text)
             used.add(step.category)
         apps[name] = app
-    categories = [{"name": c, "owner": _OWNERS[c][0], "changes_per_month": _OWNERS[c][1]}
+    categories = [{"name": c, "owner": CATEGORY_OWNERS[c][0], "changes_per_month": CATEGORY_OWNERS[c][1]}
                   for c in CATEGORY_ORDER if c in used]
     doc = {"registry": family.registry, "project": family.project, "base": chosen,
            "categories": categories, "apps": apps}
