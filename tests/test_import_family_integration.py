@@ -72,3 +72,16 @@ def test_imported_family_builds_pushes_incrementally_and_verifies(services, name
     verified = run_cli("verify", "--against", str(out), "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert all(a["equivalent"] for a in json.loads(verified.stdout)["apps"])
+
+    # bench pull's flat variant of an import folder: each original built alone and pushed by the
+    # engine. It shares nothing with the layered family but the busybox layers.
+    from layerwise.bench import build_flat
+    from layerwise.family import family_plan, load_family
+
+    family = load_family(out)
+    refs = build_flat(family, family_plan(family), say=lambda line: None)
+    assert refs == {app: f"{REGISTRY}/{namespace}-flat/{app}:latest" for app in ("app-a", "app-b")}
+    busybox = {l["digest"] for l in manifest("os/busybox", "latest")["layers"]}
+    flat_a = {l["digest"] for l in manifest(f"{namespace}-flat/app-a", "latest")["layers"]}
+    layered_a = {l["digest"] for l in manifest(f"{namespace}/app-a", "latest")["layers"]}
+    assert flat_a & layered_a == busybox and len(flat_a) == len(layered_a)
