@@ -22,7 +22,7 @@ from pathlib import Path
 from .engine import BuildFailed, Engine
 from .errors import UserError
 from .dockerfiles import unbuildable_reason
-from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, dockerfile_text, write_tree
+from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
 from .family import Family, ImportedFamily, dockerfile_of, family_plan
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer

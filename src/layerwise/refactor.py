@@ -25,7 +25,7 @@ from .importer import (CATEGORY_ORDER, IMPORT_SCHEMA, BaseImage, Dockerfile, Fam
                        renumber_stages)
 
 CATEGORY_OWNERS = {"tools": ("platform", 0.5), "library": ("platform", 2), "code": ("app-team", 20),
-           "config": ("app-team", 10)}
+                   "config": ("app-team", 10)}
 
 
 # ----------------------------------------------------------------------------- refactored folder
@@ -96,8 +96,8 @@ def bake_file(family: Family, out: Path) -> str:
     targets: list[tuple[str, dict[str, str], dict[str, str]]] = []   # (name, settings, contexts)
     for b in family.bases:
         uses = {family.base(b.parent).ref: "target:" + target(b.parent)} if b.parent else {}
-        targets.append((target(b.name), {"context": base_context(b), "dockerfile": "../Dockerfile",
-                                                          "tag": b.ref}, uses))
+        targets.append((target(b.name), {"context": base_context(b), "dockerfile": "../Dockerfile", "tag": b.ref},
+                        uses))
     for r in family.refactored:
         dockerfile = out / "apps" / r.source.name / "Dockerfile"
         context = r.source.context.resolve() if r.source.context else dockerfile.parent
@@ -147,8 +147,8 @@ def _fill(family: Family, root: Path, out: Path) -> None:
 
 def write_refactored(family: Family, out: Path, *, force: bool = False) -> Path:
     """Write the refactored folder atomically (beside, then renamed into place)."""
-    return replace_folder(out, lambda tmp: _fill(family, tmp, out.resolve()), force=force, is_ours=is_import_output,
-                          marker="import.json")
+    return replace_folder(out, lambda tmp: _fill(family, tmp, out.resolve()), force=force,
+                          is_ours=is_import_output, marker="import.json")
 
 
 # ----------------------------------------------------------------------------- stack file
