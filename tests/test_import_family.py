@@ -103,7 +103,7 @@ def test_bake_file_targets_bases_and_apps_with_contexts(refactored):
     app_a = text.split('target "app_app-a"')[1].split("\n}")[0]
     assert f'"{runtime.ref}" = "target:base_{runtime.name.split("/")[1]}"' in app_a
     assert f'dockerfile = "{out / "apps/app-a/Dockerfile"}"' in app_a
-    assert f'context    = "{(FIXTURE.parent.parent / "x").parent}' not in app_a   # the copy's context, not the fixture's
+    assert f'context    = "{family.refactored[0].source.context.resolve()}"' in app_a   # the original context
     base_rt = text.split(f'target "base_{runtime.name.split("/")[1]}"')[1].split("\n}")[0]
     assert f'"{root.ref}" = "target:base_{root.name.split("/")[1]}"' in base_rt
     assert 'dockerfile = "../Dockerfile"' in base_rt
@@ -191,3 +191,12 @@ def test_an_app_needs_the_bases_its_other_stages_start_from(tmp_path):
     listed = out / "bases" / deps.split("/")[1] / "context/deps/list.txt"
     listed.write_text(listed.read_text() + "openssl\n")
     assert family_plan(load_family(out)).image("bk/svc-a").fingerprint != before
+
+
+def test_plan_takes_an_import_folder(refactored):
+    _, out = refactored
+    r = run_cli("plan", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    images = json.loads(r.stdout)["plan"]["images"]
+    assert [(i["kind"], i["parent"] is None) for i in images] == [("base", True), ("base", False),
+                                                                   ("app", False), ("app", False)]
