@@ -25,6 +25,7 @@ from .build import build_family, connect
 from .cost import CONTAINERD, DOCKER, predict_pulls
 from .dockerfiles import render_dockerfile
 from .errors import UserError
+from .family import Family, ImportedFamily, load_family
 from .model import Plan, sha256_text
 from .registry import Manifest, Registry, is_loopback, split_reference
 from .spec import Stack, load_stack
@@ -81,9 +82,10 @@ def flat_refs(plan: Plan) -> dict[str, str]:
     return {app: f"{plan.registry}/{plan.project}-flat/{app}:latest" for app in plan.apps}
 
 
-def build_flat(stack: Stack, plan: Plan, say: Say) -> dict[str, str]:
+def build_flat(stack: Family, plan: Plan, say: Say) -> dict[str, str]:
     """Each app in one Dockerfile from the OS base, built alone without cache and pushed by the
     engine: identical content in two apps gets different digests, as in the seed's Fig. 3/5.
+    (For an import folder: each app's original Dockerfile, as the team built it before.)
     Skipped when the registry already holds it for this content (tag lw-flat-<fingerprint>)."""
     engine, registry = connect(stack, push=True)
     refs = flat_refs(plan)
@@ -101,18 +103,14 @@ def build_flat(stack: Stack, plan: Plan, say: Say) -> dict[str, str]:
                 if registry.manifest_digest(name, "latest") != registry.manifest_digest(name, fp_tag):
                     registry.put_manifest(name, "latest", registry.manifest(name, fp_tag))
                 continue
-            steps = [s for img in plan.chain(plan.apps[app]) for s in img.steps]
-            with tempfile.TemporaryDirectory(prefix="layerwise-flat-") as tmp:
-                for s in steps:
-                    contexts.copy_reproducibly(stack.root.resolve(), list(s.sources), Path(tmp))
-                (Path(tmp) / "Dockerfile").write_text(render_dockerfile(
-                    plan.base, [(s.category, s.instruction) for s in steps],
-                    [f"flat variant of {app}: every step from the OS base, one build"]))
-                # Teams' separate builds happen at different times; the legacy builder stamps
-                # whole seconds, so two builds within one second could match by accident.
-                time.sleep(max(0.0, last_build + 1.1 - time.monotonic()))
-                started = last_build = time.monotonic()
-                engine.build(Path(tmp), f"{repo}:{fp_tag}", {}, nocache=True)
+            # Teams' separate builds happen at different times; the legacy builder stamps
+            # whole seconds, so two builds within one second could match by accident.
+            time.sleep(max(0.0, last_build + 1.1 - time.monotonic()))
+            started = last_build = time.monotonic()
+            if isinstance(stack, ImportedFamily):
+                _build_original(engine, stack, app, f"{repo}:{fp_tag}")
+            else:
+                _build_flat_stack(engine, stack, plan, app, f"{repo}:{fp_tag}")
             engine.push(repo, fp_tag)
             engine.tag(f"{repo}:{fp_tag}", repo, "latest")
             engine.push(repo, "latest")
@@ -121,6 +119,25 @@ def build_flat(stack: Stack, plan: Plan, say: Say) -> dict[str, str]:
         registry.close()
         engine.close()
     return refs
+
+
+def _build_original(engine, family: ImportedFamily, app: str, tag: str) -> None:
+    spec = next(a for a in family.spec.apps if a.name == app)
+    if spec.context is None:
+        raise UserError(f"app {app} came without its build context: its original cannot be built "
+                        "(import it again with its context)", family.path)
+    engine.build(spec.context, tag, {}, nocache=True, dockerfile=spec.original)
+
+
+def _build_flat_stack(engine, stack: Stack, plan: Plan, app: str, tag: str) -> None:
+    steps = [s for img in plan.chain(plan.apps[app]) for s in img.steps]
+    with tempfile.TemporaryDirectory(prefix="layerwise-flat-") as tmp:
+        for s in steps:
+            contexts.copy_reproducibly(stack.root.resolve(), list(s.sources), Path(tmp))
+        (Path(tmp) / "Dockerfile").write_text(render_dockerfile(
+            plan.base, [(s.category, s.instruction) for s in steps],
+            [f"flat variant of {app}: every step from the OS base, one build"]))
+        engine.build(Path(tmp), tag, {}, nocache=True)
 
 
 def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
@@ -237,7 +254,7 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
     from .hosts import ContainerdHost, DockerHost
     from .throttle import ThrottledProxy
 
-    stack = load_stack(stack_path)
+    stack = load_family(stack_path)
     say("building the planned family (layerwise build --push)")
     plan, _, results = build_family(stack, push=True)
     failed = [r.key for r in results if r.status not in ("built", "skipped")]
@@ -260,7 +277,9 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
 
     work = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
     try:
-        if updates:
+        if updates and isinstance(stack, ImportedFamily):
+            say("no update cases for an import folder (they change a stack file's steps): cold and warm only")
+        elif updates:
             for cat in plan.categories:
                 if not any(s.category == cat.name for img in plan.images for s in img.steps):
                     continue

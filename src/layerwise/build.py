@@ -22,7 +22,8 @@ from pathlib import Path
 from .engine import BuildFailed, Engine
 from .errors import UserError
 from .dockerfiles import unbuildable_reason
-from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, dockerfile_text, write_tree
+from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
+from .family import Family, ImportedFamily, dockerfile_of, family_plan
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
 from .mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
@@ -68,16 +69,16 @@ def _why_changed(plan: Plan, img: ImageNode, before: ImageRecord | None) -> str:
     return "; ".join(reasons) or "fingerprint changed"
 
 
-def check_buildable(plan: Plan, stack: Stack) -> None:
+def check_buildable(plan: Plan, stack: Family) -> None:
     """Refuse, before anything reaches the daemon, Dockerfiles the legacy builder must not get."""
     for img in plan.images:
-        reason = unbuildable_reason(dockerfile_text(img, stack))
+        reason = unbuildable_reason(dockerfile_of(stack, img))
         if reason:
             raise UserError(f"cannot build {img.key}: {reason}; rewrite that step", stack.path)
 
 
-def select(plan: Plan, only: list[str] | None) -> set[str]:
-    """Keys to consider: all, or the named images (by key, ref or app name) and their ancestors."""
+def select(plan: Plan, only: list[str] | None, family: Family | None = None) -> set[str]:
+    """Keys to consider: all, or the named images (by key, ref or app name) and what they need."""
     if not only:
         return {img.key for img in plan.images}
     keys: set[str] = set()
@@ -87,8 +88,20 @@ def select(plan: Plan, only: list[str] | None) -> set[str]:
         if key is None:
             raise UserError(f"--only {name}: no such image or app in the plan "
                             f"(images: {', '.join(i.key for i in plan.images)})")
-        keys |= {i.key for i in plan.chain(key)}
+        todo = [key]
+        while todo:   # the image, its ancestors, and (imported) the bases its other stages use
+            k = todo.pop()
+            if k not in keys:
+                keys.add(k)
+                todo += needed_images(plan, family, k)
     return keys
+
+
+def needed_images(plan: Plan, family: Family | None, key: str) -> list[str]:
+    """Parent first, then (for an import folder) the other bases the image's Dockerfile uses."""
+    parent = plan.image(key).parent
+    others = family.needs.get(key, ()) if isinstance(family, ImportedFamily) else ()
+    return list(dict.fromkeys([*([parent] if parent else []), *others]))
 
 
 def decide(plan: Plan, present: set[str], state: State, selected: set[str]) -> list[Decision]:
@@ -107,7 +120,7 @@ def decide(plan: Plan, present: set[str], state: State, selected: set[str]) -> l
 
 # ----------------------------------------------------------------------------- execution
 
-def connect(stack: Stack, push: bool) -> tuple[Engine, Registry | None]:
+def connect(stack: Family, push: bool) -> tuple[Engine, Registry | None]:
     """The engine, and with --push the stack's registry; a clear error when either is down."""
     engine = Engine()
     registry = None
@@ -123,7 +136,12 @@ def resolve_base(engine: Engine, stack: Stack) -> str:
 
     It goes into the fingerprints, so a new OS image under the same tag rebuilds the family.
     """
-    host, name, ref = split_reference(stack.base)
+    return resolve_image(engine, stack.base, stack.path, "change 'base:'")
+
+
+def resolve_image(engine: Engine, image: str, path: Path, what_to_do: str) -> str:
+    """The digest of an image the family builds on, from the loopback registry or the local engine."""
+    host, name, ref = split_reference(image)
     if ref.startswith("sha256:"):
         return ref
     if is_loopback(host):
@@ -134,10 +152,10 @@ def resolve_base(engine: Engine, stack: Stack) -> str:
                 digest = None
             if digest:
                 return digest
-    local = engine.inspect(stack.base)
+    local = engine.inspect(image)
     if local is None:
-        raise UserError(f"base image {stack.base} is neither in the local engine nor on the loopback "
-                        "registry; make it (sudo scripts/services start) or change 'base:'", stack.path)
+        raise UserError(f"base image {image} is neither in the local engine nor on the loopback "
+                        f"registry; make it (sudo scripts/services start) or {what_to_do}", path)
     repo = f"{host}/{name}"
     return next((rd.split("@")[1] for rd in local.repo_digests if rd.split("@")[0] == repo), local.id)
 
@@ -158,7 +176,7 @@ Progress = Callable[[str, str, dict], None]   # (image key, phase, event)
 
 
 class Builder:
-    def __init__(self, stack: Stack, plan: Plan, state: State, engine: Engine, registry: Registry | None,
+    def __init__(self, stack: Family, plan: Plan, state: State, engine: Engine, registry: Registry | None,
                  *, parallel: int = 2, no_cache: bool = False, progress: Progress | None = None):
         self.stack, self.plan, self.state = stack, plan, state
         self.engine, self.registry = engine, registry
@@ -185,27 +203,39 @@ class Builder:
                 self._digests[img.key] = digest
         return found
 
-    def ensure_base_local(self) -> None:
-        """Root images build FROM the OS base: pull it from the loopback registry if missing."""
-        if self.engine.inspect(self.plan.base) is None:
-            host, name, ref = split_reference(self.plan.base)
-            self.engine.pull(f"{host}/{name}", ref)
+    def ensure_base_local(self, keys: set[str]) -> None:
+        """Root images build FROM the OS base (an import's, FROM theirs): pull it if missing."""
+        for base in sorted({self.plan.image(k).base for k in keys if not self.plan.image(k).parent}):
+            if self.engine.inspect(base) is None:
+                host, name, ref = split_reference(base)
+                self.engine.pull(f"{host}/{name}", ref)
+
+    def needs(self, key: str) -> list[str]:
+        """The images that must exist before this one builds: its parent, and for an imported app
+        every base another of its stages starts FROM."""
+        return needed_images(self.plan, self.stack, key)
+
+    def build_input(self, img: ImageNode, workdir: Path) -> tuple[Path, Path | None]:
+        """Context folder and Dockerfile (None: the context's own) an image is built from."""
+        if isinstance(self.stack, ImportedFamily):
+            given = self.stack.inputs[img.key]
+            return given.context or workdir, given.dockerfile   # the empty workdir as a context
+        return workdir / img.key, None
 
     # -- doing it
     def run(self, decisions: list[Decision]) -> list[Result]:
         results: dict[str, Result] = {}
         to_build = {d.key for d in decisions if d.action == BUILD}
         by_key = {d.key: d for d in decisions}
-        if any(not self.plan.image(k).parent for k in to_build):
-            self.ensure_base_local()
+        self.ensure_base_local(to_build)
         workdir = Path(tempfile.mkdtemp(prefix="layerwise-build-"))
         try:
-            if to_build:
+            if to_build and isinstance(self.stack, Stack):
                 write_tree(self.plan, self.stack, workdir)   # contexts with fixed mtimes
             for d in decisions:
                 if d.action == SKIP:
                     results[d.key] = self._skip(d, needed_locally=any(
-                        c.key in to_build for c in self.plan.children(d.key)))
+                        d.key in self.needs(k) for k in to_build))
                 elif d.action == NOT_SELECTED:
                     results[d.key] = Result(d.key, "not selected", d.reason)
             self._build_all(to_build, by_key, results, workdir)
@@ -233,14 +263,16 @@ class Builder:
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
             while pending or running:
                 for key in sorted(pending):
-                    parent = self.plan.image(key).parent
-                    if parent in pending or parent in running.values():
+                    needs = self.needs(key)
+                    if any(n in pending or n in running.values() for n in needs):
                         continue
                     pending.discard(key)
-                    if parent and results[parent].status not in ("built", "skipped"):
+                    broken = [n for n in needs if results[n].status not in ("built", "skipped")]
+                    if broken:
+                        what = "parent" if broken[0] == self.plan.image(key).parent else "base"
                         results[key] = Result(key, "not attempted", by_key[key].reason,
-                                              error=f"parent {short_name(self.plan, parent)} "
-                                                    f"{results[parent].status}")
+                                              error=f"{what} {short_name(self.plan, broken[0])} "
+                                                    f"{results[broken[0]].status}")
                         continue
                     running[pool.submit(self._build_one, key, by_key[key].reason, workdir)] = key
                 if not running:
@@ -259,8 +291,9 @@ class Builder:
         fp_ref = f"{img.repository}:{img.fingerprint_tag}"
         try:
             self.progress(key, "build", {"status": reason})
-            image_id = self.engine.build(workdir / img.key, fp_ref, labels,
-                                         lambda e: self.progress(key, "build", e), nocache=self.no_cache)
+            context, dockerfile = self.build_input(img, workdir)
+            image_id = self.engine.build(context, fp_ref, labels, lambda e: self.progress(key, "build", e),
+                                         nocache=self.no_cache, dockerfile=dockerfile)
         except BuildFailed as e:
             self.progress(key, "failed", {"error": str(e)})
             return Result(key, "failed", reason, time.monotonic() - started, error=str(e),
@@ -286,10 +319,10 @@ class Builder:
         if img.parent:
             parent = self.plan.image(img.parent)
             name, ref = _name(parent.repository), parent.fingerprint_tag
-        else:
-            host, name, ref = split_reference(self.plan.base)
+        else:   # a root image: FROM the OS base (an imported one: FROM its own)
+            host, name, ref = split_reference(img.base)
             if host != self.registry.host:
-                raise UserError(f"base {self.plan.base} must be on {self.registry.host} to push images "
+                raise UserError(f"base {img.base} must be on {self.registry.host} to push images "
                                 "built on it; push it there or change 'base:'", self.stack.path)
         manifest = self.registry.manifest(name, ref)
         diff_ids = self.registry.config(name, manifest).get("rootfs", {}).get("diff_ids", [])
@@ -355,19 +388,26 @@ class Builder:
         return manifest.digest, sum(l.size for l in record.layers)
 
 
-def build_family(stack: Stack, *, push: bool, parallel: int = 2, only: list[str] | None = None,
+def build_family(stack: Family, *, push: bool, parallel: int = 2, only: list[str] | None = None,
                  no_cache: bool = False, progress: Progress | None = None,
                  dry_run: bool = False) -> tuple[Plan, list[Decision], list[Result]]:
-    """Plan, decide and (unless dry_run) build the family; the state file is updated."""
-    check_buildable(build_plan(stack), stack)          # before anything reaches the daemon
+    """Plan, decide and (unless dry_run) build the family (a stack's, or an import folder's); the
+    state file is updated."""
+    check_buildable(family_plan(stack), stack)          # before anything reaches the daemon
     state = load_state(stack.path)
     engine, registry = connect(stack, push)
     try:
-        state.base_digest = resolve_base(engine, stack)
-        plan = build_plan(stack, state.base_digest)
+        if isinstance(stack, ImportedFamily):
+            digests = {ref: resolve_image(engine, ref, stack.path, "change its FROM")
+                       for ref in stack.external_images()}
+            plan = family_plan(stack, digests=digests)
+            state.base_digest = plan.base_digest
+        else:
+            state.base_digest = resolve_base(engine, stack)
+            plan = build_plan(stack, state.base_digest)
         builder = Builder(stack, plan, state, engine, registry, parallel=parallel, no_cache=no_cache,
                           progress=progress)
-        decisions = decide(plan, builder.present(), state, select(plan, only))
+        decisions = decide(plan, builder.present(), state, select(plan, only, stack))
         results = [] if dry_run else builder.run(decisions)
     finally:
         if registry:

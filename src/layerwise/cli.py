@@ -37,9 +37,11 @@ SEED_STACK = Path(__file__).resolve().parents[2] / "examples" / "seed" / "layerw
 
 
 def _plan_as_known(loaded):
-    """The plan with what the last build learned: the OS base's digest and measured sizes."""
+    """The plan (of a stack or an import folder) with what the last build learned: the OS base's
+    digest and measured sizes."""
+    from .family import family_plan
     state = load_state(loaded.path)
-    return with_measured_sizes(build_plan(loaded, state.base_digest), state.measured_sizes()), state
+    return with_measured_sizes(family_plan(loaded, state.base_digest), state.measured_sizes()), state
 
 
 def _print_plan(plan, summary) -> None:
@@ -56,7 +58,8 @@ def _print_plan(plan, summary) -> None:
 @JSON_OPT
 def plan(stack: Path, as_json: bool) -> None:
     """Show the tree of images for STACK (default layerwise.yaml) and what it saves."""
-    the_plan, _ = _plan_as_known(load_stack(stack))
+    from .family import load_family
+    the_plan, _ = _plan_as_known(load_family(stack))
     summary = summarize(the_plan)
     if as_json:
         doc = {"plan": the_plan.to_dict(), "cost": cost_dict(summary)}
@@ -91,7 +94,8 @@ def generate(stack: Path, output: Path, force: bool) -> None:
 def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run: bool, no_cache: bool,
           as_json: bool) -> None:
     """Build (and with --push, push) every image of the plan in dependency order, skipping the
-    ones whose fingerprint tag already exists."""
+    ones whose fingerprint tag already exists. STACK may also be a folder written by
+    `layerwise import --refactor-to` (its bases, then its apps)."""
     sys.exit(run_build(stack, push=push, parallel=parallel, only=list(only), dry_run=dry_run,
                        no_cache=no_cache, as_json=as_json))
 
@@ -99,8 +103,9 @@ def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
               dry_run: bool = False, no_cache: bool = False, as_json: bool = False) -> int:
     from .build import build_family
+    from .family import load_family
 
-    loaded = load_stack(stack)
+    loaded = load_family(stack)
     out = console()
     progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))
     started = time.monotonic()
@@ -150,11 +155,13 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
 @JSON_OPT
 def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path | None,
              chart: Path | None, as_json: bool) -> None:
-    """Cold-start and monthly update bytes and time for a fleet: flat vs planned, with the floor."""
+    """Cold-start and monthly update bytes and time for a fleet: flat vs planned, with the floor.
+    STACK may also be a folder written by `layerwise import --refactor-to`."""
     from .cost import FLAT, PLANNED, TREE, simulate_group
+    from .family import load_family
     from .fleet import load_fleet
 
-    loaded = load_stack(stack)
+    loaded = load_family(stack)
     the_plan, state = _plan_as_known(loaded)
     fleet = load_fleet(fleet_path, the_plan)
     plans = {"flat": (the_plan, FLAT), "planned": (the_plan, PLANNED)}
@@ -390,7 +397,8 @@ def bench() -> None:
 def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates: bool,
                        output: Path | None, as_json: bool) -> None:
     """Real pulls on a Docker Engine host and a containerd host: cold vs warm, layered vs flat,
-    and after an update of each category; measured bytes beside the cost model's prediction."""
+    and after an update of each category; measured bytes beside the cost model's prediction.
+    STACK may also be a folder written by `layerwise import --refactor-to` (flat = its originals)."""
     from .units import parse_bandwidth
     try:
         bps = parse_bandwidth(bandwidth)
@@ -405,10 +413,11 @@ def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates:
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
                    quiet: bool = False):
     from .bench import bench_pull
+    from .family import load_family
 
     out = console()
     say = (lambda line: None) if quiet else (lambda line: out.print(line, highlight=False, markup=False))
-    loaded = load_stack(stack)
+    loaded = load_family(stack)
     report = bench_pull(loaded.path, bps, kinds, updates=updates, say=say)
     folder = output or loaded.root / "bench-pull"
     folder.mkdir(parents=True, exist_ok=True)

@@ -232,10 +232,23 @@ def _step(ins: Instruction, args: dict, context: Path | None, ignore, stages: li
         text = "ARG " + " ".join(n if d is None else f"{n}={d}" for n, d in pairs)
     digest, sources, size, source = None, (), None, "unknown"
     copy_from = next((f.split("=", 1)[1] for f in ins.flags if f.startswith("--from=")), None)
+    mounts = _mount_sources(ins)
     if copy_from is not None:
         stage = _stage_named(copy_from, stages)
         # A copy from another stage is what that stage made: identify it by that stage's chain.
         digest = "stage:" + _chain_digest(stages, stage) if stage else "image:" + copy_from
+    elif mounts and any(f for f, _ in mounts):
+        # A RUN reading another stage (or image) through --mount=…,from= is identified by what it reads.
+        found = [(_stage_named(f, stages), f) for f, _ in mounts if f]
+        parts = ["stage:" + _chain_digest(stages, st) if st else "image:" + f for st, f in found]
+        digest = parts[0] if len(parts) == 1 else (
+            ("stage:" if any(st for st, _ in found) else "image:") + sha256_text(*parts))
+    elif mounts and context is not None:
+        # A bind mount of the build context reads those files, as a COPY would.
+        rels = contexts.resolve_sources(context, [src for _, src in mounts], file=str(path), line=ins.line,
+                                        root_name="the build context")
+        files = contexts.digest_files(context.resolve(), rels, ignore)
+        digest, sources = files.digest, tuple(rels)
     elif ins.keyword in ("COPY", "ADD") and not ins.copy_sources:
         digest = "url:" + sha256_text(text)   # only URLs: the text says it all
     elif ins.copy_sources and context is not None:
@@ -247,6 +260,47 @@ def _step(ins: Instruction, args: dict, context: Path | None, ignore, stages: li
         size, source = 0, "empty"
     return Step(instruction=text, category=raw_category(ins), context_digest=digest, sources=sources,
                 size=size, size_source=source)
+
+
+_FROM_FLAG = re.compile(r"(?<![\w-])(--from=|from=)([^,\s]+)")
+
+
+def _flag_part(text: str) -> tuple[str, str]:
+    """An instruction's text split after its flags (`RUN --mount=… ` | `echo hi`)."""
+    ins = parse_instructions(text)[0]
+    head = " ".join([ins.keyword, *ins.flags])
+    return (head, text[len(head):]) if ins.flags and text.startswith(head) else ("", text)
+
+
+def stage_references(text: str) -> list[str]:
+    """What an instruction's `--from=` / `--mount=…,from=` flags name (a stage or an image)."""
+    head, _ = _flag_part(text)
+    return [m.group(2) for m in _FROM_FLAG.finditer(head)]
+
+
+def renumber_stages(text: str, new_index: dict[int, int]) -> str:
+    """The instruction with stage numbers in its from= flags changed to the kept stages' numbers."""
+    head, rest = _flag_part(text)
+    def one(m: re.Match) -> str:
+        ref = m.group(2)
+        return m.group(1) + (str(new_index.get(int(ref), ref)) if ref.isdigit() else ref)
+    return _FROM_FLAG.sub(one, head) + rest
+
+
+def _mount_sources(ins: Instruction) -> list[tuple[str | None, str]]:
+    """The bind (and cache) mounts of a RUN that read something: (from= stage or image or None for
+    the build context, source path). Cache mounts without from= and other types read nothing."""
+    out = []
+    for flag in ins.flags if ins.keyword == "RUN" else ():
+        if not flag.startswith("--mount="):
+            continue
+        opts = dict(part.partition("=")[::2] for part in flag[len("--mount="):].split(","))
+        kind, source = opts.get("type", "bind"), opts.get("source") or opts.get("src") or "."
+        if opts.get("from"):
+            out.append((opts["from"], source))
+        elif kind == "bind":
+            out.append((None, source))
+    return out
 
 
 def _stage_named(ref: str, stages: list[Stage]) -> Stage | None:
@@ -327,7 +381,31 @@ class Refactored:
 
     @property
     def bases(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.stage_bases.values()))
+        return tuple(dict.fromkeys(self.stage_bases[i] for i in self.kept_stages() if i in self.stage_bases))
+
+    def steps(self, index: int) -> tuple[Step, ...]:
+        """What stage `index` runs once refactored: after its base, or all its own steps."""
+        return self.remaining[index] if index in self.stage_bases else self.source.stages[index].steps
+
+    def kept_stages(self) -> list[int]:
+        """The stages the final stage still needs once refactored (through FROM <stage>,
+        COPY --from=<stage>, RUN --mount=…,from=<stage>), in order; a stage whose only user now
+        starts FROM a base is dropped: the legacy builder would build it for nothing."""
+        stages = self.source.stages
+        needed, todo = set(), [len(stages) - 1]
+        while todo:
+            i = todo.pop()
+            if i in needed:
+                continue
+            needed.add(i)
+            if i not in self.stage_bases and stages[i].parent is not None:
+                todo.append(stages[i].parent)
+            for step in self.steps(i):
+                for ref in stage_references(step.instruction):
+                    used = _stage_named(ref, list(stages[:i]))
+                    if used is not None:
+                        todo.append(used.index)
+        return sorted(needed)
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,15 @@
 The folder holds per extracted base `bases/<name>/Dockerfile` and, beside it, `context/` with the
 files its COPYs read (apart, so a copied file named Dockerfile cannot clash with it); one
 rewritten Dockerfile per app under `apps/` (built with the app's original context); and
-`import.json`, which says what to build in which order: `layerwise verify` reads it.
+`import.json`, which says what to build in which order: `layerwise verify` and `layerwise build`
+read it; and `docker-bake.hcl`, the same family for `docker buildx bake`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -19,11 +21,11 @@ from . import contexts
 from .dockerfiles import parse_instructions, render_dockerfile
 from .errors import UserError
 from .generate import replace_folder
-from .importer import CATEGORY_ORDER, BaseImage, Dockerfile, Family, Refactored, categorize
+from .importer import CATEGORY_ORDER, BaseImage, Dockerfile, Family, Refactored, categorize, renumber_stages
 from .importfile import IMPORT_FILE, ImportedApp, ImportedBase, ImportSet, is_import_output
 
-_OWNERS = {"tools": ("platform", 0.5), "library": ("platform", 2), "code": ("app-team", 20),
-           "config": ("app-team", 10)}
+CATEGORY_OWNERS = {"tools": ("platform", 0.5), "library": ("platform", 2), "code": ("app-team", 20),
+                   "config": ("app-team", 10)}
 
 
 # ----------------------------------------------------------------------------- refactored folder
@@ -43,20 +45,22 @@ def base_dockerfile(base: BaseImage) -> str:
 
 
 def app_dockerfile(item: Refactored, family: Family) -> str:
-    """The original Dockerfile with each stage that begins with a base's steps starting FROM it."""
+    """The original Dockerfile with each stage that begins with a base's steps starting FROM it,
+    and without the stages nothing uses any more (stage numbers in from= flags follow)."""
     doc = item.source
     lines = [f"# {doc.name}: rewritten by layerwise import from {doc.path}"]
     lines += list(doc.global_args)
-    for i, stage in enumerate(doc.stages):
+    kept = item.kept_stages()
+    new_index = {old: new for new, old in enumerate(kept)}
+    for i in kept:
+        stage = doc.stages[i]
         lines.append("")
         if i in item.stage_bases:
             ref = family.base(item.stage_bases[i]).ref
             lines.append(f"FROM {ref}" + (f" AS {stage.name}" if stage.name else ""))
-            steps = item.remaining[i]
         else:
             lines.append(stage.from_text)
-            steps = stage.steps
-        lines += [s.instruction for s in steps]
+        lines += [renumber_stages(s.instruction, new_index) for s in item.steps(i)]
     return "\n".join(lines) + "\n"
 
 
@@ -72,7 +76,50 @@ def import_set(family: Family, root: Path) -> ImportSet:
     return ImportSet(root, bases, apps, family.registry, family.project)
 
 
-def _fill(family: Family, root: Path) -> None:
+def bake_target(name: str) -> str:
+    """A bake target name (letters, digits, '_' and '-') for a base or an app."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+
+
+def bake_file(family: Family, out: Path) -> str:
+    """`docker buildx bake` for the family, run from the folder: a target per base and per app;
+    `contexts` point each `FROM <base ref>` at the base's target, so bake builds bases first and
+    apps on them. Apps build with their original context and their Dockerfile here (absolute paths,
+    as import.json says them)."""
+    def target(base_name: str) -> str:
+        return "base_" + bake_target(base_name.split("/", 1)[-1])
+
+    def hcl_map(items: dict[str, str]) -> str:
+        return "{\n" + "".join(f"    {json.dumps(k)} = {json.dumps(v)}\n" for k, v in items.items()) + "  }"
+
+    targets: list[tuple[str, dict[str, str], dict[str, str]]] = []   # (name, settings, contexts)
+    for b in family.bases:
+        uses = {family.base(b.parent).ref: "target:" + target(b.parent)} if b.parent else {}
+        targets.append((target(b.name), {"context": base_context(b), "dockerfile": "../Dockerfile", "tag": b.ref},
+                        uses))
+    for r in family.refactored:
+        dockerfile = out / "apps" / r.source.name / "Dockerfile"
+        context = r.source.context.resolve() if r.source.context else dockerfile.parent
+        uses = {family.base(n).ref: "target:" + target(n) for n in r.bases}
+        targets.append(("app_" + bake_target(r.source.name),
+                        {"context": str(context), "dockerfile": str(dockerfile),
+                         "tag": f"{family.registry}/{family.project}/{r.source.name}:latest"}, uses))
+    lines = ["# written by layerwise import: run `docker buildx bake` in this folder",
+             'group "default" {',
+             "  targets = [" + ", ".join(json.dumps(t) for t, _, _ in targets) + "]",
+             "}"]
+    for name, settings, uses in targets:
+        lines += ["", f"target {json.dumps(name)} {{",
+                  f"  context    = {json.dumps(settings['context'])}",
+                  f"  dockerfile = {json.dumps(settings['dockerfile'])}",
+                  f"  tags       = [{json.dumps(settings['tag'])}]"]
+        if uses:
+            lines.append(f"  contexts   = {hcl_map(uses)}")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _fill(family: Family, root: Path, out: Path) -> None:
     for base in family.bases:
         folder = root / base_folder(base)
         (root / base_context(base)).mkdir(parents=True)
@@ -86,13 +133,14 @@ def _fill(family: Family, root: Path) -> None:
         folder = root / "apps" / item.source.name
         folder.mkdir(parents=True)
         (folder / "Dockerfile").write_text(app_dockerfile(item, family))
+    (root / "docker-bake.hcl").write_text(bake_file(family, out))
     (root / IMPORT_FILE).write_text(import_set(family, root).to_json())
 
 
 def write_refactored(family: Family, out: Path, *, force: bool = False) -> Path:
     """Write the refactored folder atomically (beside, then renamed into place)."""
-    return replace_folder(out, lambda tmp: _fill(family, tmp), force=force, is_ours=is_import_output,
-                          marker=IMPORT_FILE)
+    return replace_folder(out, lambda tmp: _fill(family, tmp, out.resolve()), force=force,
+                          is_ours=is_import_output, marker=IMPORT_FILE)
 
 
 # ----------------------------------------------------------------------------- stack file
@@ -147,7 +195,7 @@ def stack_text(family: Family, stack_path: Path, base: str | None = None) -> tup
             app.setdefault(step.category, []).append(text)
             used.add(step.category)
         apps[name] = app
-    categories = [{"name": c, "owner": _OWNERS[c][0], "changes_per_month": _OWNERS[c][1]}
+    categories = [{"name": c, "owner": CATEGORY_OWNERS[c][0], "changes_per_month": CATEGORY_OWNERS[c][1]}
                   for c in CATEGORY_ORDER if c in used]
     doc = {"registry": family.registry, "project": family.project, "base": chosen,
            "categories": categories, "apps": apps}
