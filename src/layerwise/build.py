@@ -19,13 +19,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import BuildFailed, Engine
+from .engine import BuildFailed, BuildOptions, ChosenBuilder, Engine, check_dockerfile, choose_builder
 from .errors import UserError
-from .dockerfiles import unbuildable_reason
+from .policy import RegistryPolicy
 from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, dockerfile_text, write_tree
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
-from .registry import DOCKER_MANIFEST, Manifest, Registry, is_loopback, split_reference
+from .reference import Reference
+from .registry import DOCKER_MANIFEST, Manifest, Registry
 from .spec import Stack
 from .planner import build_plan
 from .state import ImageRecord, LayerRecord, State, load_state
@@ -69,12 +70,16 @@ def _why_changed(plan: Plan, img: ImageNode, before: ImageRecord | None) -> str:
     return "; ".join(reasons) or "fingerprint changed"
 
 
-def check_buildable(plan: Plan, stack: Stack) -> None:
-    """Refuse, before anything reaches the daemon, Dockerfiles the legacy builder must not get."""
+def check_buildable(plan: Plan, stack: Stack, policy: RegistryPolicy | None = None,
+                    chosen: ChosenBuilder | None = None) -> None:
+    """Refuse, before anything reaches the daemon, what the chosen builder (default: legacy) cannot
+    build and any image the registry policy does not allow: the OS base, and whatever each
+    Dockerfile reads (FROM, --from images, a `# syntax=` frontend)."""
+    policy = policy or RegistryPolicy()
+    policy.check(stack.base, "base:", stack.path)
     for img in plan.images:
-        reason = unbuildable_reason(dockerfile_text(img, stack))
-        if reason:
-            raise UserError(f"cannot build {img.key}: {reason}; rewrite that step", stack.path)
+        check_dockerfile(dockerfile_text(img, stack), img.key, stack.path, chosen or ChosenBuilder("legacy"),
+                         policy)
 
 
 def select(plan: Plan, only: list[str] | None) -> set[str]:
@@ -108,39 +113,46 @@ def decide(plan: Plan, present: set[str], state: State, selected: set[str]) -> l
 
 # ----------------------------------------------------------------------------- execution
 
-def connect(stack: Stack, push: bool) -> tuple[Engine, Registry | None]:
+def connect(stack: Stack, push: bool, policy: RegistryPolicy | None = None) -> tuple[Engine, Registry | None]:
     """The engine, and with --push the stack's registry; a clear error when either is down."""
-    engine = Engine()
+    policy = policy or RegistryPolicy.resolve(stack=stack)
     registry = None
     if push:
-        host, _, _ = split_reference(stack.registry + "/x")
+        host = registry_host(stack)
+        policy.check(f"{host}/x", "registry:", stack.path)
         registry = Registry(host)
         registry.ping()
-    return engine, registry
+    return Engine(policy=policy), registry
+
+
+def registry_host(stack: Stack) -> str:
+    """The host of the stack's `registry:` (which may carry a path prefix)."""
+    return Reference.parse(stack.registry + "/x").registry
 
 
 def resolve_base(engine: Engine, stack: Stack) -> str:
-    """The digest of the OS base, from the loopback registry or the local engine.
+    """The digest of the OS base, from its registry (wherever it is), else the local engine.
 
     It goes into the fingerprints, so a new OS image under the same tag rebuilds the family.
     """
-    host, name, ref = split_reference(stack.base)
-    if ref.startswith("sha256:"):
-        return ref
-    if is_loopback(host):
-        with Registry(host) as reg:
-            try:
-                digest = reg.manifest_digest(name, ref)
-            except UserError:
-                digest = None
-            if digest:
-                return digest
+    base = Reference.parse(stack.base)
+    if base.digest:
+        return base.digest
+    asked = ""
+    try:
+        with Registry(base.registry) as reg:
+            digest = reg.manifest_digest(base.repository, base.reference)
+        if digest:
+            return digest
+        asked = f"{base.registry} does not have it"
+    except UserError as e:
+        asked = str(e)
     local = engine.inspect(stack.base)
     if local is None:
-        raise UserError(f"base image {stack.base} is neither in the local engine nor on the loopback "
-                        "registry; make it (sudo scripts/services start) or change 'base:'", stack.path)
-    repo = f"{host}/{name}"
-    return next((rd.split("@")[1] for rd in local.repo_digests if rd.split("@")[0] == repo), local.id)
+        raise UserError(f"base image {stack.base} is not in the local engine, and {asked}; push it there, "
+                        "or change 'base:'", stack.path)
+    return next((rd.split("@")[1] for rd in local.repo_digests
+                 if Reference.parse(rd).name == base.name), local.id)
 
 
 @dataclass
@@ -153,6 +165,7 @@ class Result:
     new_bytes: int = 0            # compressed bytes of the image's own layers, pushed
     error: str | None = None
     log_tail: list[str] = field(default_factory=list)
+    builder: str = ""             # which builder built it (BuildKit via which CLI, or legacy)
 
 
 Progress = Callable[[str, str, dict], None]   # (image key, phase, event)
@@ -160,9 +173,11 @@ Progress = Callable[[str, str, dict], None]   # (image key, phase, event)
 
 class Builder:
     def __init__(self, stack: Stack, plan: Plan, state: State, engine: Engine, registry: Registry | None,
-                 *, parallel: int = 2, no_cache: bool = False, progress: Progress | None = None):
+                 *, parallel: int = 2, no_cache: bool = False, progress: Progress | None = None,
+                 options: BuildOptions | None = None):
         self.stack, self.plan, self.state = stack, plan, state
         self.engine, self.registry = engine, registry
+        self.options = options or BuildOptions()
         self.push = registry is not None
         self.no_cache = no_cache
         self.parallel = max(1, parallel)
@@ -187,10 +202,10 @@ class Builder:
         return found
 
     def ensure_base_local(self) -> None:
-        """Root images build FROM the OS base: pull it from the loopback registry if missing."""
+        """Root images build FROM the OS base: pull it from its registry if the engine lacks it."""
         if self.engine.inspect(self.plan.base) is None:
-            host, name, ref = split_reference(self.plan.base)
-            self.engine.pull(f"{host}/{name}", ref)
+            base = Reference.parse(self.plan.base)
+            self.engine.pull(base.name, base.reference)
 
     # -- doing it
     def run(self, decisions: list[Decision]) -> list[Result]:
@@ -258,14 +273,18 @@ class Builder:
         labels = {FINGERPRINT_LABEL: img.fingerprint, BASE_NAME_LABEL: img.base,
                   BASE_DIGEST_LABEL: parent_digest}
         fp_ref = f"{img.repository}:{img.fingerprint_tag}"
+        chosen = self.engine.builder(self.options)
+        _, network_note = self.engine.network(self.options)
         try:
-            self.progress(key, "build", {"status": reason})
+            note = "".join(f"; {n}" for n in (chosen.note, network_note) if n)
+            self.progress(key, "build", {"status": f"{reason} (with {chosen.name}{note})"})
             image_id = self.engine.build(workdir / img.key, fp_ref, labels,
-                                         lambda e: self.progress(key, "build", e), nocache=self.no_cache)
+                                         lambda e: self.progress(key, "build", e), nocache=self.no_cache,
+                                         options=self.options)
         except BuildFailed as e:
             self.progress(key, "failed", {"error": str(e)})
             return Result(key, "failed", reason, time.monotonic() - started, error=str(e),
-                          log_tail=e.log[-15:])
+                          log_tail=e.log[-15:], builder=chosen.name)
         self.engine.tag(image_id, img.repository, img.tag)
         digest, new_bytes = image_id, 0
         if self.push:
@@ -280,7 +299,8 @@ class Builder:
         with self._lock:
             self._digests[key] = digest
         self.progress(key, "done", {"status": "built"})
-        return Result(key, "built", reason, time.monotonic() - started, digest=digest, new_bytes=new_bytes)
+        return Result(key, "built", reason, time.monotonic() - started, digest=digest, new_bytes=new_bytes,
+                      builder=chosen.name)
 
     def _lower(self, img: ImageNode) -> tuple[str, Manifest, list[str]]:
         """Where the image's lower layers live in the registry: repository, manifest, diff_ids."""
@@ -288,10 +308,13 @@ class Builder:
             parent = self.plan.image(img.parent)
             name, ref = _name(parent.repository), parent.fingerprint_tag
         else:
-            host, name, ref = split_reference(self.plan.base)
-            if host != self.registry.host:
+            base = Reference.parse(self.plan.base)
+            name, ref = base.repository, base.reference
+            if base.registry != self.registry.host:
                 raise UserError(f"base {self.plan.base} must be on {self.registry.host} to push images "
-                                "built on it; push it there or change 'base:'", self.stack.path)
+                                f"built on it (layerwise links its layers, it does not copy them); push it "
+                                f"there (docker pull, docker tag, docker push) and change 'base:'",
+                                self.stack.path)
         manifest = self.registry.manifest(name, ref)
         diff_ids = self.registry.config(name, manifest).get("rootfs", {}).get("diff_ids", [])
         return name, manifest, diff_ids
@@ -357,17 +380,21 @@ class Builder:
 
 
 def build_family(stack: Stack, *, push: bool, parallel: int = 2, only: list[str] | None = None,
-                 no_cache: bool = False, progress: Progress | None = None,
-                 dry_run: bool = False) -> tuple[Plan, list[Decision], list[Result]]:
+                 no_cache: bool = False, progress: Progress | None = None, dry_run: bool = False,
+                 options: BuildOptions | None = None, policy: RegistryPolicy | None = None,
+                 ) -> tuple[Plan, list[Decision], list[Result]]:
     """Plan, decide and (unless dry_run) build the family; the state file is updated."""
-    check_buildable(build_plan(stack), stack)          # before anything reaches the daemon
+    policy = policy or RegistryPolicy.resolve(stack=stack)
+    options = options or BuildOptions()
+    check_buildable(build_plan(stack), stack, policy, choose_builder(options.builder))   # before the daemon
     state = load_state(stack.path)
-    engine, registry = connect(stack, push)
+    engine, registry = connect(stack, push, policy)
+    engine.options = options
     try:
         state.base_digest = resolve_base(engine, stack)
         plan = build_plan(stack, state.base_digest)
         builder = Builder(stack, plan, state, engine, registry, parallel=parallel, no_cache=no_cache,
-                          progress=progress)
+                          progress=progress, options=options)
         decisions = decide(plan, builder.present(), state, select(plan, only))
         results = [] if dry_run else builder.run(decisions)
     finally:
@@ -400,7 +427,8 @@ def normalized_own_layers(engine: Engine, image_id: str, lower_diff_ids: list[st
 
 
 def _name(repository: str) -> str:
-    return repository.split("/", 1)[1]
+    """The repository path of a plan image's repository (its registry host dropped)."""
+    return Reference.parse(repository).repository
 
 
 def _own_layers(img: ImageNode, manifest, config: dict) -> list[LayerRecord]:
