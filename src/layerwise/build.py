@@ -26,7 +26,8 @@ from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, dockerfile_text, write
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
 from .reference import Reference
-from .registry import DOCKER_MANIFEST, Manifest, Registry
+from .images import select_platform
+from .registry import DOCKER_MANIFEST, Manifest, Registry, check_digest
 from .spec import Stack
 from .planner import build_plan
 from .state import ImageRecord, LayerRecord, State, load_state
@@ -178,6 +179,7 @@ class Builder:
         self.stack, self.plan, self.state = stack, plan, state
         self.engine, self.registry = engine, registry
         self.options = options or BuildOptions()
+        self._sources: dict[str, Registry] = {}    # registries of a foreign OS base, by host
         self.push = registry is not None
         self.no_cache = no_cache
         self.parallel = max(1, parallel)
@@ -302,28 +304,38 @@ class Builder:
         return Result(key, "built", reason, time.monotonic() - started, digest=digest, new_bytes=new_bytes,
                       builder=chosen.name)
 
-    def _lower(self, img: ImageNode) -> tuple[str, Manifest, list[str]]:
-        """Where the image's lower layers live in the registry: repository, manifest, diff_ids."""
+    def _lower(self, img: ImageNode) -> tuple[Registry, str, Manifest, list[str]]:
+        """Where the image's lower layers live: registry, repository, manifest, diff_ids. A root
+        image's are the OS base's, on whatever registry it lives (an index: the linux/amd64 image)."""
         if img.parent:
             parent = self.plan.image(img.parent)
-            name, ref = _name(parent.repository), parent.fingerprint_tag
+            source, name, ref = self.registry, _name(parent.repository), parent.fingerprint_tag
         else:
             base = Reference.parse(self.plan.base)
             name, ref = base.repository, base.reference
-            if base.registry != self.registry.host:
-                raise UserError(f"base {self.plan.base} must be on {self.registry.host} to push images "
-                                f"built on it (layerwise links its layers, it does not copy them); push it "
-                                f"there (docker pull, docker tag, docker push) and change 'base:'",
-                                self.stack.path)
-        manifest = self.registry.manifest(name, ref)
-        diff_ids = self.registry.config(name, manifest).get("rootfs", {}).get("diff_ids", [])
-        return name, manifest, diff_ids
+            source = self.registry if base.registry == self.registry.host else self._foreign(base.registry)
+        manifest = source.manifest(name, ref)
+        if manifest.is_index:
+            descriptor = select_platform(manifest.manifests, None, f"base image {self.plan.base}")
+            manifest = source.manifest(name, check_digest(descriptor.get("digest"), f"the index of {self.plan.base}"))
+        diff_ids = source.config(name, manifest).get("rootfs", {}).get("diff_ids", [])
+        return source, name, manifest, diff_ids
+
+    def _foreign(self, host: str) -> Registry:
+        with self._lock:
+            if host not in self._sources:
+                self._sources[host] = Registry(host)
+            return self._sources[host]
+
+    def close(self) -> None:
+        for registry in self._sources.values():
+            registry.close()
 
     def _push_reproducible(self, img: ImageNode, image_id: str) -> int:
         """Push the built image with its own layers normalized (mtimes clamped, config times fixed),
         by digest under the fingerprint tag. Returns the compressed bytes uploaded."""
         name = _name(img.repository)
-        lower_name, lower, lower_diff_ids = self._lower(img)
+        source, lower_name, lower, lower_diff_ids = self._lower(img)
         self.progress(img.key, "push", {"status": "normalizing layers"})
         uploaded = 0
         with tempfile.TemporaryDirectory(prefix="layerwise-save-") as tmp:
@@ -332,10 +344,13 @@ class Builder:
                 raise UserError(f"{img.key} was not built on the registry's {lower_name}: the local "
                                 "parent differs; run the build again")
             for layer in lower.layers:
-                if not self.registry.has_blob(name, layer.digest) and \
-                        not self.registry.mount_blob(name, layer.digest, lower_name):
-                    raise UserError(f"registry {self.registry.host} could not link {layer.digest} "
-                                    f"from {lower_name} into {name}")
+                if self.registry.has_blob(name, layer.digest):
+                    continue
+                if source is self.registry and self.registry.mount_blob(name, layer.digest, lower_name):
+                    continue
+                # Not linkable (another registry, or a registry without cross-repository mounts): copy it.
+                with source.open_blob(lower_name, layer.digest, size=layer.size) as blob:
+                    self.registry.upload_blob(name, layer.digest, blob, layer.size)
             for layer, blob in own:
                 if not self.registry.has_blob(name, layer.digest):
                     with open(blob, "rb") as f:
@@ -396,7 +411,10 @@ def build_family(stack: Stack, *, push: bool, parallel: int = 2, only: list[str]
         builder = Builder(stack, plan, state, engine, registry, parallel=parallel, no_cache=no_cache,
                           progress=progress, options=options)
         decisions = decide(plan, builder.present(), state, select(plan, only))
-        results = [] if dry_run else builder.run(decisions)
+        try:
+            results = [] if dry_run else builder.run(decisions)
+        finally:
+            builder.close()
     finally:
         if registry:
             registry.close()
