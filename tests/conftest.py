@@ -23,7 +23,7 @@ CORPORA = ROOT.parent / "shared" / "corpora"
 
 # The suite's registry policy: images only from the loopback registry and the TLS test registry
 # (reached as registry.test, an /etc/hosts alias of 127.0.0.1). Child `layerwise` processes inherit it.
-LOOPBACK_POLICY = "localhost:5000,127.0.0.1:5000,registry.test:*"
+LOOPBACK_POLICY = "localhost:*,127.0.0.1:*,registry.test:*"
 os.environ.setdefault("LAYERWISE_ALLOWED_REGISTRIES", LOOPBACK_POLICY)
 
 

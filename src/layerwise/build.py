@@ -77,6 +77,7 @@ def check_buildable(plan: Plan, stack: Stack, policy: RegistryPolicy | None = No
     build and any image the registry policy does not allow: the OS base, and whatever each
     Dockerfile reads (FROM, --from images, a `# syntax=` frontend)."""
     policy = policy or RegistryPolicy()
+    policy.check(f"{registry_host(stack)}/{stack.project}", "registry:", stack.path)   # its own images come from there
     policy.check(stack.base, "base:", stack.path)
     for img in plan.images:
         check_dockerfile(dockerfile_text(img, stack), img.key, stack.path, chosen or ChosenBuilder("legacy"),
