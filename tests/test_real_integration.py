@@ -179,3 +179,34 @@ def test_policy_refuses_a_syntax_frontend_before_the_engine_is_asked(services, t
     for reason in reasons:
         assert "docker/dockerfile:1" in reason and "registry policy does not allow" in reason
         assert "--allow-registry" in reason and "proxyconnect" not in reason
+
+
+@needs_buildkit
+def test_buildkit_builds_what_the_legacy_builder_cannot(services, tmp_path, namespace):
+    """RUN --mount=type=bind,from=STAGE and type=cache, and COPY --chmod: BuildKit builds them. (A
+    heredoc the legacy builder would misread is refused before the engine is asked.)"""
+    from layerwise.engine import BuildOptions, Engine
+    from layerwise.errors import UserError
+
+    (tmp_path / "tool.sh").write_text("echo tool\n")
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {BUSYBOX} AS tools\nRUN mkdir -p /t && echo from-stage > /t/marker\n"
+        f"FROM {BUSYBOX}\n"
+        "RUN --mount=type=bind,from=tools,source=/t,target=/mnt/t --mount=type=cache,target=/var/cache/x "
+        "cp /mnt/t/marker /marker && echo cached > /var/cache/x/c\n"
+        "COPY --chmod=0755 tool.sh /usr/local/bin/tool.sh\n")
+    engine = Engine(options=BuildOptions(builder="buildkit"))
+    try:
+        tag = f"{services}/{namespace}/mounts:1"
+        image_id = engine.build(tmp_path, tag, {})
+        out = engine.run(image_id, ["sh", "-c", "cat /marker; stat -c %a /usr/local/bin/tool.sh; "
+                                                "ls /var/cache/x 2>/dev/null | wc -l"])
+        assert out.split() == ["from-stage", "755", "0"]     # the cache mount is not in the image
+        heredoc = tmp_path / "heredoc" / "Dockerfile"
+        heredoc.parent.mkdir()
+        heredoc.write_text(f"FROM {BUSYBOX}\nRUN <<EOF\necho heredoc > /heredoc\nEOF\n")
+        with pytest.raises(UserError, match="legacy builder: line .* heredoc"):
+            engine.build(heredoc.parent, tag, {}, options=BuildOptions(builder="legacy"))
+        engine.remove(tag)
+    finally:
+        engine.close()
