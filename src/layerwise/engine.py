@@ -8,6 +8,7 @@ speaks only the legacy builder); `auto` picks BuildKit where the installed Docke
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -87,6 +88,7 @@ def _quiet(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProce
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def find_buildkit() -> ChosenBuilder | None:
     """The first docker CLI that offers BuildKit, by what it can do, not by PATH order: the buildx
     plugin, else BuildKit built into the CLI (its build command then has --secret)."""
