@@ -26,7 +26,6 @@ import requests.exceptions
 from .dockerfiles import unbuildable_reason
 from .errors import ServiceDown, UserError
 from .policy import RegistryPolicy
-from .reference import Reference
 
 Event = Callable[[dict], None]
 
