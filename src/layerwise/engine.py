@@ -207,8 +207,7 @@ class Engine:
                     self._has_bridge = True
         if self._has_bridge:
             return "default", ""
-        return "none", ("the Docker Engine has no default bridge network (dockerd --bridge=none), so RUN "
-                        "steps get none; --network host gives them the host's")
+        return "none", "network none: the engine has no bridge (dockerd --bridge=none); --network host gives one"
 
     def check_dockerfile(self, text: str, tag: str, source: Path,
                          options: BuildOptions | None = None) -> ChosenBuilder:
