@@ -160,7 +160,7 @@ class Engine:
             self.client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise ServiceDown(f"the Docker Engine at {where} is not answering ({type(e).__name__}); "
-                            "start it with: sudo scripts/services start") from None
+                            "start it with: scripts/services start (as root)") from None
         self.api = self.client.api
 
     def close(self) -> None:

@@ -160,7 +160,7 @@ def _pull_failed(ref: str, kind: str, why: str) -> UserError:
     """A registry that does not answer is a ServiceDown; anything else (no such image...) a UserError."""
     if "connection refused" in why or "no such host" in why or "i/o timeout" in why:
         return ServiceDown(f"pull of {ref} on the bench {kind} host failed: the registry is not answering "
-                           f"({why}); start it: sudo scripts/services start")
+                           f"({why}); start it: scripts/services start (as root)")
     return UserError(f"pull of {ref} on the bench {kind} host failed: {why}")
 
 

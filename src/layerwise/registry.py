@@ -132,7 +132,8 @@ def uses_plain_http(host: str) -> bool:
 def tls_context(host: str) -> ssl.SSLContext:
     """The system's CA store, plus --ca-cert and Docker's certs.d file for this host."""
     context = ssl.create_default_context()
-    extra = [p for p in (_transport.ca_cert, CERTS_D / host / "ca.crt") if p]
+    from_env = os.environ.get("LAYERWISE_CA_CERT")       # --ca-cert's variable, for every command
+    extra = [p for p in (_transport.ca_cert, Path(from_env) if from_env else None, CERTS_D / host / "ca.crt") if p]
     for path in extra:
         if path.is_file():
             try:
