@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time a first build of the seed family and a no-op rebuild; bytes pushed; base share of the apps.
 
-    .venv/bin/python bench/build_seed.py [--model-mb N]
+    .venv/bin/python bench/build_seed.py [--builder auto|buildkit|legacy]
 
 Copies examples/seed (with its prepared model and wheels) under a registry namespace of its own,
 so nothing is skipped, builds with the engine's cache off, then builds again unchanged.
@@ -36,6 +36,10 @@ def build(stack: Path, *extra: str) -> tuple[float, dict]:
 
 
 def main() -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--builder", choices=["auto", "buildkit", "legacy"], default="auto")
+    builder = ["--builder", parser.parse_args().builder]
     ns = "bench" + uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="layerwise-bench-") as tmp:
         stack_dir = Path(tmp) / "seed"
@@ -46,8 +50,9 @@ def main() -> None:
             text = text.replace("{name: " + name, "{name: " + ns + "/" + name)
         stack.write_text(text)
 
-        first, doc = build(stack, "--no-cache")
-        again, doc2 = build(stack)
+        first, doc = build(stack, "--no-cache", *builder)
+        again, doc2 = build(stack, *builder)
+        print("built with " + ", ".join(sorted({i["builder"] for i in doc["images"] if i.get("builder")})))
         pushed = sum(i["new_bytes"] for i in doc["images"])
         print(f"first build, no cache: {first:.1f} s wall ({doc['seconds']} s in layerwise), "
               f"{doc['counts']['built']} images, {format_size(pushed)} of new layers pushed")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Which layers of a family are byte-reproducible: build every image twice without cache, compare.
 
-    .venv/bin/python bench/reproducibility.py [STACK]     (after `layerwise build STACK --push`)
+    .venv/bin/python bench/reproducibility.py [STACK] [--builder auto|buildkit|legacy]
+                                                          (after `layerwise build STACK --push`)
 
 Each image is built twice from the same generated context (fixed mtimes) on the same parent, with
 the build cache off. For each of its own layers it compares the diff_ids the legacy builder made,
@@ -12,13 +13,15 @@ fresh CI runner) although nothing changed. Uses the real engine; scratch tags ar
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from layerwise.build import normalized_own_layers
-from layerwise.engine import Engine
+from layerwise.engine import BuildOptions, Engine
+from layerwise.policy import RegistryPolicy
 from layerwise.generate import write_tree
 from layerwise.planner import build_plan
 from layerwise.spec import load_stack
@@ -27,11 +30,18 @@ from layerwise.units import format_size
 
 
 def main() -> None:
-    stack_path = Path(sys.argv[1] if len(sys.argv) > 1 else "examples/seed/layerwise.yaml")
-    stack = load_stack(stack_path)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("stack", nargs="?", default="examples/seed/layerwise.yaml")
+    parser.add_argument("--builder", choices=["auto", "buildkit", "legacy"], default="legacy")
+    args = parser.parse_args()
+    stack = load_stack(Path(args.stack))
     plan = build_plan(stack)
     measured = load_state(stack.path).measured_sizes()
-    engine = Engine()
+    # Loopback only: the bench never makes the engine reach beyond this machine.
+    engine = Engine(options=BuildOptions(builder=args.builder),
+                    policy=RegistryPolicy.resolve() if RegistryPolicy.resolve().registries else
+                    RegistryPolicy(("localhost:*", "127.0.0.1:*"), "bench/reproducibility.py"))
+    print(f"builder: {engine.builder().name}", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory(prefix="layerwise-repro-") as tmp:
         tmp = Path(tmp)

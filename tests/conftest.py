@@ -2,6 +2,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -18,6 +20,11 @@ from layerwise.mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed"
 CORPORA = ROOT.parent / "shared" / "corpora"
+
+# The suite's registry policy: images only from the loopback registry and the TLS test registry
+# (reached as registry.test, an /etc/hosts alias of 127.0.0.1). Child `layerwise` processes inherit it.
+LOOPBACK_POLICY = "localhost:*,127.0.0.1:*,registry.test:*"
+os.environ.setdefault("LAYERWISE_ALLOWED_REGISTRIES", LOOPBACK_POLICY)
 
 
 @pytest.fixture
@@ -253,3 +260,113 @@ def write_blob(root: Path, data: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return digest
+
+
+# -- a registry with TLS and basic auth, reached as registry.test (not loopback by name) -------------
+
+TEST_ALIAS = "registry.test"
+CERTS_D = Path("/etc/docker/certs.d")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TLSRegistry:
+    """The distribution registry on 127.0.0.1:PORT with TLS (a trustme CA) and htpasswd auth, named
+    registry.test:PORT so layerwise takes its HTTPS path. `docker_config(dir, password)` writes a
+    Docker config.json with credentials for it."""
+
+    user = "lw-user"
+    password = "lw-pass-" + "7f3e9a"
+
+    def __init__(self, root: Path):
+        import bcrypt
+        import trustme
+
+        self.root = root
+        self.port = free_port()
+        self.host = f"{TEST_ALIAS}:{self.port}"
+        ca = trustme.CA()
+        cert = ca.issue_cert(TEST_ALIAS)
+        self.ca_pem = root / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_pem))
+        cert.private_key_and_cert_chain_pem.write_to_path(str(root / "server.pem"))
+        cert.private_key_pem.write_to_path(str(root / "key.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+        hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=5)).decode()
+        (root / "htpasswd").write_text(f"{self.user}:{hashed}\n")
+        (root / "config.yml").write_text(textwrap.dedent(f"""\
+            version: 0.1
+            log: {{level: warn}}
+            storage:
+              filesystem: {{rootdirectory: {root / "data"}}}
+              delete: {{enabled: true}}
+            http:
+              addr: 127.0.0.1:{self.port}
+              tls: {{certificate: {root / "cert.pem"}, key: {root / "key.pem"}}}
+            auth:
+              htpasswd: {{realm: layerwise-test, path: {root / "htpasswd"}}}
+            """))
+        self.log = open(root / "registry.log", "wb")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self._engine_ca: Path | None = None
+        self._wait()
+
+    def _wait(self) -> None:
+        import time
+        for _ in range(100):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {(self.root / 'registry.log').read_text()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("docker-registry did not start")
+
+    def docker_config(self, folder: Path, password: str | None = None) -> Path:
+        import base64
+        folder.mkdir(parents=True, exist_ok=True)
+        auth = base64.b64encode(f"{self.user}:{password or self.password}".encode()).decode()
+        (folder / "config.json").write_text(json.dumps({"auths": {self.host: {"auth": auth}}}))
+        return folder
+
+    def trust_in_engine(self) -> None:
+        """Let the Docker Engine pull from it: its CA under /etc/docker/certs.d/HOST:PORT/ (removed
+        by stop())."""
+        folder = CERTS_D / self.host
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ca.crt").write_bytes(self.ca_pem.read_bytes())
+        self._engine_ca = folder
+
+    def stop(self) -> None:
+        import shutil
+        if self._engine_ca:
+            shutil.rmtree(self._engine_ca, ignore_errors=True)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def tls_registry(tmp_path):
+    import shutil
+    if not shutil.which("docker-registry"):
+        pytest.skip("the docker-registry binary is not installed (scripts/setup installs it)")
+    try:
+        socket.gethostbyname(TEST_ALIAS)
+    except OSError:
+        pytest.skip(f"{TEST_ALIAS} does not resolve; scripts/services start adds it to /etc/hosts")
+    folder = tmp_path / "tls-registry"
+    folder.mkdir()
+    registry = TLSRegistry(folder)
+    yield registry
+    registry.stop()

@@ -120,7 +120,8 @@ def test_missing_base_is_a_clear_error_before_any_build(services, namespace, wri
                                              code2="RUN echo two > /app"))
     result = run_cli("build", str(stack), "--push")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "base image localhost:5000/os/nothere:1 is neither" in result.stderr
+    assert ("base image localhost:5000/os/nothere:1 is not in the local engine, and localhost:5000 does "
+            "not have it") in result.stderr
     with Registry(REGISTRY) as reg:
         assert reg.manifest_digest(f"{namespace}/app1", "latest") is None
 

@@ -118,3 +118,30 @@ def test_registry_down_is_one_clear_error(services, write_stack):
     result = run_cli("build", str(path), "--push")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "registry localhost:5999 is not answering" in result.stderr
+
+
+# -- the registry policy, before the engine is asked ---------------------------------------------------
+
+def test_policy_refuses_off_list_images_before_the_engine_is_asked(write_stack):
+    """No engine answers at DOCKER_HOST: the refusal must come first, naming image and policy."""
+    from conftest import run_cli
+    nowhere = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "LAYERWISE_ALLOWED_REGISTRIES": ""}
+    hub_base = write_stack(STACK.replace("base: localhost:5000/os/busybox:latest", "base: python:3.12"))
+    path = hub_base
+    r = run_cli("build", str(path), "--allow-registry", "localhost:5000", env=nowhere)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "python:3.12" in r.stderr and "docker.io" in r.stderr and "--allow-registry" in r.stderr
+
+    r = run_cli("build", str(path), env={**nowhere, "LAYERWISE_ALLOWED_REGISTRIES": "localhost:5000"})
+    assert r.returncode == 2 and "$LAYERWISE_ALLOWED_REGISTRIES" in r.stderr
+
+    with_policy = STACK.replace("registry: localhost:5000", "policy: {registries: [localhost:5000]}\n"
+                                "registry: localhost:5000")
+    path = write_stack(with_policy.replace("code: RUN echo a}", "code: COPY --from=quay.io/o/t:1 /t /t}"))
+    r = run_cli("build", str(path), env=nowhere)
+    assert r.returncode == 2 and "quay.io/o/t:1" in r.stderr and f"{path}:1" in r.stderr, r.stderr
+
+    # Unset means any registry: then it is the missing engine that stops the build.
+    r = run_cli("build", str(write_stack(STACK.replace("localhost:5000/os/busybox:latest", "python:3.12"))),
+                env={**nowhere, "LAYERWISE_ALLOWED_REGISTRIES": ""})
+    assert r.returncode == 2 and "Docker Engine" in r.stderr and "policy" not in r.stderr

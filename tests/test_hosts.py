@@ -5,6 +5,7 @@ from the loopback registry, wipes, pulls again and stops; the main Docker Engine
 """
 
 import os
+import re
 import shutil
 import time
 import warnings
@@ -31,8 +32,8 @@ def test_only_loopback_registries_are_pulled_from():
     for ref in ("docker.io/library/busybox:latest", "registry.example.com:5000/a:1", "10.0.0.1:5000/a"):
         with pytest.raises(UserError, match="loopback"):
             loopback_reference(ref)
-    with pytest.raises(UserError, match="no registry host"):
-        normalized("busybox")
+    with pytest.raises(UserError, match="loopback"):
+        normalized("busybox")          # docker.io/library/busybox:latest
     # Refused before the daemon is even looked for.
     for host in (DockerHost("/nonexistent/lw"), ContainerdHost("/nonexistent/lw")):
         with pytest.raises(UserError, match="loopback"):
@@ -179,3 +180,24 @@ def test_a_leftover_directory_not_made_by_the_bench_is_never_deleted(bench, tmp_
         ContainerdHost(base).start()
     assert (base / "data" / "precious").read_text() == "keep me"
     shutil.rmtree(base)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("host_class", [DockerHost, ContainerdHost], ids=["docker", "containerd"])
+def test_a_bench_host_cannot_pull_beyond_loopback(host_class, bench, tmp_path_factory):
+    """Past layerwise's own refusal, the daemon itself is held by the closed proxy (hosts._daemon_env):
+    a pull from Docker Hub fails on 127.0.0.1:9 at once."""
+    import docker.errors
+    host = host_class(tmp_path_factory.mktemp(host_class.kind + "-net"))
+    with host:
+        if host.kind == "docker":
+            try:       # refused up front (HTTP 500) or as an error event in the stream
+                events = list(host._api().pull("docker.io/library/busybox", tag="latest", stream=True, decode=True))
+                why = " ".join(e.get("error", "") for e in events)
+            except docker.errors.APIError as e:
+                why = str(e.explanation)
+        else:
+            result = host.ctr("images", "pull", "docker.io/library/busybox:latest", check=False, timeout=60)
+            assert result.returncode != 0
+            why = result.stderr + result.stdout
+    assert re.search(r"proxyconnect .*127\.0\.0\.1:9", why), why

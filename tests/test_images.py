@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import logging
 import pickle
 import shutil
@@ -289,12 +290,25 @@ def test_token_protected_registry(serve, tmp_path, monkeypatch, caplog, capsys):
     assert f"{front.host}/team/app:v1" in message and "docker login" in message and "HTTP 401" in message
     assert secrets_absent(message, token, "not-" + PASSWORD)
 
-    # No credentials at all (but a credential helper the tool does not call): said so.
+    # A credential helper named in config.json but not installed: said so.
     (tmp_path / "helper").mkdir()
-    (tmp_path / "helper" / "config.json").write_text(json.dumps({"credsStore": "pass"}))
+    (tmp_path / "helper" / "config.json").write_text(json.dumps({"credsStore": "lw-absent-helper"}))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "helper"))
-    with pytest.raises(UserError, match="credential helper 'pass', which layerwise does not call"):
+    with pytest.raises(UserError, match="docker-credential-lw-absent-helper is not installed"):
         open_image(f"{front.host}/team/app:v1")
+
+    # An installed helper (docker-credential-*, the docker CLI's protocol) gives the credentials.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-lwtest"
+    helper.write_text("#!/bin/sh\nread server\n"
+                      f"[ \"$server\" = \"{front.host}\" ] || {{ echo 'credentials not found'; exit 1; }}\n"
+                      f"echo '{{\"Username\": \"{USER}\", \"Secret\": \"{PASSWORD}\"}}'\n")
+    helper.chmod(0o755)
+    (tmp_path / "helper" / "config.json").write_text(json.dumps({"credHelpers": {front.host: "lwtest"}}))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with open_image(f"{front.host}/team/app:v1") as img:
+        assert read_all(img.open_layer(0)) == image.gz[0]
 
     out = capsys.readouterr()
     assert secrets_absent(caplog.text + out.out + out.err, token)

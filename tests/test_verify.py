@@ -425,10 +425,12 @@ def test_target_and_the_refusal_apply_to_the_dockerfile_used(engine, tmp_path, n
 
 
 @pytest.mark.integration
-def test_images_the_daemon_would_fetch_from_outside_are_named(engine):
-    eng, _ = engine
+def test_images_off_the_registry_policy_are_named_before_the_engine_is_asked(engine, tmp_path):
+    eng, _ = engine      # the suite's policy: loopback registries (conftest)
     absent = f"layerwise-absent-{uuid.uuid4().hex[:8]}/none:never"
-    text = (f"FROM {BUSYBOX} AS a\nFROM {absent}\nCOPY --from=a /bin/sh /x\n"
-            "COPY --from=localhost:5000/any/thing:1 /a /b\nFROM ${NOT_SET}\n")
-    # Only checked, never built: local images and loopback registries are fine, the rest is named.
-    assert eng.unavailable_images(text) == [absent, "(an empty image name)"]
+    allowed = f"FROM {BUSYBOX} AS a\nFROM {BUSYBOX}\nCOPY --from=a /bin/sh /x\nCOPY --from=localhost:5000/any/thing:1 /a /b\n"
+    eng.check_dockerfile(allowed, "t", tmp_path / "Dockerfile")         # only checked, never built
+    with pytest.raises(UserError, match=f"uses {absent} from registry docker.io, which the registry policy"):
+        eng.check_dockerfile(allowed + f"FROM {absent}\n", "t", tmp_path / "Dockerfile")
+    with pytest.raises(UserError, match="empty image"):
+        eng.check_dockerfile(allowed + "FROM ${NOT_SET}\n", "t", tmp_path / "Dockerfile")

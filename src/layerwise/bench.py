@@ -21,13 +21,16 @@ from pathlib import Path
 import yaml
 
 from . import contexts
-from .build import build_family, connect
+from .build import build_family, connect, registry_host
 from .cost import CONTAINERD, DOCKER, predict_pulls
 from .dockerfiles import render_dockerfile
 from .errors import UserError
 from .family import Family, ImportedFamily, load_family
 from .model import Plan, sha256_text
-from .registry import Manifest, Registry, is_loopback, split_reference
+from .engine import BuildOptions
+from .policy import RegistryPolicy
+from .reference import Reference
+from .registry import Manifest, Registry
 from .spec import Stack, load_stack
 from .state import load_state
 
@@ -73,8 +76,8 @@ class BenchReport:
 # ----------------------------------------------------------------------------- the images
 
 def _name_tag(ref: str) -> tuple[str, str]:
-    _, name, tag = split_reference(ref)
-    return name, tag
+    parsed = Reference.parse(ref)
+    return parsed.repository, parsed.reference
 
 
 def flat_refs(plan: Plan) -> dict[str, str]:
@@ -82,18 +85,20 @@ def flat_refs(plan: Plan) -> dict[str, str]:
     return {app: f"{plan.registry}/{plan.project}-flat/{app}:latest" for app in plan.apps}
 
 
-def build_flat(stack: Family, plan: Plan, say: Say) -> dict[str, str]:
+def build_flat(stack: Family, plan: Plan, say: Say, *, policy: RegistryPolicy | None = None,
+               options: BuildOptions | None = None) -> dict[str, str]:
     """Each app in one Dockerfile from the OS base, built alone without cache and pushed by the
     engine: identical content in two apps gets different digests, as in the seed's Fig. 3/5.
     (For an import folder: each app's original Dockerfile, as the team built it before.)
     Skipped when the registry already holds it for this content (tag lw-flat-<fingerprint>)."""
-    engine, registry = connect(stack, push=True)
+    engine, registry = connect(stack, push=True, policy=policy)
+    engine.options = options or engine.options
     refs = flat_refs(plan)
     last_build = -10.0
     try:
         if engine.inspect(plan.base) is None:
-            host, name, ref = split_reference(plan.base)
-            engine.pull(f"{host}/{name}", ref)
+            base = Reference.parse(plan.base)
+            engine.pull(base.name, base.reference)
         for app, ref in sorted(refs.items()):
             repo = ref.rsplit(":", 1)[0]
             name, _ = _name_tag(ref)
@@ -249,21 +254,32 @@ def fit_engine_costs(cases: list[Case], bandwidth_bps: float) -> dict[str, float
     return {"per_pull": round(max(0.0, per_pull), 4), "per_layer": round(max(0.0, per_layer), 4)}
 
 
+def loopback_policy(stack: Family, flags: tuple[str, ...] = ()) -> RegistryPolicy:
+    """The bench's policy: the user's when set, else loopback registries only (its hosts pull
+    through a proxy on loopback, and the images it builds come from there too)."""
+    chosen = RegistryPolicy.resolve(flags, stack=stack)
+    if chosen.registries:
+        return chosen
+    return RegistryPolicy(("localhost:*", "127.0.0.1:*", "[::1]:*"), "the bench's default (loopback only)")
+
+
 def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
-               updates: bool = True, say: Say = print) -> BenchReport:
+               updates: bool = True, say: Say = print, policy: RegistryPolicy | None = None,
+               options: BuildOptions | None = None) -> BenchReport:
     from .hosts import ContainerdHost, DockerHost
     from .throttle import ThrottledProxy
 
     stack = load_family(stack_path)
+    policy = policy or loopback_policy(stack)
     say("building the planned family (layerwise build --push)")
-    plan, _, results = build_family(stack, push=True)
+    plan, _, results = build_family(stack, push=True, policy=policy, options=options)
     failed = [r.key for r in results if r.status not in ("built", "skipped")]
     if failed:
         raise UserError(f"the family did not build ({', '.join(failed)}); run layerwise build to see why")
     apps = sorted(plan.apps)
     layered = {a: plan.image(plan.apps[a]).ref for a in apps}
     say("building the flat variant")
-    flat = build_flat(stack, plan, say)
+    flat = build_flat(stack, plan, say, policy=policy, options=options)
 
     first, second = apps[0], apps[-1]
     cases = [Case(f"cold {second}", "layered", "", [layered[second]]),
@@ -286,7 +302,7 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
                 say(f"building the family after an update of {cat.name}")
                 upd_path = updated_stack(stack, cat.name, work / f"upd-{cat.name}")
                 upd_stack = load_stack(upd_path)
-                upd_plan, _, upd_results = build_family(upd_stack, push=True)
+                upd_plan, _, upd_results = build_family(upd_stack, push=True, policy=policy, options=options)
                 if any(r.status not in ("built", "skipped") for r in upd_results):
                     raise UserError(f"the family updated in {cat.name} did not build")
                 name = f"update {cat.name}"
@@ -296,7 +312,7 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
                 setups[name + "/layered"] = [layered[a] for a in apps]
 
         report = BenchReport(bandwidth_bps)
-        with Registry(split_reference(stack.registry + "/x")[0]) as registry:
+        with Registry(registry_host(stack)) as registry:
             host_of = {DOCKER: DockerHost, CONTAINERD: ContainerdHost}
             with ThrottledProxy(target=_loopback(stack.registry), bandwidth_bps=bandwidth_bps) as proxy:
                 for kind in host_kinds:
@@ -326,7 +342,8 @@ def _changed_bytes(before: Stack, after: Stack) -> int:
 
 def _loopback(registry: str) -> tuple[str, int]:
     """The registry's address for the proxy to forward to; the bench only works on loopback."""
-    if not is_loopback(registry):
+    where = Reference.parse(registry + "/x")
+    if not where.is_loopback():
         raise UserError(f"bench pull needs the registry on loopback, not {registry}")
-    _, _, port = registry.rpartition(":")
+    _, _, port = where.registry.rpartition(":")
     return "127.0.0.1", int(port) if port.isdigit() else 80

@@ -19,15 +19,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import BuildFailed, Engine
+from .engine import BuildFailed, BuildOptions, ChosenBuilder, Engine, check_dockerfile, choose_builder
 from .errors import UserError
-from .dockerfiles import unbuildable_reason
-from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
 from .family import Family, ImportedFamily, dockerfile_of, family_plan
+from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
+from .images import select_platform
+from .mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
-from .mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
-from .registry import Manifest, Registry, is_loopback, split_reference
+from .policy import RegistryPolicy
+from .reference import Reference
+from .registry import Manifest, Registry, check_digest
 from .spec import Stack
 from .planner import build_plan
 from .state import ImageRecord, LayerRecord, State, load_state
@@ -69,12 +71,18 @@ def _why_changed(plan: Plan, img: ImageNode, before: ImageRecord | None) -> str:
     return "; ".join(reasons) or "fingerprint changed"
 
 
-def check_buildable(plan: Plan, stack: Family) -> None:
-    """Refuse, before anything reaches the daemon, Dockerfiles the legacy builder must not get."""
+def check_buildable(plan: Plan, stack: Family, policy: RegistryPolicy | None = None,
+                    chosen: ChosenBuilder | None = None) -> None:
+    """Refuse, before anything reaches the daemon, what the chosen builder (default: legacy) cannot
+    build and any image the registry policy does not allow: the OS base, and whatever each
+    Dockerfile reads (FROM, --from images, a `# syntax=` frontend)."""
+    policy = policy or RegistryPolicy()
+    policy.check(f"{registry_host(stack)}/{stack.project}", "registry:", stack.path)   # its own images come from there
+    if isinstance(stack, Stack):
+        policy.check(stack.base, "base:", stack.path)
     for img in plan.images:
-        reason = unbuildable_reason(dockerfile_of(stack, img))
-        if reason:
-            raise UserError(f"cannot build {img.key}: {reason}; rewrite that step", stack.path)
+        check_dockerfile(dockerfile_of(stack, img), img.key, stack.path, chosen or ChosenBuilder("legacy"),
+                         policy)
 
 
 def select(plan: Plan, only: list[str] | None, family: Family | None = None) -> set[str]:
@@ -120,19 +128,25 @@ def decide(plan: Plan, present: set[str], state: State, selected: set[str]) -> l
 
 # ----------------------------------------------------------------------------- execution
 
-def connect(stack: Family, push: bool) -> tuple[Engine, Registry | None]:
+def connect(stack: Family, push: bool, policy: RegistryPolicy | None = None) -> tuple[Engine, Registry | None]:
     """The engine, and with --push the stack's registry; a clear error when either is down."""
-    engine = Engine()
+    policy = policy or RegistryPolicy.resolve(stack=stack)
     registry = None
     if push:
-        host, _, _ = split_reference(stack.registry + "/x")
+        host = registry_host(stack)
+        policy.check(f"{host}/x", "registry:", stack.path)
         registry = Registry(host)
         registry.ping()
-    return engine, registry
+    return Engine(policy=policy), registry
+
+
+def registry_host(stack: Stack) -> str:
+    """The host of the stack's `registry:` (which may carry a path prefix)."""
+    return Reference.parse(stack.registry + "/x").registry
 
 
 def resolve_base(engine: Engine, stack: Stack) -> str:
-    """The digest of the OS base, from the loopback registry or the local engine.
+    """The digest of the OS base, from its registry (wherever it is), else the local engine.
 
     It goes into the fingerprints, so a new OS image under the same tag rebuilds the family.
     """
@@ -140,24 +154,25 @@ def resolve_base(engine: Engine, stack: Stack) -> str:
 
 
 def resolve_image(engine: Engine, image: str, path: Path, what_to_do: str) -> str:
-    """The digest of an image the family builds on, from the loopback registry or the local engine."""
-    host, name, ref = split_reference(image)
-    if ref.startswith("sha256:"):
-        return ref
-    if is_loopback(host):
-        with Registry(host) as reg:
-            try:
-                digest = reg.manifest_digest(name, ref)
-            except UserError:
-                digest = None
-            if digest:
-                return digest
+    """The digest of an image the family builds on, from its registry or the local engine."""
+    wanted = Reference.parse(image)
+    if wanted.digest:
+        return wanted.digest
+    asked = ""
+    try:
+        with Registry(wanted.registry) as reg:
+            digest = reg.manifest_digest(wanted.repository, wanted.reference)
+        if digest:
+            return digest
+        asked = f"{wanted.registry} does not have it"
+    except UserError as e:
+        asked = str(e)
     local = engine.inspect(image)
     if local is None:
-        raise UserError(f"base image {image} is neither in the local engine nor on the loopback "
-                        f"registry; make it (sudo scripts/services start) or {what_to_do}", path)
-    repo = f"{host}/{name}"
-    return next((rd.split("@")[1] for rd in local.repo_digests if rd.split("@")[0] == repo), local.id)
+        raise UserError(f"base image {image} is not in the local engine, and {asked}; push it there, "
+                        f"or {what_to_do}", path)
+    return next((rd.split("@")[1] for rd in local.repo_digests
+                 if Reference.parse(rd).name == wanted.name), local.id)
 
 
 @dataclass
@@ -170,6 +185,7 @@ class Result:
     new_bytes: int = 0            # compressed bytes of the image's own layers, pushed
     error: str | None = None
     log_tail: list[str] = field(default_factory=list)
+    builder: str = ""             # which builder built it (BuildKit via which CLI, or legacy)
 
 
 Progress = Callable[[str, str, dict], None]   # (image key, phase, event)
@@ -177,9 +193,12 @@ Progress = Callable[[str, str, dict], None]   # (image key, phase, event)
 
 class Builder:
     def __init__(self, stack: Family, plan: Plan, state: State, engine: Engine, registry: Registry | None,
-                 *, parallel: int = 2, no_cache: bool = False, progress: Progress | None = None):
+                 *, parallel: int = 2, no_cache: bool = False, progress: Progress | None = None,
+                 options: BuildOptions | None = None):
         self.stack, self.plan, self.state = stack, plan, state
         self.engine, self.registry = engine, registry
+        self.options = options or BuildOptions()
+        self._sources: dict[str, Registry] = {}    # registries of a foreign OS base, by host
         self.push = registry is not None
         self.no_cache = no_cache
         self.parallel = max(1, parallel)
@@ -204,11 +223,12 @@ class Builder:
         return found
 
     def ensure_base_local(self, keys: set[str]) -> None:
-        """Root images build FROM the OS base (an import's, FROM theirs): pull it if missing."""
+        """Root images build FROM the OS base (an import's, FROM theirs): pull it from its registry
+        if the engine lacks it."""
         for base in sorted({self.plan.image(k).base for k in keys if not self.plan.image(k).parent}):
             if self.engine.inspect(base) is None:
-                host, name, ref = split_reference(base)
-                self.engine.pull(f"{host}/{name}", ref)
+                ref = Reference.parse(base)
+                self.engine.pull(ref.name, ref.reference)
 
     def needs(self, key: str) -> list[str]:
         """The images that must exist before this one builds: its parent, and for an imported app
@@ -289,15 +309,18 @@ class Builder:
         labels = {FINGERPRINT_LABEL: img.fingerprint, BASE_NAME_LABEL: img.base,
                   BASE_DIGEST_LABEL: parent_digest}
         fp_ref = f"{img.repository}:{img.fingerprint_tag}"
+        chosen = self.engine.builder(self.options)
+        _, network_note = self.engine.network(self.options)
         try:
-            self.progress(key, "build", {"status": reason})
+            note = "".join(f"; {n}" for n in (chosen.note, network_note) if n)
+            self.progress(key, "build", {"status": f"{reason} (with {chosen.name}{note})"})
             context, dockerfile = self.build_input(img, workdir)
             image_id = self.engine.build(context, fp_ref, labels, lambda e: self.progress(key, "build", e),
-                                         nocache=self.no_cache, dockerfile=dockerfile)
+                                         nocache=self.no_cache, dockerfile=dockerfile, options=self.options)
         except BuildFailed as e:
             self.progress(key, "failed", {"error": str(e)})
             return Result(key, "failed", reason, time.monotonic() - started, error=str(e),
-                          log_tail=e.log[-15:])
+                          log_tail=e.log[-15:], builder=chosen.name)
         self.engine.tag(image_id, img.repository, img.tag)
         digest, new_bytes = image_id, 0
         if self.push:
@@ -312,27 +335,41 @@ class Builder:
         with self._lock:
             self._digests[key] = digest
         self.progress(key, "done", {"status": "built"})
-        return Result(key, "built", reason, time.monotonic() - started, digest=digest, new_bytes=new_bytes)
+        return Result(key, "built", reason, time.monotonic() - started, digest=digest, new_bytes=new_bytes,
+                      builder=chosen.name)
 
-    def _lower(self, img: ImageNode) -> tuple[str, Manifest, list[str]]:
-        """Where the image's lower layers live in the registry: repository, manifest, diff_ids."""
+    def _lower(self, img: ImageNode) -> tuple[Registry, str, Manifest, list[str]]:
+        """Where the image's lower layers live: registry, repository, manifest, diff_ids. A root
+        image's are the OS base's, on whatever registry it lives (an index: the linux/amd64 image)."""
         if img.parent:
             parent = self.plan.image(img.parent)
-            name, ref = _name(parent.repository), parent.fingerprint_tag
+            source, name, ref = self.registry, _name(parent.repository), parent.fingerprint_tag
         else:   # a root image: FROM the OS base (an imported one: FROM its own)
-            host, name, ref = split_reference(img.base)
-            if host != self.registry.host:
-                raise UserError(f"base {img.base} must be on {self.registry.host} to push images "
-                                "built on it; push it there or change 'base:'", self.stack.path)
-        manifest = self.registry.manifest(name, ref)
-        diff_ids = self.registry.config(name, manifest).get("rootfs", {}).get("diff_ids", [])
-        return name, manifest, diff_ids
+            base = Reference.parse(img.base)
+            name, ref = base.repository, base.reference
+            source = self.registry if base.registry == self.registry.host else self._foreign(base.registry)
+        manifest = source.manifest(name, ref)
+        if manifest.is_index:
+            descriptor = select_platform(manifest.manifests, None, f"base image {img.base}")
+            manifest = source.manifest(name, check_digest(descriptor.get("digest"), f"the index of {img.base}"))
+        diff_ids = source.config(name, manifest).get("rootfs", {}).get("diff_ids", [])
+        return source, name, manifest, diff_ids
+
+    def _foreign(self, host: str) -> Registry:
+        with self._lock:
+            if host not in self._sources:
+                self._sources[host] = Registry(host)
+            return self._sources[host]
+
+    def close(self) -> None:
+        for registry in self._sources.values():
+            registry.close()
 
     def _push_reproducible(self, img: ImageNode, image_id: str) -> int:
         """Push the built image with its own layers normalized (mtimes clamped, config times fixed),
         by digest under the fingerprint tag. Returns the compressed bytes uploaded."""
         name = _name(img.repository)
-        lower_name, lower, lower_diff_ids = self._lower(img)
+        source, lower_name, lower, lower_diff_ids = self._lower(img)
         self.progress(img.key, "push", {"status": "normalizing layers"})
         uploaded = 0
         with tempfile.TemporaryDirectory(prefix="layerwise-save-") as tmp:
@@ -341,10 +378,13 @@ class Builder:
                 raise UserError(f"{img.key} was not built on the registry's {lower_name}: the local "
                                 "parent differs; run the build again")
             for layer in lower.layers:
-                if not self.registry.has_blob(name, layer.digest) and \
-                        not self.registry.mount_blob(name, layer.digest, lower_name):
-                    raise UserError(f"registry {self.registry.host} could not link {layer.digest} "
-                                    f"from {lower_name} into {name}")
+                if self.registry.has_blob(name, layer.digest):
+                    continue
+                if source is self.registry and self.registry.mount_blob(name, layer.digest, lower_name):
+                    continue
+                # Not linkable (another registry, or a registry without cross-repository mounts): copy it.
+                with source.open_blob(lower_name, layer.digest, size=layer.size) as blob:
+                    self.registry.upload_blob(name, layer.digest, blob, layer.size)
             for layer, blob in own:
                 if not self.registry.has_blob(name, layer.digest):
                     with open(blob, "rb") as f:
@@ -389,13 +429,17 @@ class Builder:
 
 
 def build_family(stack: Family, *, push: bool, parallel: int = 2, only: list[str] | None = None,
-                 no_cache: bool = False, progress: Progress | None = None,
-                 dry_run: bool = False) -> tuple[Plan, list[Decision], list[Result]]:
+                 no_cache: bool = False, progress: Progress | None = None, dry_run: bool = False,
+                 options: BuildOptions | None = None, policy: RegistryPolicy | None = None,
+                 ) -> tuple[Plan, list[Decision], list[Result]]:
     """Plan, decide and (unless dry_run) build the family (a stack's, or an import folder's); the
     state file is updated."""
-    check_buildable(family_plan(stack), stack)          # before anything reaches the daemon
+    policy = policy or RegistryPolicy.resolve(stack=stack)
+    options = options or BuildOptions()
+    check_buildable(family_plan(stack), stack, policy, choose_builder(options.builder))   # before the daemon
     state = load_state(stack.path)
-    engine, registry = connect(stack, push)
+    engine, registry = connect(stack, push, policy)
+    engine.options = options
     try:
         if isinstance(stack, ImportedFamily):
             digests = {ref: resolve_image(engine, ref, stack.path, "change its FROM")
@@ -406,9 +450,12 @@ def build_family(stack: Family, *, push: bool, parallel: int = 2, only: list[str
             state.base_digest = resolve_base(engine, stack)
             plan = build_plan(stack, state.base_digest)
         builder = Builder(stack, plan, state, engine, registry, parallel=parallel, no_cache=no_cache,
-                          progress=progress)
+                          progress=progress, options=options)
         decisions = decide(plan, builder.present(), state, select(plan, only, stack))
-        results = [] if dry_run else builder.run(decisions)
+        try:
+            results = [] if dry_run else builder.run(decisions)
+        finally:
+            builder.close()
     finally:
         if registry:
             registry.close()
@@ -439,7 +486,8 @@ def normalized_own_layers(engine: Engine, image_id: str, lower_diff_ids: list[st
 
 
 def _name(repository: str) -> str:
-    return repository.split("/", 1)[1]
+    """The repository path of a plan image's repository (its registry host dropped)."""
+    return Reference.parse(repository).repository
 
 
 def _own_layers(img: ImageNode, manifest, config: dict) -> list[LayerRecord]:

@@ -27,6 +27,37 @@ STACK_ARG = click.argument("stack", type=click.Path(path_type=Path), default="la
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 
 
+def build_opts(f):
+    """--builder, --network and --allow-registry: how images are built and where they may come from."""
+    f = click.option("--allow-registry", "allowed", multiple=True, metavar="HOST",
+                     help="Only use images from this registry (repeatable; globs like 'host:*'). Default: "
+                     "$LAYERWISE_ALLOWED_REGISTRIES, else the stack file's policy, else any registry.")(f)
+    f = click.option("--network", type=click.Choice(["default", "none", "host"]), default="default",
+                     show_default=True, help="The network RUN steps get.")(f)
+    f = click.option("--builder", type=click.Choice(["auto", "buildkit", "legacy"]), default="auto",
+                     show_default=True, help="auto: BuildKit where the installed Docker offers it, else legacy.")(f)
+    return f
+
+
+def registry_opts(f):
+    """--ca-cert and --insecure-registry: how registries are reached."""
+    f = click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST",
+                     help="Speak plain HTTP to this registry (loopback always is; repeatable).")(f)
+    f = click.option("--ca-cert", type=click.Path(path_type=Path, dir_okay=False), envvar="LAYERWISE_CA_CERT",
+                     help="Trust this CA (PEM) for registries' HTTPS, besides the system's CA store.")(f)
+    return f
+
+
+def _build_options(builder: str, network: str):
+    from .engine import BuildOptions
+    return BuildOptions(builder=builder, network=network)
+
+
+def _configure_registries(ca_cert: Path | None, insecure: tuple[str, ...]) -> None:
+    from .registry import configure
+    configure(ca_cert=ca_cert, insecure=insecure)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="layerwise")
 def app() -> None:
@@ -90,32 +121,42 @@ def generate(stack: Path, output: Path, force: bool) -> None:
               "and the ancestors it needs; repeatable.")
 @click.option("--dry-run", is_flag=True, help="Say per image build or skip and why; build nothing.")
 @click.option("--no-cache", is_flag=True, help="Build every step anew (the engine's cache is not used).")
+@build_opts
+@registry_opts
 @JSON_OPT
 def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run: bool, no_cache: bool,
-          as_json: bool) -> None:
+          builder: str, network: str, allowed: tuple[str, ...], ca_cert: Path | None,
+          insecure: tuple[str, ...], as_json: bool) -> None:
     """Build (and with --push, push) every image of the plan in dependency order, skipping the
     ones whose fingerprint tag already exists. STACK may also be a folder written by
     `layerwise import --refactor-to` (its bases, then its apps)."""
+    _configure_registries(ca_cert, insecure)
     sys.exit(run_build(stack, push=push, parallel=parallel, only=list(only), dry_run=dry_run,
-                       no_cache=no_cache, as_json=as_json))
+                       no_cache=no_cache, as_json=as_json, options=_build_options(builder, network),
+                       allowed=allowed))
 
 
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
-              dry_run: bool = False, no_cache: bool = False, as_json: bool = False) -> int:
+              dry_run: bool = False, no_cache: bool = False, as_json: bool = False, options=None,
+              allowed: tuple[str, ...] = (), policy=None) -> int:
     from .build import build_family
     from .family import load_family
+    from .policy import RegistryPolicy
 
     loaded = load_family(stack)
+    policy = policy or RegistryPolicy.resolve(allowed, stack=loaded)
     out = console()
     progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))
     started = time.monotonic()
     if isinstance(progress, RichProgress) and not dry_run:
         with progress:
             the_plan, decisions, results = build_family(loaded, push=push, parallel=parallel, only=only,
-                                                        no_cache=no_cache, progress=progress)
+                                                        no_cache=no_cache, progress=progress,
+                                                        options=options, policy=policy)
     else:
         the_plan, decisions, results = build_family(loaded, push=push, parallel=parallel, only=only,
-                                                    no_cache=no_cache, progress=progress, dry_run=dry_run)
+                                                    no_cache=no_cache, progress=progress, dry_run=dry_run,
+                                                    options=options, policy=policy)
     by_key = {d.key: d for d in decisions}
     if dry_run:
         if as_json:
@@ -139,6 +180,9 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         if counts["built"] == 0 and not counts["failed"]:
             summary = "nothing to build: " + summary
+        builders = sorted({r.builder for r in results if r.builder})
+        if builders:
+            summary += f" (built with {', '.join(builders)})"
         out.print(f"{summary} in {seconds:.1f} s" + (" (pushed to " + loaded.registry + ")" if push else ""))
     return 1 if counts["failed"] or counts["not attempted"] else 0
 
@@ -203,9 +247,10 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
 @click.option("--fail-under", "gates", multiple=True, metavar="METRIC=VALUE",
               help="Exit 1 when a metric is below VALUE: efficiency (every image's, dive-style) or sharing "
                    "(share of the images' bytes a host holding them all does not pull). E.g. sharing=0.5.")
+@registry_opts
 @JSON_OPT
 def audit(images: tuple[str, ...], platform: str | None, processes: int | None, html_path: Path | None,
-          gates: tuple[str, ...], as_json: bool) -> None:
+          gates: tuple[str, ...], ca_cert: Path | None, insecure: tuple[str, ...], as_json: bool) -> None:
     """What existing IMAGES share and what hosts download twice (registry refs, docker save
     archives, OCI layout folders, docker://REF for the local engine).
 
@@ -216,6 +261,7 @@ def audit(images: tuple[str, ...], platform: str | None, processes: int | None, 
     1 when an image failed, a layer held entries not indexed, or a gate failed (the report, --json
     and --html are still complete); 2 when nothing was audited because the command itself is wrong
     (a bad --fail-under, --platform or --html folder)."""
+    _configure_registries(ca_cert, insecure)
     from rich.markup import escape
 
     from .audit import check_gates, findings, load, parse_gates
@@ -262,14 +308,16 @@ def audit(images: tuple[str, ...], platform: str | None, processes: int | None, 
               help="The folder `layerwise import --refactor-to` wrote (its import.json).")
 @click.option("--no-cache", is_flag=True, help="Build every step anew: images cannot be equal by reusing "
               "the same cached layers, only by their contents.")
+@build_opts
 @JSON_OPT
-def verify_command(originals: tuple[Path, ...], import_dir: Path, no_cache: bool, as_json: bool) -> None:
+def verify_command(originals: tuple[Path, ...], import_dir: Path, no_cache: bool, builder: str, network: str,
+                   allowed: tuple[str, ...], as_json: bool) -> None:
     """Build each ORIGINAL Dockerfile (or those in ORIGINAL folders; default: every app) and its
     refactored version, and prove them equivalent: same files, same runtime config."""
     from .verify import apps_for, load_import, verify_dict
 
     only = apps_for(load_import(import_dir), list(originals))   # bad input ends here, before any build
-    results, measured = _verify(import_dir, only, no_cache, as_json)
+    results, measured = _verify(import_dir, only, no_cache, as_json, _build_options(builder, network), allowed)
     if as_json:
         sys.stdout.write(json_text(verify_dict(results, import_dir) | measured))
     else:
@@ -277,15 +325,17 @@ def verify_command(originals: tuple[Path, ...], import_dir: Path, no_cache: bool
     sys.exit(0 if all(r.equivalent for r in results) else 1)
 
 
-def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: bool) -> tuple[list, dict]:
+def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: bool, options=None,
+            allowed: tuple[str, ...] = ()) -> tuple[list, dict]:
     """Verify the apps, then measure the bases that were built (sizes the import could not know)."""
     from .engine import Engine
     from .layerindex import Cache
+    from .policy import RegistryPolicy
     from .verify import load_import, measured_base_bytes, measured_saving, verify
 
     out = console()
     progress = None if quiet else (RichProgress(out) if out.is_terminal else PlainProgress(out))
-    engine = Engine()
+    engine = Engine(policy=RegistryPolicy.resolve(allowed), options=options)
     try:
         with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
             results = verify(import_dir, engine, only=only, progress=progress, cache=Cache(), no_cache=no_cache)
@@ -393,9 +443,11 @@ def bench() -> None:
 @click.option("--no-updates", is_flag=True, help="Only cold and warm pulls, no update per category.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Folder for the table, JSON and chart (default: bench-pull/ beside the stack file).")
+@build_opts
 @JSON_OPT
 def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates: bool,
-                       output: Path | None, as_json: bool) -> None:
+                       output: Path | None, builder: str, network: str, allowed: tuple[str, ...],
+                       as_json: bool) -> None:
     """Real pulls on a Docker Engine host and a containerd host: cold vs warm, layered vs flat,
     and after an update of each category; measured bytes beside the cost model's prediction.
     STACK may also be a folder written by `layerwise import --refactor-to` (flat = its originals)."""
@@ -405,20 +457,22 @@ def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates:
     except ValueError as e:
         raise UserError(f"--bandwidth: {e}") from None
     report = run_bench_pull(stack, bps, ["docker", "containerd"] if host_kinds == "both" else [host_kinds],
-                            updates=not no_updates, output=output, quiet=as_json)
+                            updates=not no_updates, output=output, quiet=as_json,
+                            options=_build_options(builder, network), allowed=allowed)
     if as_json:
         sys.stdout.write(json_text(report.to_dict()))
 
 
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
-                   quiet: bool = False):
-    from .bench import bench_pull
+                   quiet: bool = False, options=None, allowed: tuple[str, ...] = ()):
+    from .bench import bench_pull, loopback_policy
     from .family import load_family
 
     out = console()
     say = (lambda line: None) if quiet else (lambda line: out.print(line, highlight=False, markup=False))
     loaded = load_family(stack)
-    report = bench_pull(loaded.path, bps, kinds, updates=updates, say=say)
+    report = bench_pull(loaded.path, bps, kinds, updates=updates, say=say,
+                        policy=loopback_policy(loaded, allowed), options=options)
     folder = output or loaded.root / "bench-pull"
     folder.mkdir(parents=True, exist_ok=True)
     table_console = Console(width=140, record=True, file=io.StringIO(), color_system=None)
@@ -445,7 +499,8 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
               help="Where to generate the family.")
 @click.option("--bandwidth", default="200Mbit", show_default=True,
               help="The link the demo's real pulls go through.")
-def demo(output: Path, bandwidth: str) -> None:
+@build_opts
+def demo(output: Path, bandwidth: str, builder: str, network: str, allowed: tuple[str, ...]) -> None:
     """The seed article's App1/App2 example end to end: plan, generate, build, push, run, then real
     pulls warm vs cold on a Docker Engine host, layered vs flat."""
     if not SEED_STACK.exists():
@@ -455,7 +510,10 @@ def demo(output: Path, bandwidth: str) -> None:
     if missing or not list((SEED_STACK.parent / "wheels").glob("*.whl")):
         raise UserError("the seed example is not prepared; run: python3 examples/seed/prepare.py",
                         SEED_STACK.parent)
+    from .bench import loopback_policy
     loaded = load_stack(SEED_STACK)
+    policy = loopback_policy(loaded, allowed)      # the demo only uses the loopback registry
+    options = _build_options(builder, network)
     the_plan = build_plan(loaded)
     out = generate_family(the_plan, loaded, output)
     out_console = console()
@@ -466,10 +524,10 @@ def demo(output: Path, bandwidth: str) -> None:
     built = False
     try:
         out_console.print("[bold]Building and pushing it[/] (layerwise build --push)")
-        code = run_build(SEED_STACK, push=True)
+        code = run_build(SEED_STACK, push=True, options=options, policy=policy)
         if code == 0:
             from .engine import Engine
-            engine = Engine()
+            engine = Engine(policy=policy, options=options)
             for app_name, key in sorted(the_plan.apps.items()):
                 ref = the_plan.image(key).ref
                 out_console.print(f"$ docker run --network none {ref}\n"
@@ -484,7 +542,8 @@ def demo(output: Path, bandwidth: str) -> None:
         from .units import parse_bandwidth
         out_console.print(f"\n[bold]Real pulls, as in the seed's measurement[/] (layerwise bench pull "
                           f"--host-kind docker --no-updates --bandwidth {bandwidth})")
-        run_bench_pull(SEED_STACK, parse_bandwidth(bandwidth), ["docker"], updates=False, output=None)
+        run_bench_pull(SEED_STACK, parse_bandwidth(bandwidth), ["docker"], updates=False, output=None,
+                       options=options, allowed=policy.registries)
     sys.exit(code)
 
 

@@ -259,7 +259,7 @@ def unquote(value: str) -> str:
 
 
 def image_references(text: str) -> list[str]:
-    """The images a Dockerfile reads (each FROM, each COPY --from), with the defaults of the ARGs
+    """The images a Dockerfile reads (each FROM, COPY --from, RUN --mount from=), with the defaults of the ARGs
     declared before the first FROM substituted as the builder does; stage names, stage numbers and
     `scratch` are not images and are left out. In order, without repeats."""
     args: dict[str, str] = {}
@@ -284,5 +284,12 @@ def image_references(text: str) -> list[str]:
                 if flag.startswith("--from="):
                     source = expand_variables(flag[len("--from="):], args)
                     if source.lower() not in stages and not source.isdigit():
+                        refs.append(source)
+        elif ins.keyword == "RUN":
+            for flag in ins.flags:
+                if flag.startswith("--mount="):
+                    options = dict(o.partition("=")[::2] for o in flag[len("--mount="):].split(","))
+                    source = expand_variables(options.get("from", ""), args)
+                    if source and source.lower() not in stages and not source.isdigit():
                         refs.append(source)
     return list(dict.fromkeys(refs))

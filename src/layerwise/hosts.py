@@ -32,7 +32,7 @@ import docker.errors
 import requests.exceptions
 
 from .errors import ServiceDown, UserError
-from .registry import is_loopback, split_reference
+from .reference import Reference
 
 DEFAULT_DATA = Path("/var/lib/layerwise/bench")
 DEFAULT_RUN = Path("/run/layerwise/bench")
@@ -46,19 +46,20 @@ _MNT_DETACH = 2
 _PR_SET_PDEATHSIG = 1
 
 
-def loopback_reference(ref: str) -> tuple[str, str, str]:
-    """Split ref into (host, name, tag-or-digest), refusing any registry but a loopback one."""
-    host, name, tag = split_reference(ref)
-    if not is_loopback(host):
+def loopback_reference(ref: str) -> Reference:
+    """The parsed ref, refusing any registry but a loopback one: the bench's hosts pull through a
+    throttling proxy on loopback."""
+    parsed = Reference.parse(ref)
+    if not parsed.is_loopback():
         raise UserError(f"refusing to pull {ref}: the bench only pulls from a loopback registry "
-                        "(localhost or 127.0.0.1), never from the internet")
-    return host, name, tag
+                        "(localhost or 127.0.0.1)")
+    return parsed
 
 
 def normalized(ref: str) -> str:
-    """'localhost:5000/a/b' → 'localhost:5000/a/b:latest'; digests stay digests."""
-    host, name, tag = loopback_reference(ref)
-    return f"{host}/{name}@{tag}" if tag.startswith("sha256:") else f"{host}/{name}:{tag}"
+    """'localhost:5000/a/b' → 'localhost:5000/a/b:latest'; digests stay digests (a tag beside one dropped)."""
+    parsed = loopback_reference(ref)
+    return f"{parsed.name}@{parsed.digest}" if parsed.digest else str(parsed)
 
 
 # The bench's daemons only ever pull through the throttling proxy on loopback. Anything else they
@@ -159,7 +160,7 @@ def _pull_failed(ref: str, kind: str, why: str) -> UserError:
     """A registry that does not answer is a ServiceDown; anything else (no such image...) a UserError."""
     if "connection refused" in why or "no such host" in why or "i/o timeout" in why:
         return ServiceDown(f"pull of {ref} on the bench {kind} host failed: the registry is not answering "
-                           f"({why}); start it: sudo scripts/services start")
+                           f"({why}); start it: scripts/services start (as root)")
     return UserError(f"pull of {ref} on the bench {kind} host failed: {why}")
 
 
@@ -457,11 +458,11 @@ class DockerHost(_Host):
 
     def pull(self, ref: str) -> float:
         """Pull ref through the engine API; returns the wall seconds of the whole pull."""
-        host, name, tag = loopback_reference(ref)
+        parsed = loopback_reference(ref)
         api = self._api()
         began = time.perf_counter()
         try:
-            for event in api.pull(f"{host}/{name}", tag=tag, platform=self.platform, stream=True,
+            for event in api.pull(parsed.name, tag=parsed.reference, platform=self.platform, stream=True,
                                   decode=True):
                 if "error" in event:
                     raise _pull_failed(ref, "docker", event["error"].strip())

@@ -42,7 +42,8 @@ from .mediatypes import (
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
 )
-from .registry import DigestMismatch, Registry, VerifyingReader, check_digest, split_reference
+from .reference import Reference
+from .registry import DigestMismatch, Registry, VerifyingReader, check_digest
 
 __all__ = ["DEFAULT_PLATFORM", "LayerRef", "Image", "RegistryImage", "DockerArchiveImage", "OCILayoutImage",
            "EngineImage", "open_image", "parse_platform", "select_platform"]
@@ -293,22 +294,15 @@ def _manifest_parts(doc: dict, what: str) -> tuple[tuple[str, int, str], list[tu
     return config_d, layer_ds
 
 
-def _normalize_ref(ref: str) -> str:
-    """As Docker reads names: 'busybox' → 'docker.io/library/busybox:latest'."""
-    ref = ref.strip()
-    name, at, digest = ref.partition("@")
-    if not at and ":" not in name.rsplit("/", 1)[-1]:
-        name += ":latest"
-    first, slash, rest = name.partition("/")
-    if not slash or ("." not in first and ":" not in first and first != "localhost"):
-        name = "docker.io/" + name
-    if name.startswith("docker.io/") and name.count("/") == 1:
-        name = "docker.io/library/" + name[len("docker.io/"):]
-    return name + at + digest
-
-
 def _same_ref(a: str, b: str) -> bool:
-    return a == b or _normalize_ref(a) == _normalize_ref(b)
+    """Whether two names name the same image, as Docker reads names ('busybox' is
+    'docker.io/library/busybox:latest'); a name that does not parse only equals itself."""
+    if a == b:
+        return True
+    try:
+        return Reference.parse(a) == Reference.parse(b)
+    except UserError:
+        return False
 
 
 # -- where blobs live: a folder or a tar --------------------------------------------------------------
@@ -776,7 +770,8 @@ class RegistryImage(Image):
     def __init__(self, ref: str, *, platform: str | None = None, registry: Registry | None = None,
                  name: str | None = None):
         name = name or ref
-        host, repository, tag = split_reference(ref)
+        parsed = Reference.parse(ref)
+        host, repository, tag = parsed.registry, parsed.repository, parsed.reference
         self._own_registry = registry is None
         self._registry = registry or Registry(host)
         self._repository = repository

@@ -17,6 +17,9 @@ import io
 import json
 import os
 import re
+import shutil
+import ssl
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +29,8 @@ import httpx
 
 from .errors import ServiceDown, UserError
 from .mediatypes import INDEX_TYPES, MANIFEST_TYPES
+from .reference import DOCKER_HUB, HUB_API_HOST, Reference, canonical_registry, host_name, is_loopback
 
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 _REPO_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/")
 
@@ -75,21 +78,63 @@ class Manifest:
 
 
 def split_reference(ref: str) -> tuple[str, str, str]:
-    """'host:5000/a/b:tag' → ('host:5000', 'a/b', 'tag'); digests ('@sha256:…') are kept as the ref."""
-    host, _, rest = ref.partition("/")
-    if not rest or ("." not in host and ":" not in host and host != "localhost"):
-        raise UserError(f"{ref!r} names no registry host; write it as HOST[:PORT]/NAME[:TAG]")
-    if "@" in rest:
-        name, _, tag = rest.partition("@")
-        if ":" in name.rsplit("/", 1)[-1]:   # name:tag@digest: the digest wins
-            name = name.rpartition(":")[0]
-    else:
-        name, _, tag = rest.rpartition(":") if ":" in rest.rsplit("/", 1)[-1] else (rest, "", "latest")
-    return host, name, tag
+    """(registry, repository, tag or digest) of a reference, by reference.Reference's grammar.
+    Kept for callers on other branches; new code uses Reference.parse."""
+    parsed = Reference.parse(ref)
+    return parsed.registry, parsed.repository, parsed.reference
 
 
-def is_loopback(host: str) -> bool:
-    return host.rsplit(":", 1)[0] in LOOPBACK_HOSTS or host in LOOPBACK_HOSTS
+# -- transport settings: TLS trust and insecure registries -----------------------------------------
+
+@dataclass(frozen=True)
+class Transport:
+    """How layerwise reaches registries, set once per command (`--ca-cert`, `--insecure-registry`).
+
+    HTTPS is verified against the system's CA store, plus `ca_cert` and Docker's per-registry
+    /etc/docker/certs.d/HOST/ca.crt. Plain HTTP only for loopback and for the registries listed as
+    insecure: here, in $LAYERWISE_INSECURE_REGISTRIES, or in the engine's daemon.json (Docker's rule)."""
+    ca_cert: Path | None = None
+    insecure: tuple[str, ...] = ()
+
+
+_transport = Transport()
+DAEMON_JSON = Path("/etc/docker/daemon.json")
+CERTS_D = Path("/etc/docker/certs.d")
+
+
+def configure(ca_cert: Path | None = None, insecure: tuple[str, ...] = ()) -> None:
+    global _transport
+    if ca_cert is not None and not Path(ca_cert).is_file():
+        raise UserError(f"--ca-cert {ca_cert}: no such file; give the PEM file of the registry's CA")
+    _transport = Transport(Path(ca_cert) if ca_cert else None, tuple(insecure))
+
+
+def insecure_registries() -> set[str]:
+    listed = set(_transport.insecure)
+    listed |= {h for h in os.environ.get("LAYERWISE_INSECURE_REGISTRIES", "").split(",") if h.strip()}
+    try:
+        listed |= set(json.loads(DAEMON_JSON.read_text()).get("insecure-registries") or [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {canonical_registry(h) for h in listed}
+
+
+def uses_plain_http(host: str) -> bool:
+    return is_loopback(host) or canonical_registry(host) in insecure_registries()
+
+
+def tls_context(host: str) -> ssl.SSLContext:
+    """The system's CA store, plus --ca-cert and Docker's certs.d file for this host."""
+    context = ssl.create_default_context()
+    from_env = os.environ.get("LAYERWISE_CA_CERT")       # --ca-cert's variable, for every command
+    extra = [p for p in (_transport.ca_cert, Path(from_env) if from_env else None, CERTS_D / host / "ca.crt") if p]
+    for path in extra:
+        if path.is_file():
+            try:
+                context.load_verify_locations(cafile=str(path))
+            except (OSError, ssl.SSLError) as e:
+                raise UserError(f"{path}: not a readable PEM CA certificate ({e})") from None
+    return context
 
 
 class Registry:
@@ -102,12 +147,18 @@ class Registry:
     per scope; Basic → the credentials, sent from then on.
     """
 
-    def __init__(self, host: str, timeout: float = 30.0, *, retries: int = 3, backoff: float = 0.2):
+    def __init__(self, host: str, timeout: float = 30.0, *, retries: int = 3, backoff: float = 0.2,
+                 max_retry_after: float = 60.0):
         self.host = host
         self.retries = retries
         self.backoff = backoff
-        scheme = "http" if is_loopback(host) else "https"
-        self._http = httpx.Client(base_url=f"{scheme}://{host}", timeout=timeout)
+        self.max_retry_after = max_retry_after
+        api_host = HUB_API_HOST if canonical_registry(host) == DOCKER_HUB else host
+        if uses_plain_http(host):
+            self._http = httpx.Client(base_url=f"http://{api_host}", timeout=timeout)
+        else:
+            self._http = httpx.Client(base_url=f"https://{api_host}", timeout=timeout,
+                                      verify=tls_context(host))
         self._tokens: dict[str, str] = {}     # scope → bearer token
         self._basic: str | None = None         # "Basic …" once the registry asked for basic auth
         self._creds: DockerCredentials | None = None
@@ -145,6 +196,9 @@ class Registry:
             try:
                 response = self._http.send(request, stream=stream, follow_redirects=follow_redirects)
             except httpx.TransportError as e:
+                fatal = _fatal_transport_error(e, self.host)
+                if fatal:
+                    raise UserError(f"{fatal} (for {what})") from None
                 if replayable and attempt < self.retries:
                     self._sleep(attempt)
                     attempt += 1
@@ -158,12 +212,17 @@ class Registry:
                 self._answer_challenge(challenge, scope, what)
                 answered_challenge = True
                 continue
+            wait = _retry_after(response) if response.status_code == 429 else None
             if (response.status_code >= 500 or response.status_code == 429) and replayable \
-                    and attempt < self.retries:
+                    and attempt < self.retries and (wait is None or wait <= self.max_retry_after):
                 response.close()
-                self._sleep(attempt)
+                time.sleep(wait) if wait is not None else self._sleep(attempt)
                 attempt += 1
                 continue
+            if response.status_code == 429:
+                response.close()
+                later = f"it asks to retry after {wait:g} s" if wait is not None else "try again later"
+                raise UserError(f"registry {self.host} is rate-limiting layerwise (HTTP 429) for {what}; {later}")
             if response.status_code in (401, 403):
                 response.close()
                 raise UserError(self._refused(what, response.status_code))
@@ -303,6 +362,7 @@ class Registry:
         what = f"{self.host}/{name}:{ref}"
         response = self._request("PUT", f"/v2/{name}/manifests/{ref}", what, content=manifest.raw,
                                  headers={"Content-Type": manifest.media_type})
+        self._check_media_type(response, what, manifest.media_type)
         self._check(response, what)
         return response.headers.get("Docker-Content-Digest", manifest.digest)
 
@@ -346,6 +406,7 @@ class Registry:
         what = f"{self.host}/{name}:{ref}"
         response = self._request("PUT", f"/v2/{name}/manifests/{ref}", what, content=raw,
                                  headers={"Content-Type": media_type})
+        self._check_media_type(response, what, media_type)
         self._check(response, what)
         return response.headers.get("Docker-Content-Digest", "sha256:" + hashlib.sha256(raw).hexdigest())
 
@@ -397,10 +458,55 @@ class Registry:
     def config(self, name: str, manifest: Manifest) -> dict:
         return json.loads(self.blob(name, manifest.config_digest)) if manifest.config_digest else {}
 
+    def _check_media_type(self, response: httpx.Response, what: str, media_type: str) -> None:
+        """A registry that does not store this kind of manifest says 415, or 400 MANIFEST_INVALID
+        / UNSUPPORTED: one line naming the media type, nothing else tagged."""
+        if response.status_code == 415 or (response.status_code == 400 and re.search(
+                r"MANIFEST_INVALID|UNSUPPORTED|media ?type", response.text, re.I)):
+            raise UserError(f"registry {self.host} refuses manifests of media type {media_type} for {what} "
+                            f"(HTTP {response.status_code}); use a registry that stores them")
+
     def _check(self, response: httpx.Response, what: str) -> None:
         if response.status_code >= 400:
             detail = self._redact(response.text[:200].strip())
             raise UserError(f"registry {self.host} answered HTTP {response.status_code} for {what}: {detail}")
+
+
+def _fatal_transport_error(error: httpx.TransportError, host: str) -> str | None:
+    """The connection failures no retry can mend, as one line: TLS refused, host unknown."""
+    cause = error.__context__ or error.__cause__
+    chain = []
+    while cause is not None and len(chain) < 6:
+        chain.append(cause)
+        cause = cause.__context__ or cause.__cause__
+    text = " ".join(str(c) for c in [error, *chain])
+    if any(isinstance(c, ssl.SSLError) for c in chain) or "CERTIFICATE_VERIFY_FAILED" in text \
+            or "SSL" in text.upper() and "WRONG_VERSION_NUMBER" in text.upper():
+        reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else "TLS handshake failed"
+        detail = re.search(r"certificate verify failed: ([^()\]]+)", text)
+        if detail:
+            reason += f": {detail.group(1).strip()}"
+        return (f"TLS to registry {host} failed ({reason}); give its CA with --ca-cert FILE or "
+                f"{CERTS_D}/{host}/ca.crt, or list it as an insecure registry if it speaks plain HTTP")
+    if any(isinstance(c, OSError) and getattr(c, "errno", None) in (-2, -3, -5) for c in chain) \
+            or "Name or service not known" in text or "nodename nor servname" in text \
+            or "Temporary failure in name resolution" in text:
+        return f"registry host {host_name(host)} is unknown (no DNS answer); check the registry address"
+    return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (delta seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def _scope(url: httpx.URL, method: str) -> str:
@@ -467,17 +573,60 @@ def _docker_config() -> dict:
 
 
 def _auth_key_host(key: str) -> str:
-    """'https://host:5000/v1/' → 'host:5000'; Docker Hub's aliases → 'index.docker.io'."""
+    """'https://host:5000/v1/' → 'host:5000'; Docker Hub's aliases → 'index.docker.io'
+    (the key the docker CLI files Hub credentials under)."""
     host = key.split("://", 1)[-1].split("/", 1)[0].lower()
-    return "index.docker.io" if host in ("docker.io", "registry-1.docker.io") else host
+    return "index.docker.io" if canonical_registry(host) == DOCKER_HUB else host
+
+
+def _helper_for(doc: dict, host: str) -> str | None:
+    """The credential helper config.json names for host: credHelpers[host], else credsStore."""
+    helpers = doc.get("credHelpers") or {}
+    want = _auth_key_host(host)
+    helper = next((h for k, h in helpers.items() if _auth_key_host(k) == want), None)
+    return helper or doc.get("credsStore") or None
+
+
+def _from_helper(helper: str, host: str) -> DockerCredentials | None:
+    """Ask `docker-credential-HELPER get` (the docker CLI's protocol: server URL on stdin, JSON
+    {Username, Secret} on stdout). None when the helper holds nothing for host."""
+    program = shutil.which(f"docker-credential-{helper}")
+    if not program:
+        raise UserError(f"{docker_config_path()} keeps registry credentials in the helper {helper!r}, but "
+                        f"docker-credential-{helper} is not installed; install it or add an 'auths' entry")
+    server = "https://index.docker.io/v1/" if _auth_key_host(host) == "index.docker.io" else host
+    try:
+        result = subprocess.run([program, "get"], input=server, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"the credential helper docker-credential-{helper} failed ({type(e).__name__})") from None
+    if result.returncode != 0:
+        if "credentials not found" in (result.stdout + result.stderr).lower():
+            return None
+        raise UserError(f"the credential helper docker-credential-{helper} failed for {host}: "
+                        f"{result.stderr.strip()[:200] or 'exit ' + str(result.returncode)}")
+    try:
+        doc = json.loads(result.stdout)
+        user, secret = str(doc.get("Username") or ""), str(doc.get("Secret") or "")
+    except (ValueError, AttributeError):
+        raise UserError(f"the credential helper docker-credential-{helper} sent unreadable output") from None
+    if user == "<token>":
+        raise UserError(f"docker-credential-{helper} holds an identity token for {host}, which layerwise "
+                        "does not support; log in with a username and password")
+    return DockerCredentials(user, secret) if user else None
 
 
 def docker_credentials(host: str) -> DockerCredentials | None:
-    """The user's credentials for `host` from config.json `auths` (base64 user:pass in `auth`, or
-    `username`/`password`). Credential helpers (`credsStore`, `credHelpers`) and identity tokens
-    are not used: see credential_helper_note."""
+    """The user's credentials for `host`, as the docker CLI finds them: a credential helper
+    (`credHelpers` for this host, else `credsStore`) when config.json names one, else `auths`
+    (base64 user:pass in `auth`, or `username`/`password`)."""
+    doc = _docker_config()
+    helper = _helper_for(doc, host)
+    if helper:
+        found = _from_helper(helper, host)
+        if found:
+            return found
     want = _auth_key_host(host)
-    for key, entry in (_docker_config().get("auths") or {}).items():
+    for key, entry in (doc.get("auths") or {}).items():
         if _auth_key_host(key) != want or not isinstance(entry, dict):
             continue
         if entry.get("auth"):
@@ -494,12 +643,8 @@ def docker_credentials(host: str) -> DockerCredentials | None:
 
 
 def credential_helper_note(host: str) -> str | None:
-    """Why credentials the user may have are not seen: layerwise does not run credential helpers."""
+    """Why credentials the user may have are not seen (identity tokens are not supported)."""
     doc = _docker_config()
-    helper = (doc.get("credHelpers") or {}).get(host) or doc.get("credsStore")
-    if helper:
-        return (f"{docker_config_path()} keeps them in the credential helper {helper!r}, which layerwise "
-                f"does not call; add an 'auths' entry for {host}")
     entry = next((e for k, e in (doc.get("auths") or {}).items() if _auth_key_host(k) == _auth_key_host(host)), None)
     if isinstance(entry, dict) and entry.get("identitytoken"):
         return "identity tokens in config.json are not supported; log in with a username and password"

@@ -54,8 +54,14 @@ class AppSpec(BaseModel):
     expose: list[int | str] | int | str | None = None
 
 
+class PolicySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    registries: list[str] = Field(min_length=1)   # the registries images may come from (policy.py)
+
+
 class StackSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    policy: PolicySpec | None = None
     registry: str = Field(min_length=1)
     project: str = Field(pattern=REPOSITORY)
     base: str = Field(min_length=1)
@@ -76,6 +82,8 @@ class Stack:
     names: dict[str, tuple[str, str]]     # category -> (repository path, tag)
     apps: dict[str, tuple[Step, ...]]      # app -> its steps in category order, not yet merged
     app_tags: dict[str, str]               # app -> the human tag of its image
+    allowed_registries: tuple[str, ...] = ()   # `policy: {registries: [...]}`; empty: no policy here
+    policy_line: int | None = None
 
     @property
     def root(self) -> Path:
@@ -340,4 +348,6 @@ def load_stack(path: str | Path) -> Stack:
         names={k: (v.name, v.tag) for k, v in spec.images.items()},
         apps=apps,
         app_tags={name: app.tag for name, app in spec.apps.items()},
+        allowed_registries=tuple(spec.policy.registries) if spec.policy else (),
+        policy_line=lines.at(("policy", "registries")) if spec.policy else None,
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
-from .dockerfiles import parse_instructions, unbuildable_reason
+from .dockerfiles import parse_instructions
 from .engine import BuildFailed, Engine
 from .errors import UserError
 from .images import open_image
@@ -237,13 +237,13 @@ def verify(import_dir: Path, engine: Engine, only: list[str] | None = None, prog
         raise UserError(f"no app {', '.join(unknown)} in {spec.dir / 'import.json'}")
     apps = [a for a in spec.apps if only is None or a.name in only]
     report = progress or (lambda key, phase, event: None)
-    refusals = {a.name: _refusal(a) for a in apps}
+    refusals = {a.name: _refusal(a, engine) for a in apps}
     needed = _bases_needed(spec, [a for a in apps if refusals[a.name] is None])
     broken = _build_bases(needed, engine, report, no_cache)
     return [_verify_app(a, refusals[a.name], broken, engine, report, cache, no_cache) for a in apps]
 
 
-def _refusal(app: ImportedApp) -> str | None:
+def _refusal(app: ImportedApp, engine: Engine) -> str | None:
     """Why an app cannot be verified at all, found before anything is built."""
     if app.context is None:
         return ("its Dockerfile came without its build context; verify builds the original and needs it "
@@ -251,14 +251,12 @@ def _refusal(app: ImportedApp) -> str | None:
     if not app.context.is_dir():
         return f"its build context {app.context} is not a folder"
     for what, dockerfile in (("original", app.original), ("refactored", app.dockerfile)):
-        try:
-            reason = unbuildable_reason(dockerfile.read_text(encoding="utf-8"))
+        try:   # what the engine's builder cannot build, and images the registry policy refuses
+            engine.check_dockerfile(dockerfile.read_text(encoding="utf-8"), f"{app.name} {what}", dockerfile)
         except (OSError, UnicodeDecodeError) as e:
             return f"cannot read the {what} Dockerfile {dockerfile} ({e})"
         except UserError as e:
-            return f"the {what} Dockerfile {dockerfile}: {e}"
-        if reason:
-            return f"the {what} Dockerfile {dockerfile} cannot be built here: {reason}"
+            return f"the {what} Dockerfile {dockerfile} cannot be built here: {e.message}"
     return None
 
 
