@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .cost import DOCKER, HOST_KINDS, HostLayer, distinct_bytes
+from .cost import DOCKER, HOST_KINDS, PLANNED, HostLayer, as_built, chained, host_key, next_chain, pulled
 from .errors import UserError
 from .images import LayerRef, open_image
 from .layerindex import Cache, LayerIndex, dive_efficiency, effective_tree, index_layers, layer_jobs
@@ -199,44 +199,29 @@ def _content(layer: LayerRef, index: LayerIndex | None) -> str:
 
 
 def _as_pulled(img: AuditedImage, rebuilt_from: int | None = None) -> list[HostLayer]:
-    """The image's layers as hosts see them: the chain of blob digests up to each layer (what the
-    Docker Engine reuses, as `cost.predict_pulls` walks it), the blob (containerd), the content.
-    `rebuilt_from`: the image rebuilt from that layer (0-based) up, as teams build today: every
-    rebuilt layer is a new blob, one per layer (chain) it replaces, so images that shared a layer
-    before still share its rebuild and the others each pull their own."""
-    out, old, chain = [], "", ""
-    for i, (layer, index) in enumerate(zip(img.layers, img.indexes)):
-        old = sha256_text(old, layer.digest)
-        rebuilt = rebuilt_from is not None and i >= rebuilt_from
-        blob = sha256_text("rebuilt", old) if rebuilt else layer.digest
-        chain = sha256_text(chain, blob)
-        out.append(HostLayer(chain, blob, _content(layer, index),
-                             Step("RUN -", "layer", size=layer.size, size_source="measured")))
-    return out
+    """The image's layers as hosts see them (`cost.chained`: the chain of blob digests up to each
+    layer, the blob, the content). `rebuilt_from`: the image rebuilt from that layer (0-based) up,
+    as teams build today: every rebuilt layer is a new blob, one per layer (chain) it replaces, so
+    images that shared a layer before still share its rebuild and the others each pull their own."""
+    def blobs():
+        old = ""
+        for i, (layer, index) in enumerate(zip(img.layers, img.indexes)):
+            old = next_chain(old, layer.digest)
+            rebuilt = rebuilt_from is not None and i >= rebuilt_from
+            yield (sha256_text("rebuilt", old) if rebuilt else layer.digest), _content(layer, index), layer.size
+    return chained(blobs())
 
 
 def _as_planned(nodes: list[TreeNode], path: list[int], changed: int | None = None) -> list[HostLayer]:
-    """An image's layers when built from the recommended tree by layerwise (cost.py's PLANNED rule,
-    as `cost.app_layers` applies it): each tree node is built once; a COPY/ADD layer's blob depends
-    only on its files, any other layer's on everything below it. `changed`: the node whose content
-    changes; it and every layer above it get new chains, and new blobs unless they only copy files."""
-    out, chain, below = [], "", ""
-    for i in path:
-        step = nodes[i].step
-        content = sha256_text(step.identity, "changed" if i == changed else "")
-        below = sha256_text(below, content)
-        blob = content if step.keyword in ("COPY", "ADD") else below
-        chain = sha256_text(chain, blob)
-        out.append(HostLayer(chain, blob, content, step))
-    return out
+    """An image's layers when built from the recommended tree by layerwise: the cost model's
+    blob-as-built rule (`cost.as_built`, planned). `changed`: the node whose content changes."""
+    return as_built(((nodes[i].step, i == changed) for i in path), PLANNED)[0]
 
 
 def _pulled(held: list[HostLayer], wanted: list[HostLayer], host_kind: str) -> int:
-    """Bytes a host holding `held` downloads to get `wanted`, by the host kind's rule (as
-    `cost.pull_cost` counts them: each missing chain or blob once)."""
-    key = lambda h: h.key(host_kind)
-    have = {key(h) for h in held}
-    return distinct_bytes([h for h in wanted if key(h) not in have], key)
+    """Bytes a host holding `held` downloads to get `wanted`, by the host kind's rule (`cost.pulled`)."""
+    key = host_key(host_kind)
+    return pulled(wanted, host_kind, {key(h) for h in held}).bytes
 
 
 def cold_pull(images: list[AuditedImage]) -> dict[str, int]:

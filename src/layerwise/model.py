@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 from .dockerfiles import LAYER_KEYWORDS
 
@@ -44,17 +45,23 @@ class Step:
     size: int | None = None              # bytes the layer adds, when known
     size_source: str = "unknown"         # hint | context | measured | unknown | empty
 
-    @property
+    # Computed once per step: plans of thousands of apps ask for them millions of times.
+    @cached_property
     def keyword(self) -> str:
         return self.instruction.split(None, 1)[0]
 
-    @property
+    @cached_property
     def creates_layer(self) -> bool:
         return self.keyword in LAYER_KEYWORDS
 
-    @property
+    @cached_property
     def identity(self) -> str:
         return sha256_text(self.instruction, self.context_digest or "")
+
+    @cached_property
+    def content_id(self) -> str:
+        """What the step puts in its layer, as built (the cost model's content rule)."""
+        return sha256_text(self.identity, "")
 
     def short(self, width: int = 60) -> str:
         text = self.instruction
@@ -108,14 +115,22 @@ class Plan:
     apps: dict[str, str] = field(default_factory=dict)   # app -> key of its image
     base_digest: str | None = None        # the OS base's digest, when the fingerprints used it
 
-    def image(self, key: str) -> ImageNode:
+    @cached_property
+    def _by_key(self) -> dict[str, ImageNode]:
+        return {img.key: img for img in self.images}
+
+    @cached_property
+    def _children(self) -> dict[str | None, list[ImageNode]]:
+        out: dict[str | None, list[ImageNode]] = {}
         for img in self.images:
-            if img.key == key:
-                return img
-        raise KeyError(key)
+            out.setdefault(img.parent, []).append(img)
+        return out
+
+    def image(self, key: str) -> ImageNode:
+        return self._by_key[key]
 
     def children(self, key: str | None) -> list[ImageNode]:
-        return [img for img in self.images if img.parent == key]
+        return list(self._children.get(key, ()))
 
     def chain(self, key: str) -> list[ImageNode]:
         """The image and its ancestors, root first."""
