@@ -28,10 +28,11 @@ host and every fleet group, so the work grows with the steps of the plan, not wi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .model import Plan, Step, sha256_text
+from .model import Plan, Step
 
 DOCKER, CONTAINERD = "docker", "containerd"
 HOST_KINDS = (DOCKER, CONTAINERD)
@@ -40,46 +41,65 @@ PLANNED, FLAT, TREE = "planned", "flat", "tree"
 
 # ----------------------------------------------------------------------------- the rules
 
-@dataclass(frozen=True, slots=True)
-class HostLayer:
+Key = Hashable
+
+
+class Ids:
+    """Equal parts get equal ids and different parts different ones: an exact and cheap stand-in
+    for hashing them, since these ids are only compared, never shown. Layers compared with each
+    other must get their ids from the same `Ids`."""
+
+    def __init__(self) -> None:
+        self.table: dict[tuple, int] = {}
+
+    def __call__(self, *parts: Key) -> int:
+        found = self.table.get(parts)
+        if found is None:
+            found = self.table[parts] = len(self.table)
+        return found
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class HostLayer(NamedTuple):
     """One layer as hosts see it: `chain` (Docker Engine), `blob` (containerd), `content` (floor)."""
-    chain: str
-    blob: str
-    content: str
+    chain: Key
+    blob: Key
+    content: Key
     size: int
     category: str = ""
 
-    def key(self, host_kind: str) -> str:
+    def key(self, host_kind: str) -> Key:
         return self.chain if host_kind == DOCKER else self.blob
 
 
-def next_chain(chain: str, blob: str) -> str:
+def next_chain(ids: Ids, chain: Key, blob: Key) -> int:
     """Chain walking: a layer's chain id is its blob on top of the chain below it."""
-    return sha256_text(chain, blob)
+    return ids(chain, blob)
 
 
-def chained(layers: Iterable[tuple[str, str, int]]) -> list[HostLayer]:
+def chained(ids: Ids, layers: Iterable[tuple[Key, Key, int]]) -> list[HostLayer]:
     """(blob, content, size) bottom first → HostLayers with their chain ids: an image as pulled."""
-    out, chain = [], ""
+    out, chain = [], None
     for blob, content, size in layers:
-        chain = next_chain(chain, blob)
+        chain = next_chain(ids, chain, blob)
         out.append(HostLayer(chain, blob, content, size))
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Below:
+class Below(NamedTuple):
     """What the steps under a point leave to the next one: the chain id, the content of every step
     below (a RUN's output may depend on all of it), and whether one of them was rebuilt."""
-    chain: str = ""
-    content: str = ""
+    chain: Key = None
+    content: Key = None
     rebuilt: bool = False
 
 
 GROUND = Below()
 
 
-def as_built(steps: Iterable[tuple[Step, bool]], variant: str = PLANNED,
+def as_built(ids: Ids, steps: Iterable[tuple[Step, bool]], variant: str = PLANNED,
              below: Below = GROUND) -> tuple[list[HostLayer], Below]:
     """The blob-as-built rule: the layers of `steps` ((step, changed) pairs, bottom first) built on
     `below`. A changed step has new content, and every step from it up is rebuilt.
@@ -87,19 +107,29 @@ def as_built(steps: Iterable[tuple[Step, bool]], variant: str = PLANNED,
       copies); any other layer's blob follows the content of everything below it;
     - tree (built the usual way): shared where the tree shares, a new blob from the first rebuilt
       step up, whatever its content."""
-    chain, content_below, rebuilt = below.chain, below.content, below.rebuilt
+    chain, content_below, rebuilt = below
+    table = ids.table       # ids(...) inlined: this loop runs once per step, per case, per node
     out: list[HostLayer] = []
     for step, changed in steps:
         rebuilt = rebuilt or changed
-        content = sha256_text(step.identity, "changed") if changed else step.content_id
-        content_below = sha256_text(content_below, content)
+        parts = (step.identity, changed)
+        content = table.get(parts)
+        if content is None:
+            content = table[parts] = len(table)
+        parts = (content_below, content)
+        content_below = table.get(parts)
+        if content_below is None:
+            content_below = table[parts] = len(table)
         if not step.creates_layer:
             continue
         if variant == PLANNED:
             blob = content if step.keyword in ("COPY", "ADD") else content_below
         else:
-            blob = sha256_text("tree", content_below, "rebuilt" if rebuilt else "")
-        chain = next_chain(chain, blob)
+            blob = ids("tree", content_below, rebuilt)
+        parts = (chain, blob)               # next_chain
+        chain = table.get(parts)
+        if chain is None:
+            chain = table[parts] = len(table)
         out.append(HostLayer(chain, blob, content, step.size or 0, step.category))
     return out, Below(chain, content_below, rebuilt)
 
@@ -116,8 +146,8 @@ class Pull:
         return self
 
 
-def _distinct(wanted: Iterable[HostLayer], key: Callable[[HostLayer], str],
-              held: Container[str] = ()) -> Pull:
+def _distinct(wanted: Iterable[HostLayer], key: Callable[[HostLayer], Key],
+              held: Container[Key] = ()) -> Pull:
     sizes: dict[str, int] = {}
     for h in wanted:
         k = key(h)
@@ -126,17 +156,17 @@ def _distinct(wanted: Iterable[HostLayer], key: Callable[[HostLayer], str],
     return Pull(sum(sizes.values()), len(sizes))
 
 
-def host_key(host_kind: str) -> Callable[[HostLayer], str]:
+def host_key(host_kind: str) -> Callable[[HostLayer], Key]:
     """What a host of this kind reuses a layer by: the chain (Docker Engine) or the blob (containerd)."""
     return (lambda h: h.chain) if host_kind == DOCKER else (lambda h: h.blob)
 
 
-def pulled(wanted: Iterable[HostLayer], host_kind: str, held: Container[str] = ()) -> Pull:
+def pulled(wanted: Iterable[HostLayer], host_kind: str, held: Container[Key] = ()) -> Pull:
     """Bytes a host pulls: every wanted layer whose key (`host_key`) is not in `held`, each once."""
     return _distinct(wanted, host_key(host_kind), held)
 
 
-def content_bytes(layers: Iterable[HostLayer], held: Container[str] = ()) -> int:
+def content_bytes(layers: Iterable[HostLayer], held: Container[Key] = ()) -> int:
     """The floor: content not in `held`, each counted once."""
     return _distinct(layers, lambda h: h.content, held).bytes
 
@@ -156,10 +186,12 @@ class PlanCosts:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.work = 0
+        self.ids = Ids()
         self._cats = {img.key: frozenset(s.category for s in img.steps) for img in plan.images}
         self._paths = {app: tuple(img.key for img in plan.chain(key)) for app, key in plan.apps.items()}
         self._built: dict[tuple[str, str | None], dict[str, tuple[tuple[HostLayer, ...], Below]]] = {}
         self._flat: dict[str, dict[str | None, Pull]] = {}
+        self._flat_nodes: dict[str, dict[str | None, Pull]] = {}
 
     def layers(self, variant: str, updated: str | None = None) -> dict[str, tuple[HostLayer, ...]]:
         """Image key → its own layers, after an update of `updated` (None: as built)."""
@@ -176,7 +208,7 @@ class PlanCosts:
             if cold is not None and not below.rebuilt and updated not in self._cats[img.key]:
                 out[img.key] = cold[img.key]   # nothing changed at or below: as built
                 continue
-            layers, end = as_built(((s, s.category == updated) for s in img.steps), variant, below)
+            layers, end = as_built(self.ids, ((s, s.category == updated) for s in img.steps), variant, below)
             self.work += len(layers)
             out[img.key] = (tuple(layers), end)
         self._built[(variant, updated)] = out
@@ -221,7 +253,7 @@ class PlanCosts:
         # Nodes left as built hold nothing new; only rebuilt ones are looked at.
         return pulled((h for k in union if after[k] is not built[k] for h in after[k][0]), host_kind, held)
 
-    def arrivals(self, apps: tuple[str, ...], key: Callable[[HostLayer], str],
+    def arrivals(self, apps: tuple[str, ...], key: Callable[[HostLayer], Key],
                  variant: str = PLANNED) -> dict[str, Pull]:
         """Per app, what a host running all `apps` downloads when that app arrives last: only the
         nodes no other app of the host is built on can hold layers the others lack."""
@@ -247,17 +279,47 @@ class PlanCosts:
         """The flat variant (every app its own build from the OS base, not reproducible: a fresh blob
         per app, per layer and per rebuild): cold, the app's every layer; on an update of a category,
         its layers from that category's first step up. Keyed by category (None: cold)."""
-        if app in self._flat:
-            return self._flat[app]
-        steps = [s for k in self._paths[app] for s in self.plan.image(k).steps]
-        self.work += 1
-        out: dict[str | None, Pull] = {None: Pull(0, 0)}
-        for s in reversed(steps):            # from the top: what lies above each first step
-            if s.creates_layer:
-                out[None] = Pull(out[None].bytes + (s.size or 0), out[None].layers + 1)
-            out[s.category] = Pull(out[None].bytes, out[None].layers)
-        self._flat[app] = out
-        return out
+        if app not in self._flat:
+            out: dict[str | None, Pull] = {None: Pull(0, 0)}
+            for key in reversed(self._paths[app]):          # from the top: what lies above
+                own = self._flat_own(key)
+                above = out[None]
+                for category, pull in own.items():
+                    out[category] = Pull(pull.bytes + above.bytes, pull.layers + above.layers)
+            self._flat[app] = out
+        return self._flat[app]
+
+    def _flat_own(self, key: str) -> dict[str | None, Pull]:
+        """One image's own layers (None) and, per category, its layers from that category's first step."""
+        if key not in self._flat_nodes:
+            self.work += 1
+            out: dict[str | None, Pull] = {None: Pull(0, 0)}
+            for s in reversed(self.plan.image(key).steps):
+                if s.creates_layer:
+                    out[None] = Pull(out[None].bytes + (s.size or 0), out[None].layers + 1)
+                out[s.category] = out[None]
+            self._flat_nodes[key] = out
+        return self._flat_nodes[key]
+
+    def one_app_hosts(self, variant: str, updated: str | None = None) -> dict[str, Pull]:
+        """Per app, what a Docker Engine host running only that app pulls (cold or on an update),
+        summed along its chain of images once per node. Exact for the chain rule: along one chain
+        the chain ids all differ, and a layer whose chain changed holds changed content, which no
+        host holds yet, while one whose chain did not change is held."""
+        cold = self._nodes(variant, None)
+        after = self._nodes(variant, updated) if updated is not None else None
+        total: dict[str, Pull] = {}
+        for img in self.plan.images:                      # parents first
+            below = total[img.parent] if img.parent else Pull(0, 0)
+            self.work += 1
+            if after is None:
+                own = [h.size for h in cold[img.key][0]]
+            elif after[img.key] is cold[img.key]:
+                own = []
+            else:
+                own = [h.size for h, c in zip(after[img.key][0], cold[img.key][0]) if h.chain != c.chain]
+            total[img.key] = Pull(below.bytes + sum(own), below.layers + len(own))
+        return {app: total[self.plan.apps[app]] for app in self.plan.apps}
 
     # -- the floor: only changed content, counted once -----------------------------------------------
 
@@ -343,17 +405,24 @@ def layer_sizes(plan: Plan) -> LayerSizes:
 
 
 def _rows(costs: PlanCosts, hosts: list[tuple[str, ...]], host_kind: str, with_arrival: bool) -> list[Row]:
+    one_app = host_kind == DOCKER and all(len(h) == 1 for h in hosts)
+
+    def planned(updated: str | None) -> int:
+        if one_app:    # summed per node along each chain, not per host
+            per_app = costs.one_app_hosts(PLANNED, updated)
+            return sum(per_app[h[0]].bytes for h in hosts)
+        return sum(costs.pull(h, host_kind, PLANNED, updated).bytes for h in hosts)
+
     def total(updated: str | None = None) -> tuple[int, int, int]:
-        return (sum(costs.pull(h, host_kind, PLANNED, updated).bytes for h in hosts),
-                sum(costs.pull(h, host_kind, FLAT, updated).bytes for h in hosts),
+        return (planned(updated), sum(costs.pull(h, host_kind, FLAT, updated).bytes for h in hosts),
                 sum(costs.floor(h, updated) for h in hosts))
 
     rows = [Row("cold pull", 0, *total())]
     if with_arrival:
         apps = hosts[0]
-        planned = costs.arrivals(apps, host_key(host_kind))
+        arrivals = costs.arrivals(apps, host_key(host_kind))
         floor = costs.arrivals(apps, lambda h: h.content)
-        sums = (sum(p.bytes for p in planned.values()), sum(costs.flat(a)[None].bytes for a in apps),
+        sums = (sum(p.bytes for p in arrivals.values()), sum(costs.flat(a)[None].bytes for a in apps),
                 sum(p.bytes for p in floor.values()))
         rows.append(Row("add one app (others present)", 0, *(v // len(apps) for v in sums)))
     for cat in costs.plan.categories:
@@ -438,16 +507,16 @@ def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: in
 
 # ----------------------------------------------------------------------------- real pulls
 
-def registry_layers(manifest) -> list[HostLayer]:
+def registry_layers(ids: Ids, manifest) -> list[HostLayer]:
     """A registry manifest's layers as hosts see them: the blob digest, chained."""
-    return chained((layer.digest, layer.digest, layer.size) for layer in manifest.layers)
+    return chained(ids, ((layer.digest, layer.digest, layer.size) for layer in manifest.layers))
 
 
 def predict_pulls(pulls: list, held: list, host_kind: str) -> Pull:
     """Bytes and layers a host downloads to pull the images `pulls` (registry manifests, in order)
     while holding `held`: manifests and configs, and every layer its rule (`pulled`) does not let
     it reuse. Exact where the cost model estimates: digests and sizes come from the registry."""
-    key = host_key(host_kind)
-    have = {key(h) for m in held for h in registry_layers(m)}
-    layers = pulled((h for m in pulls for h in registry_layers(m)), host_kind, have)
+    key, ids = host_key(host_kind), Ids()
+    have = {key(h) for m in held for h in registry_layers(ids, m)}
+    layers = pulled((h for m in pulls for h in registry_layers(ids, m)), host_kind, have)
     return Pull(layers.bytes + sum(len(m.raw) + m.config_size for m in pulls), layers.layers)

@@ -58,11 +58,6 @@ class Step:
     def identity(self) -> str:
         return sha256_text(self.instruction, self.context_digest or "")
 
-    @cached_property
-    def content_id(self) -> str:
-        """What the step puts in its layer, as built (the cost model's content rule)."""
-        return sha256_text(self.identity, "")
-
     def short(self, width: int = 60) -> str:
         text = self.instruction
         return text if len(text) <= width else text[: width - 1] + "…"

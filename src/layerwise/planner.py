@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .dockerfiles import can_join, join_runs, parse_instructions
+from .dockerfiles import can_join, join_runs, parse_fragment, prefetch
 from .errors import UserError
 from .model import Category, ImageNode, Plan, Step, sha256_text
 from .spec import Stack
@@ -35,6 +35,7 @@ def _merged(run_steps: list[Step]) -> Step:
 def merge_layers(steps: tuple[Step, ...] | list[Step], categories: tuple[Category, ...]) -> list[Step]:
     """Join consecutive plain RUNs of a `merge` category into one `RUN a && b` (COPYs stay)."""
     merging = {c.name for c in categories if c.merge}
+    prefetch(s.instruction for s in steps if s.category in merging)
     out: list[Step] = []
     pending: list[Step] = []
     custom_shell = False   # after a SHELL instruction RUN is not POSIX sh: `&&` may mean nothing
@@ -47,7 +48,7 @@ def merge_layers(steps: tuple[Step, ...] | list[Step], categories: tuple[Categor
     for step in steps:
         custom_shell = custom_shell or step.keyword == "SHELL"
         joinable = (step.category in merging and not custom_shell
-                    and can_join(parse_instructions(step.instruction)[0]))
+                    and can_join(parse_fragment(step.instruction)[0]))
         if joinable and (not pending or pending[0].category == step.category):
             pending.append(step)
             continue

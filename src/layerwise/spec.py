@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import contexts
-from .dockerfiles import parse_instructions
+from .dockerfiles import parse_fragment, prefetch
 from .errors import UserError
 from .model import Category, Step
 from .units import parse_size
@@ -125,6 +125,20 @@ class Lines:
         return self._text.get(path) or self.at(path)
 
 
+# libyaml's C parser when PyYAML was built with it (15× faster on large stack files), else Python's.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse(text: str, loader_class) -> tuple[yaml.Node | None, Any]:
+    """One parse: the node tree (for the lines) and the data constructed from that same tree."""
+    loader = loader_class(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> tuple[Any, "Lines"]:
     try:
         text = path.read_text()
@@ -133,8 +147,12 @@ def read_yaml(path: Path) -> tuple[Any, "Lines"]:
     except OSError as e:
         raise UserError(f"cannot read the file: {e.strerror}", path) from None
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            root, data = _parse(text, _LOADER)
+        except yaml.YAMLError:
+            # The pure-Python parser says what is wrong in more words (the character, the token);
+            # bad input is rare, so it parses again to give that message, at the same line.
+            root, data = _parse(text, yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         context = getattr(e, "context_mark", None)
@@ -243,26 +261,45 @@ def _env_str(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def _steps_of(texts, category: str, size_hint: int | None, stack_root: Path, path: Path) -> list[Step]:
+def _steps_of(texts, category: str, size_hint: int | None, stack_root: Path, path: Path,
+              files: dict | None = None) -> list[Step]:
+    """Steps of one category. `files`: COPY sources already resolved and digested in this load,
+    by their text (a family repeats the same COPY in many apps)."""
+    files = {} if files is None else files
     instructions = []
     for text, line in texts:
-        for ins in parse_instructions(text, file=str(path), first_line=line or 1):
+        first = line or 1
+        for ins in parse_fragment(text, file=str(path), first_line=first):
+            at = first + ins.line - 1
             if ins.keyword == "FROM":
                 raise UserError("FROM is not allowed in a category: the plan chooses each image's "
-                                "parent; put the OS image in 'base:'", path, ins.line)
-            instructions.append(ins)
+                                "parent; put the OS image in 'base:'", path, at)
+            instructions.append((ins, at))
     steps = []
-    for ins in instructions:
+    for ins, at in instructions:
         digest, sources, size, source = None, (), None, "unknown"
         if ins.copy_sources:
-            rels = contexts.resolve_sources(stack_root, ins.copy_sources, file=str(path), line=ins.line)
-            files = contexts.digest_files(stack_root.resolve(), rels)
-            digest, sources, size, source = files.digest, tuple(rels), files.size, "context"
+            if ins.copy_sources not in files:
+                rels = contexts.resolve_sources(stack_root, ins.copy_sources, file=str(path), line=at)
+                files[ins.copy_sources] = (rels, contexts.digest_files(stack_root.resolve(), rels))
+            rels, digested = files[ins.copy_sources]
+            digest, sources, size, source = digested.digest, tuple(rels), digested.size, "context"
         if not ins.creates_layer:
             size, source = 0, "empty"
         steps.append(Step(instruction=ins.text, category=category, context_digest=digest,
                           sources=sources, size=size, size_source=source))
     return _apply_hint(steps, size_hint) if size_hint is not None else steps
+
+
+def _all_texts(apps: dict, declared: list[str]):
+    """Every step text of the stack file, read leniently (validation comes later, in order)."""
+    for app in apps.values():
+        for cat in declared:
+            value = (app.model_extra or {}).get(cat)
+            if isinstance(value, dict):
+                value = value.get("steps")
+            yield from (t for t in (value if isinstance(value, list) else [value]) if isinstance(t, str))
+        yield from _app_config_texts(app)
 
 
 def _apply_hint(steps: list[Step], hint: int) -> list[Step]:
@@ -304,6 +341,8 @@ def load_stack(path: str | Path) -> Stack:
                             f"images are named by category ({', '.join(declared)})",
                             path, lines.at(("images", key)))
 
+    prefetch(_all_texts(spec.apps, declared))
+    files: dict = {}
     apps: dict[str, tuple[Step, ...]] = {}
     for app_name, app in spec.apps.items():
         if not isinstance(app_name, str) or not re.match(NAME, app_name):
@@ -321,14 +360,14 @@ def load_stack(path: str | Path) -> Stack:
             if cat in extra:
                 where = ("apps", app_name, cat)
                 texts, size = _category_texts(extra[cat], where, path, lines)
-                steps += _steps_of(texts, cat, size, path.parent, path)
+                steps += _steps_of(texts, cat, size, path.parent, path, files)
         if not steps:
             raise UserError(f"app {app_name!r} has no steps; give it at least one category",
                             path, lines.at(("apps", app_name)))
         config_texts = _app_config_texts(app)
         if config_texts:
             texts = [(t, lines.at(("apps", app_name))) for t in config_texts]
-            steps += _steps_of(texts, steps[-1].category, None, path.parent, path)
+            steps += _steps_of(texts, steps[-1].category, None, path.parent, path, files)
         apps[app_name] = tuple(steps)
 
     return Stack(
