@@ -27,8 +27,10 @@ host and every fleet group, so the work grows with the steps of the plan, not wi
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Callable, Container, Hashable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -97,6 +99,7 @@ class Below(NamedTuple):
 
 
 GROUND = Below()
+_new = tuple.__new__     # a HostLayer without NamedTuple's Python-level __new__: as_built makes many
 
 
 def as_built(ids: Ids, steps: Iterable[tuple[Step, bool]], variant: str = PLANNED,
@@ -130,7 +133,7 @@ def as_built(ids: Ids, steps: Iterable[tuple[Step, bool]], variant: str = PLANNE
         chain = table.get(parts)
         if chain is None:
             chain = table[parts] = len(table)
-        out.append(HostLayer(chain, blob, content, step.size or 0, step.category))
+        out.append(_new(HostLayer, (chain, blob, content, step.size or 0, step.category)))
     return out, Below(chain, content_below, rebuilt)
 
 
@@ -178,6 +181,18 @@ def distinct_bytes(layers: Iterable[HostLayer], key) -> int:
 
 # ----------------------------------------------------------------------------- per-node figures
 
+@contextmanager
+def _no_gc():
+    """Hundreds of thousands of small tuples, none in a cycle: collections would only cost time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class PlanCosts:
     """The layers of every image node of a plan, per variant and per case (as built, or after an
     update of one category), each computed once on its parent's and shared by its descendants.
@@ -202,6 +217,12 @@ class PlanCosts:
             return self._built[(variant, updated)]
         cold = self._nodes(variant, None) if updated is not None else None
         out: dict[str, tuple[tuple[HostLayer, ...], Below]] = {}
+        with _no_gc():
+            self._build(out, cold, variant, updated)
+        self._built[(variant, updated)] = out
+        return out
+
+    def _build(self, out: dict, cold: dict | None, variant: str, updated: str | None) -> None:
         for img in self.plan.images:          # parents first
             below = out[img.parent][1] if img.parent else GROUND
             self.work += 1
@@ -211,8 +232,6 @@ class PlanCosts:
             layers, end = as_built(self.ids, ((s, s.category == updated) for s in img.steps), variant, below)
             self.work += len(layers)
             out[img.key] = (tuple(layers), end)
-        self._built[(variant, updated)] = out
-        return out
 
     def path(self, app: str) -> tuple[str, ...]:
         return self._paths[app]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 
 from .dockerfiles import LAYER_KEYWORDS
 
@@ -19,6 +18,25 @@ def sha256_text(*parts: str) -> str:
         h.update(p.encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+class cached:
+    """A property computed on first use and kept in the instance (as functools.cached_property,
+    without the per-access lock it has before Python 3.12: a plan's steps are read millions of times)."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.compute(obj)
+        return value
 
 
 @dataclass(frozen=True)
@@ -46,15 +64,15 @@ class Step:
     size_source: str = "unknown"         # hint | context | measured | unknown | empty
 
     # Computed once per step: plans of thousands of apps ask for them millions of times.
-    @cached_property
+    @cached
     def keyword(self) -> str:
         return self.instruction.split(None, 1)[0]
 
-    @cached_property
+    @cached
     def creates_layer(self) -> bool:
         return self.keyword in LAYER_KEYWORDS
 
-    @cached_property
+    @cached
     def identity(self) -> str:
         return sha256_text(self.instruction, self.context_digest or "")
 
@@ -100,6 +118,13 @@ class ImageNode:
         return tuple(seen)
 
 
+def _step_dict(s: Step) -> dict:
+    # Field by field rather than asdict(), which deep-copies: plans hold a hundred thousand steps.
+    return {"instruction": s.instruction, "category": s.category, "context_digest": s.context_digest,
+            "sources": list(s.sources), "size": s.size, "size_source": s.size_source,
+            "creates_layer": s.creates_layer}
+
+
 @dataclass(frozen=True)
 class Plan:
     registry: str
@@ -110,11 +135,11 @@ class Plan:
     apps: dict[str, str] = field(default_factory=dict)   # app -> key of its image
     base_digest: str | None = None        # the OS base's digest, when the fingerprints used it
 
-    @cached_property
+    @cached
     def _by_key(self) -> dict[str, ImageNode]:
         return {img.key: img for img in self.images}
 
-    @cached_property
+    @cached
     def _children(self) -> dict[str | None, list[ImageNode]]:
         out: dict[str | None, list[ImageNode]] = {}
         for img in self.images:
@@ -165,10 +190,7 @@ class Plan:
                     "kind": img.kind,
                     "named_by": img.named_by,
                     "apps": list(img.apps),
-                    "steps": [
-                        {**asdict(s), "sources": list(s.sources), "creates_layer": s.creates_layer}
-                        for s in img.steps
-                    ],
+                    "steps": [_step_dict(s) for s in img.steps],
                 }
                 for img in self.images
             ],

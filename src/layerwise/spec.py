@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -266,29 +266,42 @@ def _steps_of(texts, category: str, size_hint: int | None, stack_root: Path, pat
     """Steps of one category. `files`: COPY sources already resolved and digested in this load,
     by their text (a family repeats the same COPY in many apps)."""
     files = {} if files is None else files
-    instructions = []
+    file = str(path)
+    found = []     # (instruction text, digest, sources, size, size source), as the files say
     for text, line in texts:
         first = line or 1
-        for ins in parse_fragment(text, file=str(path), first_line=first):
+        for ins in parse_fragment(text, file=file, first_line=first):
             at = first + ins.line - 1
             if ins.keyword == "FROM":
                 raise UserError("FROM is not allowed in a category: the plan chooses each image's "
                                 "parent; put the OS image in 'base:'", path, at)
-            instructions.append((ins, at))
-    steps = []
-    for ins, at in instructions:
-        digest, sources, size, source = None, (), None, "unknown"
-        if ins.copy_sources:
-            if ins.copy_sources not in files:
-                rels = contexts.resolve_sources(stack_root, ins.copy_sources, file=str(path), line=at)
-                files[ins.copy_sources] = (rels, contexts.digest_files(stack_root.resolve(), rels))
-            rels, digested = files[ins.copy_sources]
-            digest, sources, size, source = digested.digest, tuple(rels), digested.size, "context"
-        if not ins.creates_layer:
-            size, source = 0, "empty"
-        steps.append(Step(instruction=ins.text, category=category, context_digest=digest,
-                          sources=sources, size=size, size_source=source))
-    return _apply_hint(steps, size_hint) if size_hint is not None else steps
+            digest, sources, size, source = None, (), None, "unknown"
+            if ins.copy_sources:
+                if ins.copy_sources not in files:
+                    rels = contexts.resolve_sources(stack_root, ins.copy_sources, file=file, line=at)
+                    files[ins.copy_sources] = (tuple(rels), contexts.digest_files(stack_root.resolve(), rels))
+                sources, digested = files[ins.copy_sources]
+                digest, size, source = digested.digest, digested.size, "context"
+            if not ins.creates_layer:
+                size, source = 0, "empty"
+            found.append((ins.text, digest, sources, size, source))
+    if size_hint is not None:
+        found = _apply_hint(found, size_hint)
+    return [Step(instruction=text, category=category, context_digest=digest, sources=sources,
+                 size=size, size_source=source) for text, digest, sources, size, source in found]
+
+
+def _apply_hint(found: list[tuple], hint: int) -> list[tuple]:
+    """A category's `size:` is what its layers of unknown size add (RUN output), shared evenly;
+    when every layer's size is known from its files, the hint replaces those sizes.
+    `found`: (text, digest, sources, size, size source) per step."""
+    layers = [i for i, f in enumerate(found) if f[4] != "empty"]
+    targets = [i for i in layers if found[i][3] is None] or layers
+    out = list(found)
+    for n, i in enumerate(targets):
+        share = hint // len(targets) if n < len(targets) - 1 else hint - hint // len(targets) * n
+        out[i] = found[i][:3] + (share, "hint")
+    return out
 
 
 def _all_texts(apps: dict, declared: list[str]):
@@ -300,19 +313,6 @@ def _all_texts(apps: dict, declared: list[str]):
                 value = value.get("steps")
             yield from (t for t in (value if isinstance(value, list) else [value]) if isinstance(t, str))
         yield from _app_config_texts(app)
-
-
-def _apply_hint(steps: list[Step], hint: int) -> list[Step]:
-    """A category's `size:` is what its layers of unknown size add (RUN output), shared evenly;
-    when every layer's size is known from its files, the hint replaces those sizes."""
-    targets = [i for i, s in enumerate(steps) if s.creates_layer and s.size is None]
-    if not targets:
-        targets = [i for i, s in enumerate(steps) if s.creates_layer]
-    out = list(steps)
-    for n, i in enumerate(targets):
-        share = hint // len(targets) if n < len(targets) - 1 else hint - hint // len(targets) * n
-        out[i] = replace(steps[i], size=share, size_source="hint")
-    return out
 
 
 def load_stack(path: str | Path) -> Stack:
