@@ -224,8 +224,9 @@ def _argument_problem(keyword: str, cmd: dockerfile.Command) -> str | None:
     return None
 
 
-def unbuildable_reason(text: str) -> str | None:
+def unbuildable_reason(text: str, instructions: list[Instruction] | None = None) -> str | None:
     """Why the legacy builder must not be sent this Dockerfile text, or None if it is safe.
+    `instructions`: the text already parsed, if it was.
 
     A `# syntax=` directive makes the daemon fetch a frontend from the internet, and heredocs are
     BuildKit-only: the legacy builder would misread them.
@@ -235,7 +236,7 @@ def unbuildable_reason(text: str) -> str | None:
             return "it has a '# syntax=' directive (the daemon would fetch a frontend from the internet)"
         if line.strip() and not line.lstrip().startswith("#"):
             break
-    for ins in parse_instructions(text):
+    for ins in parse_instructions(text) if instructions is None else instructions:
         if ins.heredoc:
             return f"line {ins.line} uses a heredoc, which the legacy builder cannot build"
     return None
