@@ -158,3 +158,43 @@ def test_large_families_show_the_image_tree_and_steps_on_request(tmp_path):
     assert len(images_only) == len(plan.images) + 1 and "steps with --steps" in images_only[0]
     assert len(with_steps) == len(plan.images) + 1 + sum(len(i.steps) for i in plan.images)
     assert all(f"{img.key}:{img.tag}" in "\n".join(images_only) for img in plan.images)
+
+
+def _random_json(rng: random.Random, depth: int = 0):
+    kinds = ["str", "int", "float", "none", "bool"] + (["dict", "list", "tuple"] * 2 if depth < 4 else [])
+    kind = rng.choice(kinds)
+    if kind == "str":
+        return "".join(rng.choice(["a", "é", "\"", "\\", "\n", "\u2028", "z", " ", "\x01", "😀"])
+                       for _ in range(rng.randint(0, 6)))
+    if kind == "int":
+        return rng.choice([0, -1, 7, 2**70, -(2**40)])
+    if kind == "float":
+        return rng.choice([0.0, -0.0, 1.5, 1e300, 3.14159, 1e-7])
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "dict":
+        return {_random_json(rng, 9) if rng.random() < 0.1 else f"k{rng.randint(0, 9)}": _random_json(rng, depth + 1)
+                for _ in range(rng.randint(0, 4))}
+    items = [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return items if kind == "list" else tuple(items)
+
+
+def test_dumps_json_writes_what_json_dumps_writes():
+    import json
+
+    from layerwise.model import dumps_json
+    rng = random.Random(5)
+    for _ in range(400):
+        doc = {"x": _random_json(rng)}
+        for ascii_only in (True, False):
+            try:
+                expected = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=ascii_only)
+            except TypeError:       # keys json cannot sort (mixed types): dumps_json must fail alike
+                with pytest.raises(TypeError):
+                    dumps_json(doc, ensure_ascii=ascii_only)
+                continue
+            assert dumps_json(doc, ensure_ascii=ascii_only) == expected
+    for odd in ({"n": float("nan")}, {1: 2, 3: [float("inf")]}):     # left to json.dumps itself
+        assert dumps_json(odd) == json.dumps(odd, indent=2, sort_keys=True)

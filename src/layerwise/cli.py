@@ -79,9 +79,10 @@ def plan(stack: Path, steps: bool | None, as_json: bool) -> None:
     the_plan, _ = _plan_as_known(load_stack(stack))
     summary = summarize(the_plan)
     if as_json:
+        from .model import dumps_json
         from .report import cost_dict
         doc = {"plan": the_plan.to_dict(), "cost": cost_dict(summary)}
-        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        sys.stdout.write(dumps_json(doc) + "\n")
     else:
         _print_plan(the_plan, summary, steps)
 
@@ -182,6 +183,7 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
     """Cold-start and monthly update bytes and time for a fleet: flat vs planned, with the floor."""
     from .cost import FLAT, PLANNED, TREE, PlanCosts, layer_sizes, simulate_group
     from .fleet import load_fleet
+    from .model import dumps_json
     from .report import bar_chart_svg, simulate_dict
     from .spec import load_stack
     from .state import with_measured_sizes
@@ -210,7 +212,7 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
                             | {"floor": [r.floor_monthly for r in results]})
         write_atomically(chart, svg)
     if as_json:
-        print(json.dumps(simulate_dict(results, labels, rates), indent=2, sort_keys=True))
+        print(dumps_json(simulate_dict(results, labels, rates)))
         return
     from .report import console, simulate_tables, size_note
     out = console()
