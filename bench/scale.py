@@ -100,9 +100,9 @@ def dockerfiles(folder: Path, count: int, steps: int = 12) -> Path:
 
 # ----------------------------------------------------------------------------- measuring
 
-def run(argv: list[str], timeout: float) -> tuple[float | None, float, str]:
-    """Wall seconds (None on time-out or failure), peak RSS in MB (wait4: this child's own), and the
-    last line of its output."""
+def run(argv: list[str], timeout: float) -> tuple[float | None, float, float, str]:
+    """Wall seconds (None on time-out or failure), CPU seconds, peak RSS in MB (wait4: this child's
+    own), and the last line of its output. CPU seconds say more than wall ones on a shared machine."""
     started = time.monotonic()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -115,13 +115,14 @@ def run(argv: list[str], timeout: float) -> tuple[float | None, float, str]:
                 proc.kill()
                 _, status, usage = os.wait4(proc.pid, 0)
                 proc.returncode = -9
-                return None, usage.ru_maxrss / 1024, "time-out"
+                return None, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, "time-out"
             time.sleep(0.02)
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - started
         log.seek(0)
         tail = log.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
-    return (seconds if proc.returncode == 0 else None), usage.ru_maxrss / 1024, tail[0][:100]
+    return ((seconds if proc.returncode == 0 else None), usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss / 1024, tail[0][:100])
 
 
 COST_ONLY = """
@@ -130,9 +131,9 @@ from layerwise.cost import summarize
 from layerwise.planner import build_plan
 from layerwise.spec import load_stack
 plan = build_plan(load_stack(sys.argv[1]))
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 summarize(plan)
-print(f"cost summary {time.perf_counter() - started:.3f} s")
+print(f"cost summary {time.perf_counter() - started:.3f} {time.process_time() - cpu:.3f}")
 """
 
 
@@ -162,11 +163,11 @@ def main() -> None:
     results: dict[str, list[tuple[int, float | None, float]]] = {}
 
     def record(name: str, n: int, argv: list[str], parse_tail: bool = False) -> None:
-        seconds, peak, tail = run(argv, args.timeout)
+        seconds, cpu, peak, tail = run(argv, args.timeout)
         if parse_tail and seconds is not None and tail.startswith("cost summary"):
-            seconds = float(tail.split()[2])     # the summary alone, not the loading before it
+            seconds, cpu = map(float, tail.split()[2:4])   # the summary alone, not the loading before it
         results.setdefault(name, []).append((n, seconds, peak))
-        shown = f"{seconds:8.2f} s" if seconds is not None else f"  failed ({tail})"
+        shown = f"{seconds:8.2f} s  cpu {cpu:6.2f} s" if seconds is not None else f"  failed ({tail})"
         print(f"{name:24} {n:6d} {shown}  peak {peak:7.0f} MB", flush=True)
 
     try:
