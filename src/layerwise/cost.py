@@ -174,11 +174,6 @@ def content_bytes(layers: Iterable[HostLayer], held: Container[Key] = ()) -> int
     return _distinct(layers, lambda h: h.content, held).bytes
 
 
-def distinct_bytes(layers: Iterable[HostLayer], key) -> int:
-    """Bytes of the layers, each counted once by `key` (chain: Docker Engine, blob: containerd)."""
-    return _distinct(layers, key).bytes
-
-
 # ----------------------------------------------------------------------------- per-node figures
 
 @contextmanager
@@ -208,10 +203,6 @@ class PlanCosts:
         self._flat: dict[str, dict[str | None, Pull]] = {}
         self._flat_nodes: dict[str, dict[str | None, Pull]] = {}
 
-    def layers(self, variant: str, updated: str | None = None) -> dict[str, tuple[HostLayer, ...]]:
-        """Image key → its own layers, after an update of `updated` (None: as built)."""
-        return {k: v[0] for k, v in self._nodes(variant, updated).items()}
-
     def _nodes(self, variant: str, updated: str | None) -> dict[str, tuple[tuple[HostLayer, ...], Below]]:
         if (variant, updated) in self._built:
             return self._built[(variant, updated)]
@@ -232,9 +223,6 @@ class PlanCosts:
             layers, end = as_built(self.ids, ((s, s.category == updated) for s in img.steps), variant, below)
             self.work += len(layers)
             out[img.key] = (tuple(layers), end)
-
-    def path(self, app: str) -> tuple[str, ...]:
-        return self._paths[app]
 
     def union(self, apps: Iterable[str]) -> list[str]:
         """The image nodes the apps are built from, each once, parents first."""
@@ -348,14 +336,8 @@ class PlanCosts:
         return content_bytes(h for h in self.host_layers(apps, PLANNED, updated) if h.category == updated)
 
 
-# The per-app entry points, for one question at a time (tests, exploring); the summary and the
-# simulation use PlanCosts directly, so a plan's per-node figures are computed once.
-
-def app_layers(plan: Plan, app: str, variant: str = PLANNED, updated: str | None = None) -> list[HostLayer]:
-    """The app's layers, bottom first, after an update of category `updated` (None: as built)."""
-    costs = PlanCosts(plan)
-    return costs.host_layers((app,), variant, updated)
-
+# One question at a time (tests, exploring); the summary and the simulation use PlanCosts
+# directly, so a plan's per-node figures are computed once.
 
 def pull_cost(plan: Plan, apps: tuple[str, ...], host_kind: str, variant: str,
               *, updated: str | None = None, arriving: str | None = None) -> Pull:

@@ -6,6 +6,7 @@ No I/O here: the stack file and its contexts were read by `spec`.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from .dockerfiles import can_join, join_runs, parse_fragment, prefetch
@@ -133,9 +134,9 @@ def image_runs(nodes: list[TreeNode], named: dict[int, str], owners: dict[str, s
         return owners[nodes[node.children[0]].step.category] != owners[node.step.category]
 
     runs: list[list[int]] = []
-    starts = [i for i, n in enumerate(nodes) if n.parent is None]
+    starts = deque(i for i, n in enumerate(nodes) if n.parent is None)
     while starts:
-        i = starts.pop(0)
+        i = starts.popleft()
         run = [i]
         while not ends_image(run[-1]):
             run.append(nodes[run[-1]].children[0])
