@@ -125,3 +125,18 @@ def test_audit(tmp_path):
     result = run_cli("audit", *paths, "--json", env=env)
     assert result.returncode == 0, result.stderr
     check("audit.json", result.stdout.replace(str(tmp_path), "<tmp>"))
+
+
+# Families with COPY steps of real files, config-only steps, merged RUNs, owners that change, a
+# hand-made tree to compare with, hosts of both kinds, and size hints that disagree about the same
+# content (the order in which layers are counted decides which size wins): outputs of the code
+# before the per-node rewrite, kept with their inputs under golden/mixed-*.
+@pytest.mark.parametrize("family", ["mixed-52", "mixed-53"])
+def test_mixed_families(family):
+    folder = GOLDEN / family
+    stack, fleet, compare = (str(folder / n) for n in ("layerwise.yaml", "fleet.yaml", "compare.yaml"))
+    assert cli_out("plan", stack, "--json") == (folder / "plan.json").read_text()
+    assert cli_out("simulate", stack, "--fleet", fleet, "--json", "--compare", compare) == \
+        (folder / "simulate-compare.json").read_text()
+    assert cli_out("simulate", stack, "--fleet", fleet, "--json", "--host-kind", "containerd",
+                   "--compare", compare) == (folder / "simulate-containerd.json").read_text()

@@ -225,10 +225,13 @@ class PlanCosts:
             out[img.key] = (tuple(layers), end)
 
     def union(self, apps: Iterable[str]) -> list[str]:
-        """The image nodes the apps are built from, each once, parents first."""
+        """The image nodes the apps are built from, each once, in the order of their last place in
+        the apps' chains one after the other: where one layer (same key) was given two sizes (size
+        hints that disagree), the size counted is the one met last in that order, as it always was."""
         seen: dict[str, None] = {}
         for app in apps:
             for key in self._paths[app]:
+                seen.pop(key, None)
                 seen[key] = None
         return list(seen)
 
