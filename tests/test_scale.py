@@ -21,8 +21,8 @@ from layerwise.spec import load_stack
 
 
 def _work(tmp_path, apps: int) -> tuple[int, int, int]:
-    """Work of the plan summary and a 10-group simulation: node visits and layers built, ids
-    made (chain, blob and content ids), and the family's steps."""
+    """Work of the plan summary and a 10-group simulation: node visits and layers built (each a
+    chain-id computation), ids made (chain, blob and content ids), and the steps of all the apps."""
     scale = _scale()
     folder = tmp_path / str(apps)
     folder.mkdir()
@@ -36,14 +36,15 @@ def _work(tmp_path, apps: int) -> tuple[int, int, int]:
     for g in fleet.groups:
         simulate_group({"flat": (costs, FLAT), "planned": (costs, PLANNED)}, g.name, g.count, g.apps,
                        g.host_kind, g.bandwidth_bps, rates, ASSUMED_COSTS)
-    return costs.work, len(costs.ids), sum(len(i.steps) for i in plan.images)
+    stack = load_stack(folder / "layerwise.yaml")
+    return costs.work, len(costs.ids), sum(len(steps) for steps in stack.apps.values())
 
 
 def test_cost_work_grows_linearly(tmp_path):
     small, large = _work(tmp_path, 40), _work(tmp_path, 160)
     steps_ratio = large[2] / small[2]
-    assert 3 < steps_ratio <= 4.2            # the family itself grows linearly
-    # Apps × apps would make these 16 times larger; each may grow as the steps do, with a margin.
+    assert steps_ratio == 4                  # four times the apps, each with as many steps
+    # Apps × apps would make these 16 times larger; they may grow as the steps do, with a margin.
     assert large[0] / small[0] <= steps_ratio * 1.1, (small, large)
     assert large[1] / small[1] <= steps_ratio * 1.1, (small, large)
 

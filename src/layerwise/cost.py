@@ -233,6 +233,7 @@ class PlanCosts:
             for key in self._paths[app]:
                 seen.pop(key, None)
                 seen[key] = None
+            self.work += len(self._paths[app])
         return list(seen)
 
     def host_layers(self, apps: Iterable[str], variant: str = PLANNED,
@@ -280,6 +281,7 @@ class PlanCosts:
         out = {}
         for app in apps:
             mine = [h for k in own[app] for h in built[k][0]]
+            self.work += len(mine)
             here = Counter(key(h) for h in mine)
             held = {k for k in here if count[k] > here[k]}
             out[app] = _distinct(mine, key, held)
