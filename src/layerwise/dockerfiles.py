@@ -189,7 +189,7 @@ def prefetch(texts) -> None:
     """Parse the one-line texts among `texts` in one call of the parser, for `parse_fragment`.
     Anything unexpected (a text the parser rejects, a count that does not match) leaves them to
     `parse_fragment`, which parses them one by one and reports errors where they are."""
-    todo = list(dict.fromkeys(t for t in texts if t not in _FRAGMENTS and _one_line(t)))
+    todo = [t for t in dict.fromkeys(texts) if t not in _FRAGMENTS and _one_line(t)]
     if not todo:
         return
     try:
