@@ -87,3 +87,106 @@ def test_host_kinds_differ_when_a_lower_layer_changes(write_stack):
     assert pull_cost(plan, both, DOCKER, FLAT).bytes == 222
     arrival = pull_cost(plan, both, DOCKER, PLANNED, arriving="b")
     assert (arrival.bytes, arrival.layers) == (1, 1)
+
+
+# -- each rule once (cost.py), pinned by hand ---------------------------------------------------------
+
+from layerwise.cost import (CONTAINERD, DOCKER, PLANNED, TREE, Ids, PlanCosts, as_built, chained,  # noqa: E402
+                            next_chain, predict_pulls, pulled)
+from layerwise.model import Step  # noqa: E402
+
+
+def step(text, size, category="c"):
+    return Step(instruction=text, category=category, size=size)
+
+
+def test_chain_walking():
+    ids = Ids()
+    a = chained(ids, [("blob-a", "a", 10), ("blob-b", "b", 20)])
+    b = chained(ids, [("blob-a", "a", 10), ("blob-b", "b", 20)])
+    c = chained(ids, [("blob-x", "x", 10), ("blob-b", "b", 20)])
+    assert [h.chain for h in a] == [h.chain for h in b]          # same blobs, same order: same chains
+    assert a[1].blob == c[1].blob and a[1].chain != c[1].chain   # same blob on another parent
+    assert a[1].chain == next_chain(ids, next_chain(ids, None, "blob-a"), "blob-b")
+
+
+def test_blob_as_built_rule():
+    ids = Ids()
+    run, copy, env = step("RUN make", 100), step("COPY app/ /app/", 10), step("ENV A=1", 0)
+    other = step("RUN other", 50)
+    # planned: the COPY's blob is its content, whatever lies below; the RUN's depends on below.
+    one, _ = as_built(ids, [(run, False), (env, False), (copy, False)])
+    two, _ = as_built(ids, [(other, False), (copy, False)])
+    assert len(one) == 2                                  # ENV makes no layer
+    assert one[1].blob == two[1].blob and one[1].chain != two[1].chain
+    assert one[0].blob != two[0].blob
+    # tree (built the usual way): the COPY on another base is another blob.
+    t_one, _ = as_built(ids, [(run, False), (copy, False)], TREE)
+    t_two, _ = as_built(ids, [(other, False), (copy, False)], TREE)
+    assert t_one[1].blob != t_two[1].blob
+    # A change of the RUN: the RUN gets new content; the COPY above keeps its blob (planned)
+    # but not its chain; built the usual way it gets a new blob too.
+    before, _ = as_built(ids, [(run, False), (copy, False)])
+    after, _ = as_built(ids, [(run, True), (copy, False)])
+    assert after[0].content != before[0].content and after[0].blob != before[0].blob
+    assert after[1].blob == before[1].blob and after[1].chain != before[1].chain
+    t_after, _ = as_built(ids, [(run, True), (copy, False)], TREE)
+    assert t_after[1].blob != t_one[1].blob
+
+
+def test_bytes_a_host_pulls_by_host_kind():
+    ids = Ids()
+    run_a, run_b, copy = step("RUN a", 100), step("RUN b", 70), step("COPY f /f", 10)
+    held, _ = as_built(ids, [(run_a, False), (copy, False)])
+    wanted, _ = as_built(ids, [(run_b, False), (copy, False)])
+    have = {DOCKER: {h.chain for h in held}, CONTAINERD: {h.blob for h in held}}
+    # Docker Engine: another layer below, so the COPY's chain is new: 70 + 10.
+    assert pulled(wanted, DOCKER, have[DOCKER]).bytes == 80
+    # containerd: it holds the COPY's blob: only the new RUN.
+    assert pulled(wanted, CONTAINERD, have[CONTAINERD]).bytes == 70
+    # Each missing layer once, even when two images want it.
+    assert pulled(wanted + wanted, CONTAINERD, have[CONTAINERD]).layers == 1
+
+
+def test_plan_costs_match_the_per_app_answers(write_stack):
+    path = write_stack(COPY_STACK, {"l/x": "l", "c1/x": "1", "c2/x": "2"})
+    plan = build_plan(load_stack(path))
+    costs = PlanCosts(plan)
+    # a alone: tools 100 + lib 10 + code 1; an update of lib re-sends lib and code (Docker Engine).
+    assert costs.one_app_hosts(PLANNED)["a"].bytes == 111
+    assert costs.one_app_hosts(PLANNED, "lib")["a"].bytes == 11
+    assert costs.pull(("a",), DOCKER, PLANNED, "lib").bytes == 11
+    assert costs.pull(("a",), CONTAINERD, PLANNED, "lib").bytes == 10   # the code COPY's blob stays
+    assert costs.flat("a") == {None: Pull(111, 3), "tools": Pull(111, 3), "lib": Pull(11, 2), "code": Pull(1, 1)}
+    # b arrives on a host holding a: only its own code layer.
+    assert costs.arrivals(("a", "b"), lambda h: h.chain)["b"] == Pull(1, 1)
+
+
+from layerwise.cost import Pull  # noqa: E402
+
+
+class _Layer:
+    def __init__(self, digest, size):
+        self.digest, self.size = digest, size
+
+
+class _Manifest:
+    def __init__(self, *layers, raw=b"{}" * 50, config_size=300):
+        self.layers = [_Layer(d, s) for d, s in layers]
+        self.raw, self.config_size = raw, config_size
+
+
+def test_predict_pulls():
+    base, tools, other_base = ("sha256:b", 1000), ("sha256:t", 200), ("sha256:o", 900)
+    app1 = _Manifest(base, tools, ("sha256:1", 30))
+    app2 = _Manifest(base, tools, ("sha256:2", 40))
+    moved = _Manifest(other_base, tools, ("sha256:2", 40))      # the same blobs on another base
+    manifest = len(app1.raw) + app1.config_size
+    # Cold: everything of both, shared layers once, plus two manifests and configs.
+    assert predict_pulls([app1, app2], [], DOCKER) == Pull(2 * manifest + 1000 + 200 + 30 + 40, 4)
+    # Warm: app2 while holding app1: only its own layer.
+    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest + 40, 1)
+    # Another base below: the Docker Engine pulls every layer from the first miss on ...
+    assert predict_pulls([moved], [app2], DOCKER) == Pull(manifest + 900 + 200 + 40, 3)
+    # ... containerd only the blob it lacks.
+    assert predict_pulls([moved], [app2], CONTAINERD) == Pull(manifest + 900, 1)

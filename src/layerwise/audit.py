@@ -22,11 +22,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .cost import DOCKER, HOST_KINDS, HostLayer, distinct_bytes
+from .cost import DOCKER, HOST_KINDS, PLANNED, HostLayer, Ids, as_built, chained, host_key, next_chain, pulled
 from .errors import UserError
 from .images import LayerRef, open_image
 from .layerindex import Cache, LayerIndex, dive_efficiency, effective_tree, index_layers, layer_jobs
-from .model import Step, sha256_text
+from .model import Step
 from .planner import TreeNode, image_runs, prefix_tree
 
 
@@ -198,52 +198,38 @@ def _content(layer: LayerRef, index: LayerIndex | None) -> str:
     return file_set_key(index) if index is not None and index.entries else layer.diff_id
 
 
-def _as_pulled(img: AuditedImage, rebuilt_from: int | None = None) -> list[HostLayer]:
-    """The image's layers as hosts see them: the chain of blob digests up to each layer (what the
-    Docker Engine reuses, as `cost.predict_pulls` walks it), the blob (containerd), the content.
-    `rebuilt_from`: the image rebuilt from that layer (0-based) up, as teams build today: every
-    rebuilt layer is a new blob, one per layer (chain) it replaces, so images that shared a layer
-    before still share its rebuild and the others each pull their own."""
-    out, old, chain = [], "", ""
-    for i, (layer, index) in enumerate(zip(img.layers, img.indexes)):
-        old = sha256_text(old, layer.digest)
-        rebuilt = rebuilt_from is not None and i >= rebuilt_from
-        blob = sha256_text("rebuilt", old) if rebuilt else layer.digest
-        chain = sha256_text(chain, blob)
-        out.append(HostLayer(chain, blob, _content(layer, index),
-                             Step("RUN -", "layer", size=layer.size, size_source="measured")))
-    return out
+def _as_pulled(ids: Ids, img: AuditedImage, rebuilt_from: int | None = None) -> list[HostLayer]:
+    """The image's layers as hosts see them (`cost.chained`: the chain of blob digests up to each
+    layer, the blob, the content). `rebuilt_from`: the image rebuilt from that layer (0-based) up,
+    as teams build today: every rebuilt layer is a new blob, one per layer (chain) it replaces, so
+    images that shared a layer before still share its rebuild and the others each pull their own."""
+    def blobs():
+        old = None
+        for i, (layer, index) in enumerate(zip(img.layers, img.indexes)):
+            old = next_chain(ids, old, layer.digest)
+            rebuilt = rebuilt_from is not None and i >= rebuilt_from
+            yield (ids("rebuilt", old) if rebuilt else layer.digest), _content(layer, index), layer.size
+    return chained(ids, blobs())
 
 
-def _as_planned(nodes: list[TreeNode], path: list[int], changed: int | None = None) -> list[HostLayer]:
-    """An image's layers when built from the recommended tree by layerwise (cost.py's PLANNED rule,
-    as `cost.app_layers` applies it): each tree node is built once; a COPY/ADD layer's blob depends
-    only on its files, any other layer's on everything below it. `changed`: the node whose content
-    changes; it and every layer above it get new chains, and new blobs unless they only copy files."""
-    out, chain, below = [], "", ""
-    for i in path:
-        step = nodes[i].step
-        content = sha256_text(step.identity, "changed" if i == changed else "")
-        below = sha256_text(below, content)
-        blob = content if step.keyword in ("COPY", "ADD") else below
-        chain = sha256_text(chain, blob)
-        out.append(HostLayer(chain, blob, content, step))
-    return out
+def _as_planned(ids: Ids, nodes: list[TreeNode], path: list[int], changed: int | None = None) -> list[HostLayer]:
+    """An image's layers when built from the recommended tree by layerwise: the cost model's
+    blob-as-built rule (`cost.as_built`, planned). `changed`: the node whose content changes."""
+    return as_built(ids, ((nodes[i].step, i == changed) for i in path), PLANNED)[0]
 
 
 def _pulled(held: list[HostLayer], wanted: list[HostLayer], host_kind: str) -> int:
-    """Bytes a host holding `held` downloads to get `wanted`, by the host kind's rule (as
-    `cost.pull_cost` counts them: each missing chain or blob once)."""
-    key = lambda h: h.key(host_kind)
-    have = {key(h) for h in held}
-    return distinct_bytes([h for h in wanted if key(h) not in have], key)
+    """Bytes a host holding `held` downloads to get `wanted`, by the host kind's rule (`cost.pulled`)."""
+    key = host_key(host_kind)
+    return pulled(wanted, host_kind, {key(h) for h in held}).bytes
 
 
 def cold_pull(images: list[AuditedImage]) -> dict[str, int]:
     """Layer bytes a host holding all the images downloaded, by each host kind's rule (the Docker
     Engine pulls a recompressed layer again: it cannot know the blob holds a layer it has), and the
     floor if identical files were one layer (its smallest blob)."""
-    layers = [h for img in images for h in _as_pulled(img)]
+    ids = Ids()
+    layers = [h for img in images for h in _as_pulled(ids, img)]
     floor: dict[str, int] = {}
     for h in layers:
         floor[h.content] = min(h.size, floor.get(h.content, h.size))
@@ -282,8 +268,9 @@ def recommended_tree(images: list[AuditedImage]) -> dict:
     Host kinds: "docker" (chain rule) and "containerd" (blob rule), as in cost.py."""
     chains = {img.name: _steps(img) for img in images}
     nodes, paths = prefix_tree(chains)
-    today = {img.name: _as_pulled(img) for img in images}
-    tree = {name: _as_planned(nodes, path) for name, path in paths.items()}
+    ids = Ids()       # one for every layer compared below
+    today = {img.name: _as_pulled(ids, img) for img in images}
+    tree = {name: _as_planned(ids, nodes, path) for name, path in paths.items()}
     held_today = [h for layers in today.values() for h in layers]
     held_tree = [h for layers in tree.values() for h in layers]
     bases = []
@@ -292,8 +279,8 @@ def recommended_tree(images: list[AuditedImage]) -> dict:
         if len(users) < 2:
             continue
         depth = paths[users[0]].index(run[0])          # the same in every image through it
-        rebuilt = [h for img in images if img.name in users for h in _as_pulled(img, depth)]
-        changed = [h for name in users for h in _as_planned(nodes, paths[name], run[0])]
+        rebuilt = [h for img in images if img.name in users for h in _as_pulled(ids, img, depth)]
+        changed = [h for name in users for h in _as_planned(ids, nodes, paths[name], run[0])]
         bases.append({"layers": len(run), "bytes": sum(nodes[i].step.size or 0 for i in run),
                       "used_by": users, "from_layer": depth + 1,
                       "update": {kind: {"today": _pulled(held_today, rebuilt, kind),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import io
 import sys
 import time
@@ -10,18 +12,28 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from . import __version__
-from .cost import summarize
 from .errors import ServiceDown, UserError
-from .generate import generate as generate_family
-from .planner import build_plan
-from .report import (PlainProgress, RichProgress, audit_html, audit_tables, bar_chart_svg, bench_summary, bench_table,
-                     build_table, console, cost_dict, cost_tables, json_text, plan_tree, simulate_dict,
-                     simulate_tables, size_note, verify_table)
-from .spec import load_stack
-from .state import load_state, with_measured_sizes
+from .jsonout import json_text
+
+# Heavy modules (pydantic, rich, docker, httpx) are imported by the commands that use them, so
+# `layerwise --help` and `layerwise plan` start quickly and never load the Docker SDK.
+
+def _acyclic(command):
+    """For commands that build large acyclic structures: the cyclic garbage collector would walk
+    them again and again (a third of `plan`'s time at 1,000 apps) and find nothing to free."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return run
+
 
 STACK_ARG = click.argument("stack", type=click.Path(path_type=Path), default="layerwise.yaml")
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
@@ -71,13 +83,15 @@ def _plan_as_known(loaded):
     """The plan (of a stack or an import folder) with what the last build learned: the OS base's
     digest and measured sizes."""
     from .family import family_plan
+    from .state import load_state, with_measured_sizes
     state = load_state(loaded.path)
     return with_measured_sizes(family_plan(loaded, state.base_digest), state.measured_sizes()), state
 
 
-def _print_plan(plan, summary) -> None:
+def _print_plan(plan, summary, steps: bool | None = None) -> None:
+    from .report import console, cost_tables, plan_tree, size_note
     out = console()
-    out.print(plan_tree(plan))
+    out.print(plan_tree(plan, steps=steps))
     out.print()
     for table in cost_tables(summary):
         out.print(table)
@@ -86,17 +100,23 @@ def _print_plan(plan, summary) -> None:
 
 @app.command()
 @STACK_ARG
+@click.option("--steps/--no-steps", default=None, help="Show every image's steps in the tree (default: "
+              "only for families of up to 200 steps in all).")
 @JSON_OPT
-def plan(stack: Path, as_json: bool) -> None:
+@_acyclic
+def plan(stack: Path, steps: bool | None, as_json: bool) -> None:
     """Show the tree of images for STACK (default layerwise.yaml) and what it saves."""
+    from .cost import summarize
     from .family import load_family
+
     the_plan, _ = _plan_as_known(load_family(stack))
     summary = summarize(the_plan)
     if as_json:
+        from .report import cost_dict
         doc = {"plan": the_plan.to_dict(), "cost": cost_dict(summary)}
         sys.stdout.write(json_text(doc))
     else:
-        _print_plan(the_plan, summary)
+        _print_plan(the_plan, summary, steps)
 
 
 @app.command()
@@ -104,8 +124,13 @@ def plan(stack: Path, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Folder to write the family into.")
 @click.option("--force", is_flag=True, help="Replace a folder that is not a layerwise output.")
+@_acyclic
 def generate(stack: Path, output: Path, force: bool) -> None:
     """Write one folder per image (Dockerfile + context), plan.json, docker-bake.hcl, CODEOWNERS."""
+    from .generate import generate as generate_family
+    from .report import console
+    from .spec import load_stack
+
     loaded = load_stack(stack)
     the_plan, _ = _plan_as_known(loaded)
     out = generate_family(the_plan, loaded, output, force=force)
@@ -142,6 +167,7 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
     from .build import build_family
     from .family import load_family
     from .policy import RegistryPolicy
+    from .report import PlainProgress, RichProgress, build_table, console
 
     loaded = load_family(stack)
     policy = policy or RegistryPolicy.resolve(allowed, stack=loaded)
@@ -197,24 +223,29 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
               help="A hand-made tree to compare with, as a second stack file.")
 @click.option("--chart", type=click.Path(path_type=Path), help="Write an SVG chart of monthly bytes here.")
 @JSON_OPT
+@_acyclic
 def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path | None,
              chart: Path | None, as_json: bool) -> None:
     """Cold-start and monthly update bytes and time for a fleet: flat vs planned, with the floor.
     STACK may also be a folder written by `layerwise import --refactor-to`."""
-    from .cost import FLAT, PLANNED, TREE, simulate_group
+    from .cost import FLAT, PLANNED, TREE, PlanCosts, layer_sizes, simulate_group
     from .family import load_family
     from .fleet import load_fleet
+    from .report import bar_chart_svg, simulate_dict
+    from .spec import load_stack
+    from .state import with_measured_sizes
 
     loaded = load_family(stack)
     the_plan, state = _plan_as_known(loaded)
     fleet = load_fleet(fleet_path, the_plan)
-    plans = {"flat": (the_plan, FLAT), "planned": (the_plan, PLANNED)}
+    costs = PlanCosts(the_plan)       # per-node figures, shared by every group
+    plans = {"flat": (costs, FLAT), "planned": (costs, PLANNED)}
     if compare:
         other_plan, _ = _plan_as_known(load_stack(compare))
         other_plan = with_measured_sizes(other_plan, state.measured_sizes())
         if set(other_plan.apps) != set(the_plan.apps):
             raise UserError(f"the apps differ from {stack}'s: {sorted(other_plan.apps)}", compare)
-        plans["hand-made"] = (other_plan, TREE)
+        plans["hand-made"] = (PlanCosts(other_plan), TREE)
     rates = {c.name: fleet.updates.get(c.name, c.changes_per_month) for c in the_plan.categories}
     results = []
     for g in fleet.groups:
@@ -230,12 +261,13 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
     if as_json:
         sys.stdout.write(json_text(simulate_dict(results, labels, rates)))
         return
+    from .report import console, simulate_tables, size_note
     out = console()
     for table in simulate_tables(results, labels):
         out.print(table)
     engine_costs = sorted({f"{r.host_kind}: {r.costs.per_pull:g} s per pull, {r.costs.per_layer:g} s per "
                            f"layer ({r.costs.source})" for r in results})
-    out.print(f"[dim]{size_note(summarize(the_plan))} Engine costs: {'; '.join(engine_costs)}."
+    out.print(f"[dim]{size_note(layer_sizes(the_plan))} Engine costs: {'; '.join(engine_costs)}."
               + (f" Chart: {chart}" if chart else "") + "[/]")
 
 
@@ -267,7 +299,7 @@ def audit(images: tuple[str, ...], platform: str | None, processes: int | None, 
     from .audit import check_gates, findings, load, parse_gates
     from .images import parse_platform
     from .layerindex import Cache
-    from .report import audit_messages
+    from .report import audit_html, audit_messages, audit_tables, console
 
     thresholds = parse_gates(gates)
     parse_platform(platform)
@@ -331,6 +363,7 @@ def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: boo
     from .engine import Engine
     from .layerindex import Cache
     from .policy import RegistryPolicy
+    from .report import PlainProgress, RichProgress, console
     from .verify import load_import, measured_base_bytes, measured_saving, verify
 
     out = console()
@@ -347,6 +380,7 @@ def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: boo
 
 
 def _print_verify(results, measured: dict) -> None:
+    from .report import console, verify_table
     from .units import format_size
     out = console()
     out.print(verify_table(results))
@@ -386,7 +420,7 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
     none could be)."""
     from .importer import import_family, summary
     from .refactor import stack_text, write_refactored
-    from .report import import_summary_line, import_tables
+    from .report import console, import_summary_line, import_tables
     from .spec import REPOSITORY
 
     import re
@@ -465,8 +499,11 @@ def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates:
 
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
                    quiet: bool = False, options=None, allowed: tuple[str, ...] = ()):
+    from rich.console import Console
+
     from .bench import bench_pull, loopback_policy
     from .family import load_family
+    from .report import bar_chart_svg, bench_summary, bench_table, console
 
     out = console()
     say = (lambda line: None) if quiet else (lambda line: out.print(line, highlight=False, markup=False))
@@ -503,6 +540,12 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
 def demo(output: Path, bandwidth: str, builder: str, network: str, allowed: tuple[str, ...]) -> None:
     """The seed article's App1/App2 example end to end: plan, generate, build, push, run, then real
     pulls warm vs cold on a Docker Engine host, layered vs flat."""
+    from .cost import summarize
+    from .generate import generate as generate_family
+    from .planner import build_plan
+    from .report import console
+    from .spec import load_stack
+
     if not SEED_STACK.exists():
         raise UserError("the seed example is not here (layerwise demo runs from a checkout of "
                         "the repository)", SEED_STACK)

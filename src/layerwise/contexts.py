@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from docker.utils.build import PatternMatcher
-
 from .errors import UserError
 
 # Fixed mtime for every file of a generated context: 2000-01-01T00:00:00Z. COPY keeps mtimes,
@@ -65,6 +63,8 @@ def dockerignore(root: Path) -> Ignore | None:
         lines = (root / ".dockerignore").read_text().splitlines()
     except OSError:
         return None
+    from docker.utils.build import PatternMatcher   # the Docker SDK, only when there is a .dockerignore
+
     patterns = [p.strip() for p in lines if p.strip() and not p.lstrip().startswith("#")]
     matcher = PatternMatcher(patterns)
     return lambda rel: rel not in (".", "") and matcher.matches(rel)
@@ -83,7 +83,20 @@ def _walk(root: Path, rel: str, ignore: Ignore | None = None):
             yield from _walk(root, name if rel == "." else f"{rel}/{name}", ignore)
 
 
-def _file_sha256(path: Path) -> str:
+# Each file is read and hashed once per run: many COPY steps read the same files. Keyed by what
+# `lstat` says, so a file changed meanwhile is read again.
+_HASHED: dict[tuple, str] = {}
+
+
+def _file_sha256(path: Path, st: os.stat_result | None = None) -> str:
+    st = st or path.stat()
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = _read_sha256(path)
+    return _HASHED[key]
+
+
+def _read_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -104,7 +117,7 @@ def digest_files(root: Path, relpaths: list[str], ignore: Ignore | None = None) 
             elif stat.S_ISLNK(st.st_mode):
                 entry = f"l {rel} {os.readlink(root / rel)}"
             elif stat.S_ISREG(st.st_mode):
-                entry = f"f {rel} {mode:o} {st.st_size} {_file_sha256(root / rel)}"
+                entry = f"f {rel} {mode:o} {st.st_size} {_file_sha256(root / rel, st)}"
                 size += st.st_size
             else:
                 raise UserError(f"{rel} is not a regular file, directory or link; it cannot be copied",
@@ -114,8 +127,10 @@ def digest_files(root: Path, relpaths: list[str], ignore: Ignore | None = None) 
     return ContextFiles(digest="sha256:" + h.hexdigest(), size=size, paths=tuple(sorted(set(seen))))
 
 
-def copy_reproducibly(src_root: Path, relpaths: list[str], dest_root: Path, ignore: Ignore | None = None) -> None:
-    """Copy context paths into dest_root keeping modes and links, with every mtime fixed."""
+def copy_reproducibly(src_root: Path, relpaths: list[str], dest_root: Path, ignore: Ignore | None = None,
+                      *, fix_times: bool = True) -> None:
+    """Copy context paths into dest_root keeping modes and links, with every mtime fixed (unless
+    `fix_times` is False: the caller fixes them once for a larger tree)."""
     for top in relpaths:
         for rel, st in _walk(src_root, top, ignore):
             src, dst = src_root / rel, dest_root / rel
@@ -129,7 +144,8 @@ def copy_reproducibly(src_root: Path, relpaths: list[str], dest_root: Path, igno
                 shutil.copyfile(src, dst)
             if not stat.S_ISLNK(st.st_mode):
                 os.chmod(dst, stat.S_IMODE(st.st_mode))
-    fix_mtimes(dest_root)
+    if fix_times:
+        fix_mtimes(dest_root)
 
 
 def fix_mtimes(root: Path) -> None:

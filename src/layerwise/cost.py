@@ -16,69 +16,125 @@ Variants of the same apps:
   layer gets a new blob even when its content did not change.
 An update of a category rebuilds each app from that category's first step up (the engine's cache
 keeps what is below). The OS base is the same in every variant and is left out.
+
+Each rule is written once, here, and `plan`, `simulate`, `bench` (`predict_pulls`) and `audit` call it:
+- chain walking (`next_chain`, `chained`): a layer's chain id is its blob on the chain below;
+- layers as built (`as_built`): the blob-as-built rule of the planned and tree variants;
+- bytes a host pulls (`pulled`): every wanted layer whose key its kind does not hold, once.
+Figures are computed once per image node (`PlanCosts`) and shared by every app built on it, every
+host and every fleet group, so the work grows with the steps of the plan, not with apps × apps.
 """
 
 from __future__ import annotations
 
+import gc
+from collections import Counter
+from collections.abc import Callable, Container, Hashable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .model import Plan, Step, sha256_text
+from .model import Plan, Step
 
 DOCKER, CONTAINERD = "docker", "containerd"
 HOST_KINDS = (DOCKER, CONTAINERD)
 PLANNED, FLAT, TREE = "planned", "flat", "tree"
 
 
-@dataclass(frozen=True)
-class HostLayer:
-    chain: str
-    blob: str
-    content: str
-    step: Step
+# ----------------------------------------------------------------------------- the rules
 
-    def key(self, host_kind: str) -> str:
+Key = Hashable
+
+
+class Ids:
+    """Equal parts get equal ids and different parts different ones: an exact and cheap stand-in
+    for hashing them, since these ids are only compared, never shown. Layers compared with each
+    other must get their ids from the same `Ids`."""
+
+    def __init__(self) -> None:
+        self.table: dict[tuple, int] = {}
+
+    def __call__(self, *parts: Key) -> int:
+        found = self.table.get(parts)
+        if found is None:
+            found = self.table[parts] = len(self.table)
+        return found
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class HostLayer(NamedTuple):
+    """One layer as hosts see it: `chain` (Docker Engine), `blob` (containerd), `content` (floor)."""
+    chain: Key
+    blob: Key
+    content: Key
+    size: int
+    category: str = ""
+
+    def key(self, host_kind: str) -> Key:
         return self.chain if host_kind == DOCKER else self.blob
 
-    @property
-    def size(self) -> int:
-        return self.step.size or 0
+
+def next_chain(ids: Ids, chain: Key, blob: Key) -> int:
+    """Chain walking: a layer's chain id is its blob on top of the chain below it."""
+    return ids(chain, blob)
 
 
-def app_steps(plan: Plan, app: str) -> list[Step]:
-    return [s for img in plan.chain(plan.apps[app]) for s in img.steps]
-
-
-def app_layers(plan: Plan, app: str, variant: str = PLANNED, updated: str | None = None) -> list[HostLayer]:
-    """The app's layers, bottom first, after an update of category `updated` (None: as built)."""
-    steps = app_steps(plan, app)
-    first = next((i for i, s in enumerate(steps) if s.category == updated), None) if updated else None
-    out: list[HostLayer] = []
-    chain = below = ""
-    for i, step in enumerate(steps):
-        changed = step.category == updated
-        rebuilt = first is not None and i >= first
-        content = sha256_text(step.identity, "updated" if changed else "")
-        below = sha256_text(below, content)      # everything the step ran on, as content
-        if not step.creates_layer:
-            continue
-        if variant == PLANNED:
-            blob = content if step.keyword in ("COPY", "ADD") else below
-        elif variant == TREE:   # shared where the tree shares, new on every rebuild
-            blob = sha256_text("tree", below, "rebuilt" if rebuilt else "")
-        else:   # a build of its own, not reproducible: a fresh blob per app and per rebuild
-            blob = sha256_text("flat", app, str(i), "rebuilt" if rebuilt else "")
-        chain = sha256_text(chain, blob)
-        out.append(HostLayer(chain, blob, content, step))
+def chained(ids: Ids, layers: Iterable[tuple[Key, Key, int]]) -> list[HostLayer]:
+    """(blob, content, size) bottom first → HostLayers with their chain ids: an image as pulled."""
+    out, chain = [], None
+    for blob, content, size in layers:
+        chain = next_chain(ids, chain, blob)
+        out.append(HostLayer(chain, blob, content, size))
     return out
 
 
-def distinct_bytes(layers: list[HostLayer], key) -> int:
-    """Bytes of the layers, each counted once by `key` (chain: Docker Engine, blob: containerd)."""
-    return sum({key(h): h.size for h in layers}.values())
+class Below(NamedTuple):
+    """What the steps under a point leave to the next one: the chain id, the content of every step
+    below (a RUN's output may depend on all of it), and whether one of them was rebuilt."""
+    chain: Key = None
+    content: Key = None
+    rebuilt: bool = False
 
 
-def _count(layers: list[HostLayer], key) -> int:
-    return len({key(h) for h in layers})
+GROUND = Below()
+_new = tuple.__new__     # a HostLayer without NamedTuple's Python-level __new__: as_built makes many
+
+
+def as_built(ids: Ids, steps: Iterable[tuple[Step, bool]], variant: str = PLANNED,
+             below: Below = GROUND) -> tuple[list[HostLayer], Below]:
+    """The blob-as-built rule: the layers of `steps` ((step, changed) pairs, bottom first) built on
+    `below`. A changed step has new content, and every step from it up is rebuilt.
+    - planned (layerwise, byte-reproducible): a COPY/ADD layer's blob is its content (the files it
+      copies); any other layer's blob follows the content of everything below it;
+    - tree (built the usual way): shared where the tree shares, a new blob from the first rebuilt
+      step up, whatever its content."""
+    chain, content_below, rebuilt = below
+    table = ids.table       # ids(...) inlined: this loop runs once per step, per case, per node
+    out: list[HostLayer] = []
+    for step, changed in steps:
+        rebuilt = rebuilt or changed
+        parts = (step.identity, changed)
+        content = table.get(parts)
+        if content is None:
+            content = table[parts] = len(table)
+        parts = (content_below, content)
+        content_below = table.get(parts)
+        if content_below is None:
+            content_below = table[parts] = len(table)
+        if not step.creates_layer:
+            continue
+        if variant == PLANNED:
+            blob = content if step.keyword in ("COPY", "ADD") else content_below
+        else:
+            blob = ids("tree", content_below, rebuilt)
+        parts = (chain, blob)               # next_chain
+        chain = table.get(parts)
+        if chain is None:
+            chain = table[parts] = len(table)
+        out.append(_new(HostLayer, (chain, blob, content, step.size or 0, step.category)))
+    return out, Below(chain, content_below, rebuilt)
 
 
 @dataclass
@@ -87,34 +143,226 @@ class Pull:
     bytes: int
     layers: int
 
+    def __iadd__(self, other: "Pull") -> "Pull":
+        self.bytes += other.bytes
+        self.layers += other.layers
+        return self
+
+
+def _distinct(wanted: Iterable[HostLayer], key: Callable[[HostLayer], Key],
+              held: Container[Key] = ()) -> Pull:
+    sizes: dict[str, int] = {}
+    for h in wanted:
+        k = key(h)
+        if k not in held:
+            sizes[k] = h.size
+    return Pull(sum(sizes.values()), len(sizes))
+
+
+def host_key(host_kind: str) -> Callable[[HostLayer], Key]:
+    """What a host of this kind reuses a layer by: the chain (Docker Engine) or the blob (containerd)."""
+    return (lambda h: h.chain) if host_kind == DOCKER else (lambda h: h.blob)
+
+
+def pulled(wanted: Iterable[HostLayer], host_kind: str, held: Container[Key] = ()) -> Pull:
+    """Bytes a host pulls: every wanted layer whose key (`host_key`) is not in `held`, each once."""
+    return _distinct(wanted, host_key(host_kind), held)
+
+
+def content_bytes(layers: Iterable[HostLayer], held: Container[Key] = ()) -> int:
+    """The floor: content not in `held`, each counted once."""
+    return _distinct(layers, lambda h: h.content, held).bytes
+
+
+# ----------------------------------------------------------------------------- per-node figures
+
+@contextmanager
+def _no_gc():
+    """Hundreds of thousands of small tuples, none in a cycle: collections would only cost time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class PlanCosts:
+    """The layers of every image node of a plan, per variant and per case (as built, or after an
+    update of one category), each computed once on its parent's and shared by its descendants.
+    `work` counts chain-id computations and node visits (tests pin its growth)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.work = 0
+        self.ids = Ids()
+        self._cats = {img.key: frozenset(s.category for s in img.steps) for img in plan.images}
+        self._paths = {app: tuple(img.key for img in plan.chain(key)) for app, key in plan.apps.items()}
+        self._built: dict[tuple[str, str | None], dict[str, tuple[tuple[HostLayer, ...], Below]]] = {}
+        self._flat: dict[str, dict[str | None, Pull]] = {}
+        self._flat_nodes: dict[str, dict[str | None, Pull]] = {}
+
+    def _nodes(self, variant: str, updated: str | None) -> dict[str, tuple[tuple[HostLayer, ...], Below]]:
+        if (variant, updated) in self._built:
+            return self._built[(variant, updated)]
+        cold = self._nodes(variant, None) if updated is not None else None
+        out: dict[str, tuple[tuple[HostLayer, ...], Below]] = {}
+        with _no_gc():
+            self._build(out, cold, variant, updated)
+        self._built[(variant, updated)] = out
+        return out
+
+    def _build(self, out: dict, cold: dict | None, variant: str, updated: str | None) -> None:
+        for img in self.plan.images:          # parents first
+            below = out[img.parent][1] if img.parent else GROUND
+            self.work += 1
+            if cold is not None and not below.rebuilt and updated not in self._cats[img.key]:
+                out[img.key] = cold[img.key]   # nothing changed at or below: as built
+                continue
+            layers, end = as_built(self.ids, ((s, s.category == updated) for s in img.steps), variant, below)
+            self.work += len(layers)
+            out[img.key] = (tuple(layers), end)
+
+    def union(self, apps: Iterable[str]) -> list[str]:
+        """The image nodes the apps are built from, each once, in the order of their last place in
+        the apps' chains one after the other: where one layer (same key) was given two sizes (size
+        hints that disagree), the size counted is the one met last in that order, as it always was."""
+        seen: dict[str, None] = {}
+        for app in apps:
+            for key in self._paths[app]:
+                seen.pop(key, None)
+                seen[key] = None
+            self.work += len(self._paths[app])
+        return list(seen)
+
+    def host_layers(self, apps: Iterable[str], variant: str = PLANNED,
+                    updated: str | None = None) -> list[HostLayer]:
+        nodes = self._nodes(variant, updated)
+        return [h for key in self.union(apps) for h in nodes[key][0]]
+
+    def has_category(self, app: str, category: str) -> bool:
+        return any(category in self._cats[k] for k in self._paths[app])
+
+    # -- what a host pulls ---------------------------------------------------------------------------
+
+    def pull(self, apps: tuple[str, ...], host_kind: str, variant: str,
+             updated: str | None = None) -> Pull:
+        """A host running `apps`: cold (updated None) or on an update of category `updated`."""
+        if variant == FLAT:
+            total = Pull(0, 0)
+            for app in apps:
+                total += self.flat(app).get(updated, Pull(0, 0))
+            return total
+        union = self.union(apps)
+        built = self._nodes(variant, None)
+        if updated is None:
+            return pulled((h for k in union for h in built[k][0]), host_kind)
+        after = self._nodes(variant, updated)
+        key = host_key(host_kind)
+        held = {key(h) for k in union for h in built[k][0]}
+        # Nodes left as built hold nothing new; only rebuilt ones are looked at.
+        return pulled((h for k in union if after[k] is not built[k] for h in after[k][0]), host_kind, held)
+
+    def arrivals(self, apps: tuple[str, ...], key: Callable[[HostLayer], Key],
+                 variant: str = PLANNED) -> dict[str, Pull]:
+        """Per app, what a host running all `apps` downloads when that app arrives last: only the
+        nodes no other app of the host is built on can hold layers the others lack."""
+        host = set(apps)
+        built = self._nodes(variant, None)
+        union = self.union(apps)
+        count: Counter[str] = Counter(key(h) for k in union for h in built[k][0])
+        own: dict[str, list[str]] = {a: [] for a in apps}
+        for k in union:
+            users = [a for a in self.plan.image(k).apps if a in host]
+            self.work += 1
+            if len(users) == 1:
+                own[users[0]].append(k)
+        out = {}
+        for app in apps:
+            mine = [h for k in own[app] for h in built[k][0]]
+            self.work += len(mine)
+            here = Counter(key(h) for h in mine)
+            held = {k for k in here if count[k] > here[k]}
+            out[app] = _distinct(mine, key, held)
+        return out
+
+    def flat(self, app: str) -> dict[str | None, Pull]:
+        """The flat variant (every app its own build from the OS base, not reproducible: a fresh blob
+        per app, per layer and per rebuild): cold, the app's every layer; on an update of a category,
+        its layers from that category's first step up. Keyed by category (None: cold)."""
+        if app not in self._flat:
+            out: dict[str | None, Pull] = {None: Pull(0, 0)}
+            for key in reversed(self._paths[app]):          # from the top: what lies above
+                own = self._flat_own(key)
+                above = out[None]
+                for category, pull in own.items():
+                    out[category] = Pull(pull.bytes + above.bytes, pull.layers + above.layers)
+            self._flat[app] = out
+        return self._flat[app]
+
+    def _flat_own(self, key: str) -> dict[str | None, Pull]:
+        """One image's own layers (None) and, per category, its layers from that category's first step."""
+        if key not in self._flat_nodes:
+            self.work += 1
+            out: dict[str | None, Pull] = {None: Pull(0, 0)}
+            for s in reversed(self.plan.image(key).steps):
+                if s.creates_layer:
+                    out[None] = Pull(out[None].bytes + (s.size or 0), out[None].layers + 1)
+                out[s.category] = out[None]
+            self._flat_nodes[key] = out
+        return self._flat_nodes[key]
+
+    def one_app_hosts(self, variant: str, updated: str | None = None) -> dict[str, Pull]:
+        """Per app, what a Docker Engine host running only that app pulls (cold or on an update),
+        summed along its chain of images once per node. Exact for the chain rule: along one chain
+        the chain ids all differ, and a layer whose chain changed holds changed content, which no
+        host holds yet, while one whose chain did not change is held."""
+        cold = self._nodes(variant, None)
+        after = self._nodes(variant, updated) if updated is not None else None
+        total: dict[str, Pull] = {}
+        for img in self.plan.images:                      # parents first
+            below = total[img.parent] if img.parent else Pull(0, 0)
+            self.work += 1
+            if after is None:
+                own = [h.size for h in cold[img.key][0]]
+            elif after[img.key] is cold[img.key]:
+                own = []
+            else:
+                own = [h.size for h, c in zip(after[img.key][0], cold[img.key][0]) if h.chain != c.chain]
+            total[img.key] = Pull(below.bytes + sum(own), below.layers + len(own))
+        return {app: total[self.plan.apps[app]] for app in self.plan.apps}
+
+    # -- the floor: only changed content, counted once -----------------------------------------------
+
+    def floor(self, apps: tuple[str, ...], updated: str | None = None) -> int:
+        if updated is None:
+            return content_bytes(self.host_layers(apps))
+        return content_bytes(h for h in self.host_layers(apps, PLANNED, updated) if h.category == updated)
+
+
+# One question at a time (tests, exploring); the summary and the simulation use PlanCosts
+# directly, so a plan's per-node figures are computed once.
 
 def pull_cost(plan: Plan, apps: tuple[str, ...], host_kind: str, variant: str,
               *, updated: str | None = None, arriving: str | None = None) -> Pull:
     """Bytes and layers a host running `apps` downloads:
     cold (neither `updated` nor `arriving`), when `arriving` joins the others, or on an update."""
-    key = lambda h: h.key(host_kind)
+    costs = PlanCosts(plan)
     if arriving:
-        held = {key(h) for a in apps if a != arriving for h in app_layers(plan, a, variant)}
-        new = [h for h in app_layers(plan, arriving, variant) if key(h) not in held]
-    elif updated:
-        held = {key(h) for a in apps for h in app_layers(plan, a, variant)}
-        new = [h for a in apps for h in app_layers(plan, a, variant, updated) if key(h) not in held]
-    else:
-        new = [h for a in apps for h in app_layers(plan, a, variant)]
-    return Pull(distinct_bytes(new, key), _count(new, key))
+        if variant == FLAT:
+            return costs.flat(arriving)[None]
+        return costs.arrivals(apps, host_key(host_kind), variant)[arriving]
+    return costs.pull(apps, host_kind, variant, updated)
 
 
 def floor_cost(plan: Plan, apps: tuple[str, ...], *, updated: str | None = None,
                arriving: str | None = None) -> int:
     """The least any scheme could send: content the host lacks, counted once."""
-    content = lambda h: h.content
+    costs = PlanCosts(plan)
     if arriving:
-        held = {h.content for a in apps if a != arriving for h in app_layers(plan, a)}
-        return distinct_bytes([h for h in app_layers(plan, arriving) if h.content not in held], content)
-    if updated:
-        return distinct_bytes([h for a in apps for h in app_layers(plan, a, PLANNED, updated)
-                       if h.step.category == updated], content)
-    return distinct_bytes([h for a in apps for h in app_layers(plan, a)], content)
+        return costs.arrivals(apps, lambda h: h.content)[arriving].bytes
+    return costs.floor(apps, updated)
 
 
 # ----------------------------------------------------------------------------- the plan summary
@@ -139,6 +387,12 @@ class Scenario:
 
 
 @dataclass
+class LayerSizes:
+    size_sources: dict[str, int]     # how many layers got their size from where
+    unknown_layers: int
+
+
+@dataclass
 class CostSummary:
     host_kind: str
     scenarios: list[Scenario]
@@ -146,38 +400,51 @@ class CostSummary:
     unknown_layers: int
 
 
-def _rows(plan: Plan, hosts: list[tuple[str, ...]], host_kind: str, with_arrival: bool) -> list[Row]:
-    def total(**case) -> tuple[int, int, int]:
-        return (sum(pull_cost(plan, h, host_kind, PLANNED, **case).bytes for h in hosts),
-                sum(pull_cost(plan, h, host_kind, FLAT, **case).bytes for h in hosts),
-                sum(floor_cost(plan, h, **case) for h in hosts))
-
-    rows = [Row("cold pull", 0, *total())]
-    if with_arrival:
-        apps = hosts[0]
-        sums = [0, 0, 0]
-        for app in apps:
-            for i, v in enumerate(total(arriving=app)):
-                sums[i] += v
-        rows.append(Row("add one app (others present)", 0, *(v // len(apps) for v in sums)))
-    for cat in plan.categories:
-        rows.append(Row(f"update {cat.name}", cat.changes_per_month, *total(updated=cat.name)))
-    return rows
-
-
-def summarize(plan: Plan, host_kind: str = DOCKER) -> CostSummary:
-    apps = tuple(sorted(plan.apps))
-    per_app = Scenario("one host per app", [(a,) for a in apps])
-    per_app.rows = _rows(plan, per_app.hosts, host_kind, with_arrival=False)
-    shared = Scenario("all apps on one host", [apps])
-    shared.rows = _rows(plan, shared.hosts, host_kind, with_arrival=len(apps) > 1)
+def layer_sizes(plan: Plan) -> LayerSizes:
     sources: dict[str, int] = {}
     unknown = 0
     for img in plan.images:
         for s in img.layers:
             sources[s.size_source] = sources.get(s.size_source, 0) + 1
             unknown += s.size is None
-    return CostSummary(host_kind, [per_app, shared], dict(sorted(sources.items())), unknown)
+    return LayerSizes(dict(sorted(sources.items())), unknown)
+
+
+def _rows(costs: PlanCosts, hosts: list[tuple[str, ...]], host_kind: str, with_arrival: bool) -> list[Row]:
+    one_app = host_kind == DOCKER and all(len(h) == 1 for h in hosts)
+
+    def planned(updated: str | None) -> int:
+        if one_app:    # summed per node along each chain, not per host
+            per_app = costs.one_app_hosts(PLANNED, updated)
+            return sum(per_app[h[0]].bytes for h in hosts)
+        return sum(costs.pull(h, host_kind, PLANNED, updated).bytes for h in hosts)
+
+    def total(updated: str | None = None) -> tuple[int, int, int]:
+        return (planned(updated), sum(costs.pull(h, host_kind, FLAT, updated).bytes for h in hosts),
+                sum(costs.floor(h, updated) for h in hosts))
+
+    rows = [Row("cold pull", 0, *total())]
+    if with_arrival:
+        apps = hosts[0]
+        arrivals = costs.arrivals(apps, host_key(host_kind))
+        floor = costs.arrivals(apps, lambda h: h.content)
+        sums = (sum(p.bytes for p in arrivals.values()), sum(costs.flat(a)[None].bytes for a in apps),
+                sum(p.bytes for p in floor.values()))
+        rows.append(Row("add one app (others present)", 0, *(v // len(apps) for v in sums)))
+    for cat in costs.plan.categories:
+        rows.append(Row(f"update {cat.name}", cat.changes_per_month, *total(cat.name)))
+    return rows
+
+
+def summarize(plan: Plan, host_kind: str = DOCKER, costs: PlanCosts | None = None) -> CostSummary:
+    costs = costs or PlanCosts(plan)
+    apps = tuple(sorted(plan.apps))
+    per_app = Scenario("one host per app", [(a,) for a in apps])
+    per_app.rows = _rows(costs, per_app.hosts, host_kind, with_arrival=False)
+    shared = Scenario("all apps on one host", [apps])
+    shared.rows = _rows(costs, shared.hosts, host_kind, with_arrival=len(apps) > 1)
+    sizes = layer_sizes(plan)
+    return CostSummary(host_kind, [per_app, shared], sizes.size_sources, sizes.unknown_layers)
 
 
 # ----------------------------------------------------------------------------- fleet simulation
@@ -222,61 +489,40 @@ class GroupResult:
     costs: EngineCosts
 
 
-def simulate_group(plans: dict[str, tuple[Plan, str]], name: str, count: int, apps: tuple[str, ...],
+def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: int, apps: tuple[str, ...],
                    host_kind: str, bandwidth_bps: float, rates: dict[str, float],
                    costs: EngineCosts) -> GroupResult:
-    """One host of the group, per variant. `plans`: label -> (plan, variant rule)."""
+    """One host of the group, per variant. `plans`: label -> (the plan's per-node figures, variant
+    rule); the same figures serve every group of the fleet."""
     cold: dict[str, Estimate] = {}
     monthly: dict[str, Estimate] = {}
-    first_plan = next(iter(plans.values()))[0]
-    for label, (plan, variant) in plans.items():
+    first = next(iter(plans.values()))[0]
+    for label, (plan_costs, variant) in plans.items():
         cold[label] = Estimate()
-        cold[label].add(pull_cost(plan, apps, host_kind, variant), len(apps), 1, bandwidth_bps, costs)
+        cold[label].add(plan_costs.pull(apps, host_kind, variant), len(apps), 1, bandwidth_bps, costs)
         monthly[label] = Estimate()
         for category, rate in rates.items():
             if rate:
-                pulls = sum(any(s.category == category for s in app_steps(plan, a)) for a in apps)
-                monthly[label].add(pull_cost(plan, apps, host_kind, variant, updated=category), pulls,
+                pulls = sum(plan_costs.has_category(a, category) for a in apps)
+                monthly[label].add(plan_costs.pull(apps, host_kind, variant, category), pulls,
                                    rate, bandwidth_bps, costs)
-    floor_monthly = sum(rate * floor_cost(first_plan, apps, updated=c) for c, rate in rates.items())
+    floor_monthly = sum(rate * first.floor(apps, c) for c, rate in rates.items())
     return GroupResult(name, count, apps, host_kind, bandwidth_bps, cold, monthly,
-                       floor_cost(first_plan, apps), floor_monthly, costs)
+                       first.floor(apps), floor_monthly, costs)
 
 
 # ----------------------------------------------------------------------------- real pulls
 
+def registry_layers(ids: Ids, manifest) -> list[HostLayer]:
+    """A registry manifest's layers as hosts see them: the blob digest, chained."""
+    return chained(ids, ((layer.digest, layer.digest, layer.size) for layer in manifest.layers))
+
+
 def predict_pulls(pulls: list, held: list, host_kind: str) -> Pull:
     """Bytes and layers a host downloads to pull the images `pulls` (registry manifests, in order)
-    while holding `held`: manifests and configs, and every layer its rule does not let it reuse.
-
-    Exact where the cost model estimates: digests and sizes come from the registry.
-    """
-    chains: set[str] = set()
-    blobs: set[str] = set()
-
-    def walk(manifest):
-        chain = ""
-        for layer in manifest.layers:
-            chain = sha256_text(chain, layer.digest)
-            yield layer, chain
-
-    for m in held:
-        for layer, chain in walk(m):
-            chains.add(chain)
-            blobs.add(layer.digest)
-    total = Pull(0, 0)
-    for m in pulls:
-        total.bytes += len(m.raw) + m.config_size
-        missed = False
-        for layer, chain in walk(m):
-            if host_kind == DOCKER:
-                missed = missed or chain not in chains   # from the first miss on, everything
-                fetch = missed
-            else:
-                fetch = layer.digest not in blobs
-            if fetch:
-                total.bytes += layer.size
-                total.layers += 1
-            chains.add(chain)
-            blobs.add(layer.digest)
-    return total
+    while holding `held`: manifests and configs, and every layer its rule (`pulled`) does not let
+    it reuse. Exact where the cost model estimates: digests and sizes come from the registry."""
+    key, ids = host_key(host_kind), Ids()
+    have = {key(h) for m in held for h in registry_layers(ids, m)}
+    layers = pulled((h for m in pulls for h in registry_layers(ids, m)), host_kind, have)
+    return Pull(layers.bytes + sum(len(m.raw) + m.config_size for m in pulls), layers.layers)

@@ -52,6 +52,8 @@ class Instruction:
 
 def collapse_whitespace(text: str) -> str:
     """Runs of whitespace become one space, except inside single or double quotes."""
+    if not any(c in text for c in "'\"\\"):
+        return " ".join(text.split())       # nothing quoted or escaped: the same, in C
     out: list[str] = []
     quote = ""
     pending_space = False
@@ -136,24 +138,72 @@ def parse_instructions(text: str, *, file: str | None = None, first_line: int = 
         commands = dockerfile.parse_string(text)
     except dockerfile.GoParseError as e:
         raise UserError(f"Dockerfile parser rejected this: {e}", file, first_line) from None
-    result = []
-    for cmd in commands:
-        line = first_line + cmd.start_line - 1
-        keyword = cmd.cmd.upper()
-        if keyword not in KNOWN_KEYWORDS:
-            raise UserError(
-                f"unknown instruction {cmd.cmd!r} in {cmd.original.strip()!r}; "
-                "write a Dockerfile instruction such as RUN, COPY or ENV",
-                file, line,
-            )
-        problem = _argument_problem(keyword, cmd)
-        if problem:
-            raise UserError(f"{cmd.original.strip()!r}: {problem}", file, line)
-        result.append(Instruction(
-            keyword=keyword, text=_normalize(cmd), flags=tuple(cmd.flags), args=tuple(cmd.value),
-            json_form=bool(cmd.json), line=line, heredoc=bool(cmd.heredocs),
-        ))
-    return result
+    return [_instruction(cmd, file, first_line + cmd.start_line - 1) for cmd in commands]
+
+
+def _instruction(cmd: dockerfile.Command, file: str | None, line: int) -> Instruction:
+    keyword = cmd.cmd.upper()
+    if keyword not in KNOWN_KEYWORDS:
+        raise UserError(
+            f"unknown instruction {cmd.cmd!r} in {cmd.original.strip()!r}; "
+            "write a Dockerfile instruction such as RUN, COPY or ENV",
+            file, line,
+        )
+    problem = _argument_problem(keyword, cmd)
+    if problem:
+        raise UserError(f"{cmd.original.strip()!r}: {problem}", file, line)
+    return Instruction(
+        keyword=keyword, text=_normalize(cmd), flags=tuple(cmd.flags), args=tuple(cmd.value),
+        json_form=bool(cmd.json), line=line, heredoc=bool(cmd.heredocs),
+    )
+
+
+# Step texts of a stack file, parsed: a family of a thousand apps repeats most of them, and the
+# parser costs most per call, so each distinct text is parsed once per run. Lines count from 1.
+_FRAGMENTS: dict[str, tuple[Instruction, ...]] = {}
+
+
+def parse_fragment(text: str, *, file: str | None = None, first_line: int = 1) -> tuple[Instruction, ...]:
+    """`parse_instructions` for a step text, remembered. The instructions' lines are relative to
+    the text (1: its first line); an error names `file` and the line in it, as parse_instructions does."""
+    found = _FRAGMENTS.get(text)
+    if found is None:
+        try:
+            found = tuple(parse_instructions(text))
+        except UserError:
+            parse_instructions(text, file=file, first_line=first_line)   # the same error, located
+            raise
+        _FRAGMENTS[text] = found
+    return found
+
+
+def _one_line(text: str) -> bool:
+    """A text that parses alone as it does as one line among others: no continuation, heredoc,
+    comment, directive or byte-order mark."""
+    stripped = text.strip()
+    return bool(stripped) and not any(c in text for c in "\n\r\ufeff") and "<<" not in text \
+        and not stripped.endswith("\\") and not stripped.startswith("#")
+
+
+def prefetch(texts) -> None:
+    """Parse the one-line texts among `texts` in one call of the parser, for `parse_fragment`.
+    Anything unexpected (a text the parser rejects, a count that does not match) leaves them to
+    `parse_fragment`, which parses them one by one and reports errors where they are."""
+    todo = [t for t in dict.fromkeys(texts) if t not in _FRAGMENTS and _one_line(t)]
+    if not todo:
+        return
+    try:
+        commands = dockerfile.parse_string("\n".join(todo))
+    except dockerfile.GoParseError:
+        return
+    if len(commands) != len(todo) or any(c.start_line != i + 1 or c.end_line != i + 1
+                                         for i, c in enumerate(commands)):
+        return
+    for text, cmd in zip(todo, commands):
+        try:
+            _FRAGMENTS[text] = (_instruction(cmd, None, 1),)   # its own first line
+        except UserError:
+            pass
 
 
 def _argument_problem(keyword: str, cmd: dockerfile.Command) -> str | None:
@@ -174,8 +224,9 @@ def _argument_problem(keyword: str, cmd: dockerfile.Command) -> str | None:
     return None
 
 
-def unbuildable_reason(text: str) -> str | None:
+def unbuildable_reason(text: str, instructions: list[Instruction] | None = None) -> str | None:
     """Why the legacy builder must not be sent this Dockerfile text, or None if it is safe.
+    `instructions`: the text already parsed, if it was.
 
     A `# syntax=` directive makes the daemon fetch a frontend from the internet, and heredocs are
     BuildKit-only: the legacy builder would misread them.
@@ -185,7 +236,7 @@ def unbuildable_reason(text: str) -> str | None:
             return "it has a '# syntax=' directive (the daemon would fetch a frontend from the internet)"
         if line.strip() and not line.lstrip().startswith("#"):
             break
-    for ins in parse_instructions(text):
+    for ins in parse_instructions(text) if instructions is None else instructions:
         if ins.heredoc:
             return f"line {ins.line} uses a heredoc, which the legacy builder cannot build"
     return None

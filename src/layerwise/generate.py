@@ -86,14 +86,18 @@ def codeowners(plan: Plan) -> str:
 
 def write_tree(plan: Plan, stack: Stack, root: Path) -> None:
     """Write every generated file under root (which must exist and be empty)."""
+    source_root = stack.root.resolve()
     for img in plan.images:
         folder = root / img.key
         folder.mkdir(parents=True)
         for step in img.steps:
+            if not step.sources:
+                continue
             if "Dockerfile" in step.sources:
                 raise UserError("a COPY source named 'Dockerfile' would clash with the generated "
                                 "Dockerfile; rename it", stack.path)
-            contexts.copy_reproducibly(stack.root.resolve(), list(step.sources), folder)
+            # mtimes are fixed once, below, for the whole tree
+            contexts.copy_reproducibly(source_root, list(step.sources), folder, fix_times=False)
         (folder / "Dockerfile").write_text(dockerfile_text(img, stack))
     (root / "plan.json").write_text(plan.to_json())
     (root / "docker-bake.hcl").write_text(bake_file(plan))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -110,8 +111,8 @@ def app_names(paths: list[Path]) -> dict[Path, str]:
     depth = {p: 1 + (bool(parts(p)) and parts(p)[-1].lower() in _GENERIC_FOLDERS) for p in paths}
     while True:
         names = {p: slug(parts(p)[-depth[p]:]) for p in paths}
-        clashes = [p for p in paths if list(names.values()).count(names[p]) > 1
-                   and depth[p] < len(parts(p))]
+        count = Counter(names.values())
+        clashes = [p for p in paths if count[names[p]] > 1 and depth[p] < len(parts(p))]
         if not clashes:
             return names
         for p in clashes:
@@ -191,7 +192,7 @@ def read_dockerfile(path: Path, name: str, context: Path | None = None) -> Docke
             text_only.append(ins.line)
         stages[-1] = replace(stages[-1], steps=stages[-1].steps + (step,))
     return Dockerfile(name=name, path=path, context=context, global_args=tuple(global_lines),
-                      stages=tuple(stages), text_only=tuple(text_only), unbuildable=unbuildable_reason(text),
+                      stages=tuple(stages), text_only=tuple(text_only), unbuildable=unbuildable_reason(text, instructions),
                       context_note=context_note)
 
 
@@ -418,7 +419,9 @@ class Family:
     project: str
 
     def base(self, name: str) -> BaseImage:
-        return next(b for b in self.bases if b.name == name)
+        if not hasattr(self, "_by_name"):   # one dict, not a scan per lookup: thousands of bases
+            object.__setattr__(self, "_by_name", {b.name: b for b in self.bases})
+        return self._by_name[name]
 
 
 def read_all(paths: list[Path], context: Path | None = None) -> tuple[list[Dockerfile], list[UserError]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .report import json_text
+from .jsonout import json_text
 
 IMPORT_SCHEMA = "layerwise.import/v1"
 IMPORT_FILE = "import.json"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 
 from .dockerfiles import LAYER_KEYWORDS
+from .jsonout import dumps_json
 
 PLAN_SCHEMA = "layerwise.plan/v1"
 FINGERPRINT_TAG_PREFIX = "lw-"
@@ -18,6 +18,25 @@ def sha256_text(*parts: str) -> str:
         h.update(p.encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+class cached:
+    """A property computed on first use and kept in the instance (as functools.cached_property,
+    without the per-access lock it has before Python 3.12: a plan's steps are read millions of times)."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.compute(obj)
+        return value
 
 
 @dataclass(frozen=True)
@@ -44,15 +63,16 @@ class Step:
     size: int | None = None              # bytes the layer adds, when known
     size_source: str = "unknown"         # hint | context | measured | unknown | empty
 
-    @property
+    # Computed once per step: plans of thousands of apps ask for them millions of times.
+    @cached
     def keyword(self) -> str:
         return self.instruction.split(None, 1)[0]
 
-    @property
+    @cached
     def creates_layer(self) -> bool:
         return self.keyword in LAYER_KEYWORDS
 
-    @property
+    @cached
     def identity(self) -> str:
         return sha256_text(self.instruction, self.context_digest or "")
 
@@ -98,6 +118,13 @@ class ImageNode:
         return tuple(seen)
 
 
+def _step_dict(s: Step) -> dict:
+    # Field by field rather than asdict(), which deep-copies: plans hold a hundred thousand steps.
+    return {"instruction": s.instruction, "category": s.category, "context_digest": s.context_digest,
+            "sources": list(s.sources), "size": s.size, "size_source": s.size_source,
+            "creates_layer": s.creates_layer}
+
+
 @dataclass(frozen=True)
 class Plan:
     registry: str
@@ -108,14 +135,22 @@ class Plan:
     apps: dict[str, str] = field(default_factory=dict)   # app -> key of its image
     base_digest: str | None = None        # the OS base's digest, when the fingerprints used it
 
-    def image(self, key: str) -> ImageNode:
+    @cached
+    def _by_key(self) -> dict[str, ImageNode]:
+        return {img.key: img for img in self.images}
+
+    @cached
+    def _children(self) -> dict[str | None, list[ImageNode]]:
+        out: dict[str | None, list[ImageNode]] = {}
         for img in self.images:
-            if img.key == key:
-                return img
-        raise KeyError(key)
+            out.setdefault(img.parent, []).append(img)
+        return out
+
+    def image(self, key: str) -> ImageNode:
+        return self._by_key[key]
 
     def children(self, key: str | None) -> list[ImageNode]:
-        return [img for img in self.images if img.parent == key]
+        return list(self._children.get(key, ()))
 
     def chain(self, key: str) -> list[ImageNode]:
         """The image and its ancestors, root first."""
@@ -155,10 +190,7 @@ class Plan:
                     "kind": img.kind,
                     "named_by": img.named_by,
                     "apps": list(img.apps),
-                    "steps": [
-                        {**asdict(s), "sources": list(s.sources), "creates_layer": s.creates_layer}
-                        for s in img.steps
-                    ],
+                    "steps": [_step_dict(s) for s in img.steps],
                 }
                 for img in self.images
             ],
@@ -166,7 +198,7 @@ class Plan:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return dumps_json(self.to_dict(), ensure_ascii=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":

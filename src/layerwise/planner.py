@@ -6,9 +6,10 @@ No I/O here: the stack file and its contexts were read by `spec`.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
-from .dockerfiles import can_join, join_runs, parse_instructions
+from .dockerfiles import can_join, join_runs, parse_fragment, prefetch
 from .errors import UserError
 from .model import Category, ImageNode, Plan, Step, sha256_text
 from .spec import Stack
@@ -35,6 +36,7 @@ def _merged(run_steps: list[Step]) -> Step:
 def merge_layers(steps: tuple[Step, ...] | list[Step], categories: tuple[Category, ...]) -> list[Step]:
     """Join consecutive plain RUNs of a `merge` category into one `RUN a && b` (COPYs stay)."""
     merging = {c.name for c in categories if c.merge}
+    prefetch(s.instruction for s in steps if s.category in merging)
     out: list[Step] = []
     pending: list[Step] = []
     custom_shell = False   # after a SHELL instruction RUN is not POSIX sh: `&&` may mean nothing
@@ -47,7 +49,7 @@ def merge_layers(steps: tuple[Step, ...] | list[Step], categories: tuple[Categor
     for step in steps:
         custom_shell = custom_shell or step.keyword == "SHELL"
         joinable = (step.category in merging and not custom_shell
-                    and can_join(parse_instructions(step.instruction)[0]))
+                    and can_join(parse_fragment(step.instruction)[0]))
         if joinable and (not pending or pending[0].category == step.category):
             pending.append(step)
             continue
@@ -132,9 +134,9 @@ def image_runs(nodes: list[TreeNode], named: dict[int, str], owners: dict[str, s
         return owners[nodes[node.children[0]].step.category] != owners[node.step.category]
 
     runs: list[list[int]] = []
-    starts = [i for i, n in enumerate(nodes) if n.parent is None]
+    starts = deque(i for i, n in enumerate(nodes) if n.parent is None)
     while starts:
-        i = starts.pop(0)
+        i = starts.popleft()
         run = [i]
         while not ends_image(run[-1]):
             run.append(nodes[run[-1]].children[0])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from dataclasses import asdict
@@ -16,11 +15,6 @@ from rich.tree import Tree
 from .cost import CostSummary
 from .model import ImageNode, Plan
 from .units import format_size
-
-
-def json_text(doc) -> str:
-    """Every JSON output of layerwise: indented, keys sorted (the same data gives the same bytes)."""
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
 def console(stderr: bool = False) -> Console:
@@ -42,18 +36,31 @@ def _step_line(step) -> str:
     return f"[magenta]{step.category:<10}[/] {step.short(64):<65} [dim]{size}[/]"
 
 
-def plan_tree(plan: Plan) -> Tree:
-    tree = Tree(f"[bold]{plan.base}[/]  (OS base)")
+# Up to this many steps in all, the tree shows them under their images by default: a few screens.
+# Beyond it the steps would bury the tree (100 apps of 100 steps: 10,000 lines), so only the images
+# are shown unless `--steps` asks for them.
+STEPS_SHOWN_UP_TO = 200
 
-    def add(branch: Tree, img: ImageNode) -> None:
+
+def plan_tree(plan: Plan, steps: bool | None = None) -> Tree:
+    """The images as a tree, each with its steps when `steps` (None: for small families only)."""
+    if steps is None:
+        steps = sum(len(img.steps) for img in plan.images) <= STEPS_SHOWN_UP_TO
+    title = f"[bold]{plan.base}[/]  (OS base)"
+    if not steps:
+        title += f"  [dim]{len(plan.images)} images; steps with --steps[/]"
+    tree = Tree(title)
+    children: dict[str | None, list[ImageNode]] = {}
+    for img in plan.images:
+        children.setdefault(img.parent, []).append(img)
+    pending = [(tree, img) for img in reversed(children.get(None, []))]
+    while pending:      # depth first, without recursion: a tree may be deep
+        branch, img = pending.pop()
         node = branch.add(_image_label(img))
-        for step in img.steps:
-            node.add(_step_line(step), guide_style="dim")
-        for child in plan.children(img.key):
-            add(node, child)
-
-    for root in plan.children(None):
-        add(tree, root)
+        if steps:
+            for step in img.steps:
+                node.add(_step_line(step), guide_style="dim")
+        pending += [(node, child) for child in reversed(children.get(img.key, []))]
     return tree
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import contexts
-from .dockerfiles import parse_instructions
+from .dockerfiles import parse_fragment, prefetch
 from .errors import UserError
 from .model import Category, Step
 from .units import parse_size
@@ -133,6 +133,20 @@ class Lines:
         return self._text.get(path) or self.at(path)
 
 
+# libyaml's C parser when PyYAML was built with it (15× faster on large stack files), else Python's.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse(text: str, loader_class) -> tuple[yaml.Node | None, Any]:
+    """One parse: the node tree (for the lines) and the data constructed from that same tree."""
+    loader = loader_class(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> tuple[Any, "Lines"]:
     try:
         text = path.read_text()
@@ -141,8 +155,12 @@ def read_yaml(path: Path) -> tuple[Any, "Lines"]:
     except OSError as e:
         raise UserError(f"cannot read the file: {e.strerror}", path) from None
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            root, data = _parse(text, _LOADER)
+        except yaml.YAMLError:
+            # The pure-Python parser says what is wrong in more words (the character, the token);
+            # bad input is rare, so it parses again to give that message, at the same line.
+            root, data = _parse(text, yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         context = getattr(e, "context_mark", None)
@@ -251,39 +269,58 @@ def _env_str(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def _steps_of(texts, category: str, size_hint: int | None, stack_root: Path, path: Path) -> list[Step]:
-    instructions = []
+def _steps_of(texts, category: str, size_hint: int | None, stack_root: Path, path: Path,
+              files: dict | None = None) -> list[Step]:
+    """Steps of one category. `files`: COPY sources already resolved and digested in this load,
+    by their text (a family repeats the same COPY in many apps)."""
+    files = {} if files is None else files
+    file = str(path)
+    found = []     # (instruction text, digest, sources, size, size source), as the files say
     for text, line in texts:
-        for ins in parse_instructions(text, file=str(path), first_line=line or 1):
+        first = line or 1
+        for ins in parse_fragment(text, file=file, first_line=first):
+            at = first + ins.line - 1
             if ins.keyword == "FROM":
                 raise UserError("FROM is not allowed in a category: the plan chooses each image's "
-                                "parent; put the OS image in 'base:'", path, ins.line)
-            instructions.append(ins)
-    steps = []
-    for ins in instructions:
-        digest, sources, size, source = None, (), None, "unknown"
-        if ins.copy_sources:
-            rels = contexts.resolve_sources(stack_root, ins.copy_sources, file=str(path), line=ins.line)
-            files = contexts.digest_files(stack_root.resolve(), rels)
-            digest, sources, size, source = files.digest, tuple(rels), files.size, "context"
-        if not ins.creates_layer:
-            size, source = 0, "empty"
-        steps.append(Step(instruction=ins.text, category=category, context_digest=digest,
-                          sources=sources, size=size, size_source=source))
-    return _apply_hint(steps, size_hint) if size_hint is not None else steps
+                                "parent; put the OS image in 'base:'", path, at)
+            digest, sources, size, source = None, (), None, "unknown"
+            if ins.copy_sources:
+                if ins.copy_sources not in files:
+                    rels = contexts.resolve_sources(stack_root, ins.copy_sources, file=file, line=at)
+                    files[ins.copy_sources] = (tuple(rels), contexts.digest_files(stack_root.resolve(), rels))
+                sources, digested = files[ins.copy_sources]
+                digest, size, source = digested.digest, digested.size, "context"
+            if not ins.creates_layer:
+                size, source = 0, "empty"
+            found.append((ins.text, digest, sources, size, source))
+    if size_hint is not None:
+        found = _apply_hint(found, size_hint)
+    return [Step(instruction=text, category=category, context_digest=digest, sources=sources,
+                 size=size, size_source=source) for text, digest, sources, size, source in found]
 
 
-def _apply_hint(steps: list[Step], hint: int) -> list[Step]:
+def _apply_hint(found: list[tuple], hint: int) -> list[tuple]:
     """A category's `size:` is what its layers of unknown size add (RUN output), shared evenly;
-    when every layer's size is known from its files, the hint replaces those sizes."""
-    targets = [i for i, s in enumerate(steps) if s.creates_layer and s.size is None]
-    if not targets:
-        targets = [i for i, s in enumerate(steps) if s.creates_layer]
-    out = list(steps)
+    when every layer's size is known from its files, the hint replaces those sizes.
+    `found`: (text, digest, sources, size, size source) per step."""
+    layers = [i for i, f in enumerate(found) if f[4] != "empty"]
+    targets = [i for i in layers if found[i][3] is None] or layers
+    out = list(found)
     for n, i in enumerate(targets):
         share = hint // len(targets) if n < len(targets) - 1 else hint - hint // len(targets) * n
-        out[i] = replace(steps[i], size=share, size_source="hint")
+        out[i] = found[i][:3] + (share, "hint")
     return out
+
+
+def _all_texts(apps: dict, declared: list[str]):
+    """Every step text of the stack file, read leniently (validation comes later, in order)."""
+    for app in apps.values():
+        for cat in declared:
+            value = (app.model_extra or {}).get(cat)
+            if isinstance(value, dict):
+                value = value.get("steps")
+            yield from (t for t in (value if isinstance(value, list) else [value]) if isinstance(t, str))
+        yield from _app_config_texts(app)
 
 
 def load_stack(path: str | Path) -> Stack:
@@ -312,6 +349,8 @@ def load_stack(path: str | Path) -> Stack:
                             f"images are named by category ({', '.join(declared)})",
                             path, lines.at(("images", key)))
 
+    prefetch(_all_texts(spec.apps, declared))
+    files: dict = {}
     apps: dict[str, tuple[Step, ...]] = {}
     for app_name, app in spec.apps.items():
         if not isinstance(app_name, str) or not re.match(NAME, app_name):
@@ -329,14 +368,14 @@ def load_stack(path: str | Path) -> Stack:
             if cat in extra:
                 where = ("apps", app_name, cat)
                 texts, size = _category_texts(extra[cat], where, path, lines)
-                steps += _steps_of(texts, cat, size, path.parent, path)
+                steps += _steps_of(texts, cat, size, path.parent, path, files)
         if not steps:
             raise UserError(f"app {app_name!r} has no steps; give it at least one category",
                             path, lines.at(("apps", app_name)))
         config_texts = _app_config_texts(app)
         if config_texts:
             texts = [(t, lines.at(("apps", app_name))) for t in config_texts]
-            steps += _steps_of(texts, steps[-1].category, None, path.parent, path)
+            steps += _steps_of(texts, steps[-1].category, None, path.parent, path, files)
         apps[app_name] = tuple(steps)
 
     return Stack(
