@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import io
 import sys
 import time
 from dataclasses import asdict
@@ -14,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .atomic import write_atomically
 from .errors import ServiceDown, UserError
 from .jsonout import json_text
 
@@ -359,24 +359,16 @@ def verify_command(originals: tuple[Path, ...], import_dir: Path, no_cache: bool
 
 def _verify(import_dir: Path, only: list[str] | None, no_cache: bool, quiet: bool, options=None,
             allowed: tuple[str, ...] = ()) -> tuple[list, dict]:
-    """Verify the apps, then measure the bases that were built (sizes the import could not know)."""
-    from .engine import Engine
-    from .layerindex import Cache
+    """verify_and_measure with the progress shown on a terminal."""
     from .policy import RegistryPolicy
     from .report import PlainProgress, RichProgress, console
-    from .verify import load_import, measured_base_bytes, measured_saving, verify
+    from .verify import verify_and_measure
 
     out = console()
     progress = None if quiet else (RichProgress(out) if out.is_terminal else PlainProgress(out))
-    engine = Engine(policy=RegistryPolicy.resolve(allowed), options=options)
-    try:
-        with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
-            results = verify(import_dir, engine, only=only, progress=progress, cache=Cache(), no_cache=no_cache)
-        spec = load_import(import_dir)
-        sizes = measured_base_bytes(spec, engine)
-    finally:
-        engine.close()
-    return results, {"measured_base_bytes": sizes, "measured_saving": measured_saving(spec, sizes)}
+    with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
+        return verify_and_measure(import_dir, only=only, no_cache=no_cache, progress=progress, options=options,
+                                  policy=RegistryPolicy.resolve(allowed))
 
 
 def _print_verify(results, measured: dict) -> None:
@@ -410,20 +402,22 @@ def _print_verify(results, measured: dict) -> None:
 @click.option("--force", is_flag=True, help="Replace a --refactor-to folder that is not a layerwise output.")
 @click.option("--verify", "then_verify", is_flag=True,
               help="Then build every original and refactored image and prove them equivalent (needs --refactor-to).")
+@build_opts
 @JSON_OPT
 def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_dir: Path | None,
                    context: Path | None, registry: str, project: str, stack_base: str | None,
-                   force: bool, then_verify: bool, as_json: bool) -> None:
+                   force: bool, then_verify: bool, builder: str, network: str, allowed: tuple[str, ...],
+                   as_json: bool) -> None:
     """Turn Dockerfiles (or folders of them) into a family: shared prefixes become base images.
 
     A Dockerfile that cannot be imported is reported and the others go on (exit 2 only when
     none could be)."""
+    import re
+
     from .importer import import_family, summary
     from .refactor import stack_text, write_refactored
     from .report import console, import_summary_line, import_tables
     from .spec import REPOSITORY
-
-    import re
     if not re.match(REPOSITORY, project):
         raise UserError(f"--project {project!r}: use lower-case letters, digits, '.', '_', '-' and '/'")
     if then_verify and refactor_dir is None:
@@ -441,7 +435,8 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
         write_refactored(family, refactor_dir, force=force)
     doc = summary(family)
     doc["stack_file_notes"] = notes
-    results, measured = _verify(refactor_dir, None, False, as_json) if then_verify else (None, {})
+    results, measured = (_verify(refactor_dir, None, False, as_json, _build_options(builder, network), allowed)
+                         if then_verify else (None, {}))
     code = 0 if results is None or all(r.equivalent for r in results) else 1
     if as_json:
         if results is not None:
@@ -499,11 +494,9 @@ def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates:
 
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
                    quiet: bool = False, options=None, allowed: tuple[str, ...] = ()):
-    from rich.console import Console
-
-    from .bench import bench_pull, loopback_policy
+    from .bench import bench_pull, loopback_policy, write_bench_files
     from .family import load_family
-    from .report import bar_chart_svg, bench_summary, bench_table, console
+    from .report import bench_summary, bench_table, console
 
     out = console()
     say = (lambda line: None) if quiet else (lambda line: out.print(line, highlight=False, markup=False))
@@ -511,18 +504,7 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
     report = bench_pull(loaded.path, bps, kinds, updates=updates, say=say,
                         policy=loopback_policy(loaded, allowed), options=options)
     folder = output or loaded.root / "bench-pull"
-    folder.mkdir(parents=True, exist_ok=True)
-    table_console = Console(width=140, record=True, file=io.StringIO(), color_system=None)
-    table_console.print(bench_table(report))
-    for line in bench_summary(report):
-        table_console.print(line, highlight=False, markup=False)
-    write_atomically(folder / "bench-pull.txt", table_console.export_text())
-    write_atomically(folder / "bench-pull.json", json_text(report.to_dict()))
-    kinds_seen = sorted({c.host_kind for c in report.cases})
-    labels = [f"{c.variant} {c.name}" for c in report.cases if c.host_kind == kinds_seen[0]]
-    series = {k: [c.seconds for c in report.cases if c.host_kind == k] for k in kinds_seen}
-    write_atomically(folder / "bench-pull.svg", bar_chart_svg(
-        f"pull time through {bps / 1e6:g} Mbit/s", labels, series, unit="seconds"))
+    write_bench_files(report, folder, bps)
     if not quiet:
         out.print(bench_table(report))
         for line in bench_summary(report):
@@ -588,17 +570,6 @@ def demo(output: Path, bandwidth: str, builder: str, network: str, allowed: tupl
         run_bench_pull(SEED_STACK, parse_bandwidth(bandwidth), ["docker"], updates=False, output=None,
                        options=options, allowed=policy.registries)
     sys.exit(code)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Never a half-written output: write beside, then rename."""
-    import os
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ def dockerignore(root: Path) -> Ignore | None:
         lines = (root / ".dockerignore").read_text().splitlines()
     except OSError:
         return None
-    from docker.utils.build import PatternMatcher   # the Docker SDK, only when there is a .dockerignore
+    from docker.utils.build import PatternMatcher  # the Docker SDK, only when there is a .dockerignore
 
     patterns = [p.strip() for p in lines if p.strip() and not p.lstrip().startswith("#")]
     matcher = PatternMatcher(patterns)

@@ -15,11 +15,11 @@ from pathlib import Path
 from .errors import UserError
 from .generate import dockerfile_text
 from .importer import CATEGORY_ORDER, Dockerfile, categorize, read_dockerfile
+from .importfile import IMPORT_FILE, ImportSet, load_import
 from .model import Category, ImageNode, Plan, sha256_text
 from .planner import build_plan
 from .refactor import CATEGORY_OWNERS
 from .spec import Stack, load_stack
-from .importfile import IMPORT_FILE, ImportSet, load_import
 
 FAMILY_RECIPE = "layerwise-import-build/1"
 

@@ -22,7 +22,7 @@ from .cost import ASSUMED_COSTS, EngineCosts
 from .errors import UserError
 from .model import Plan
 from .spec import read_yaml, validate_model
-from .units import parse_duration, parse_bandwidth
+from .units import parse_bandwidth, parse_duration
 
 
 class GroupSpec(BaseModel):

@@ -14,7 +14,6 @@ from .errors import UserError
 from .model import Category, ImageNode, Plan, Step, sha256_text
 from .spec import Stack
 
-
 # How images are made from steps; bumped when that changes, so fingerprints (and builds) follow.
 RECIPE = "layerwise-recipe/3: legacy builder, SOURCE_DATE_EPOCH, layers normalized"
 

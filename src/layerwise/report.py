@@ -530,7 +530,7 @@ table{{border-collapse:collapse;margin:1em 0}}</style></head><body>
 def verify_table(results, shown: int = 3) -> Table:
     """One row per app: the verdict, how many differences, and the first ones (or why it was not
     compared)."""
-    from rich.text import Text   # paths and reasons are shown as written, never read as markup
+    from rich.text import Text  # paths and reasons are shown as written, never read as markup
     t = Table(title="verify: original vs refactored", title_justify="left")
     for col, just in (("app", "left"), ("verdict", "left"), ("differences", "right"), ("first differences", "left")):
         t.add_column(col, justify=just)

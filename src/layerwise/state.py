@@ -8,10 +8,11 @@ compressed size and digest. `plan` uses those measured sizes in place of hints.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .atomic import write_atomically
+from .jsonout import json_text
 from .model import ImageNode, Plan
 
 STATE_SCHEMA = "layerwise.state/v1"
@@ -58,9 +59,7 @@ class State:
     def save(self) -> None:
         doc = {"schema": STATE_SCHEMA, "base_digest": self.base_digest, "pull_costs": self.pull_costs,
                "images": {k: asdict(v) for k, v in sorted(self.images.items())}}
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json_text(doc))
 
 
 def state_path(stack_path: Path) -> Path:

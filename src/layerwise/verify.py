@@ -370,3 +370,19 @@ def measured_saving(spec: ImportSet, sizes: dict[str, int]) -> int:
     """Bytes a host running every app no longer pulls: each measured base once, not once per app."""
     return sum(size * max(len(base.used_by) - 1, 0)
                for base in spec.bases if (size := sizes.get(base.name)) is not None)
+
+
+def verify_and_measure(import_dir: Path, *, only: list[str] | None = None, no_cache: bool = False,
+                       progress: Progress | None = None, options=None, policy=None) -> tuple[list[AppResult], dict]:
+    """Verify the apps on the local engine, then measure the bases that were built (sizes the
+    import could not know): the results, and {measured_base_bytes, measured_saving}."""
+    from .policy import RegistryPolicy
+
+    engine = Engine(policy=policy or RegistryPolicy.resolve(), options=options)
+    try:
+        results = verify(import_dir, engine, only=only, progress=progress, cache=Cache(), no_cache=no_cache)
+        spec = load_import(import_dir)
+        sizes = measured_base_bytes(spec, engine)
+    finally:
+        engine.close()
+    return results, {"measured_base_bytes": sizes, "measured_saving": measured_saving(spec, sizes)}

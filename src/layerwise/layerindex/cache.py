@@ -6,9 +6,9 @@ from __future__ import annotations
 import gc
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import write_atomically
 from ..errors import UserError
 from .entries import CACHE_FORMAT, LayerIndex
 
@@ -93,22 +93,9 @@ class Cache:
             old = self._load(index.diff_id)
             if old is not None and isinstance(old.get("blobs"), dict):
                 data["blobs"] = {**old["blobs"], **data["blobs"]}
-            _atomic_write(self._path(index.diff_id), json.dumps(data, separators=(",", ":")).encode())
-            _atomic_write(self._alias(index.digest), index.diff_id.encode())
+            write_atomically(self._path(index.diff_id), json.dumps(data, separators=(",", ":")).encode())
+            write_atomically(self._alias(index.digest), index.diff_id.encode())
         except OSError:
             pass
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
