@@ -26,7 +26,7 @@ from .engine import BuildFailed, BuildOptions, ChosenBuilder, Engine, check_dock
 from .errors import UserError
 from .family import Family, ImportedFamily, dockerfile_of, family_plan
 from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
-from .images import EngineImage, RegistryImage
+from .images import EngineImage, Image, RegistryImage
 from .mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
@@ -487,7 +487,7 @@ def normalized_own_layers(engine: Engine, image_id: str, lower_diff_ids: list[st
 
 
 @contextmanager
-def _uncompressed(image: EngineImage, i: int) -> Iterator[BinaryIO]:
+def _uncompressed(image: Image, i: int) -> Iterator[BinaryIO]:
     """Layer i of an image as a plain tar stream: Docker 20.10 saves plain tars, a newer engine
     may save a compressed blob."""
     compression = image.layers[i].compression
