@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from layerwise.images import RegistryImage
 from layerwise.registry import Registry
 from layerwise.units import format_size
 
@@ -59,12 +60,13 @@ def main() -> None:
         print(f"no-op rebuild: {again:.1f} s wall ({doc2['seconds']} s in layerwise), "
               f"{doc2['counts']['skipped']} skipped, {doc2['counts']['built']} built")
         with Registry("localhost:5000") as reg:
-            dust = reg.manifest(f"{ns}/ai-tools/env-anaconda-dust", "runtime")
+            dust = RegistryImage(f"localhost:5000/{ns}/ai-tools/env-anaconda-dust:runtime", registry=reg)
             for app in ("app1", "app2"):
-                m = reg.manifest(f"{ns}-ai/{app}", "latest")
-                base = sum(l.size for l in m.layers[:len(dust.layers)])
-                print(f"{app}: {format_size(m.total_size)} compressed, {format_size(base)} of it base layers "
-                      f"({100 * base / m.total_size:.4f}%), own layers {format_size(m.total_size - base)}")
+                layers = RegistryImage(f"localhost:5000/{ns}-ai/{app}:latest", registry=reg).layers
+                total = sum(l.size for l in layers)
+                base = sum(l.size for l in layers[:len(dust.layers)])
+                print(f"{app}: {format_size(total)} compressed, {format_size(base)} of it base layers "
+                      f"({100 * base / total:.4f}%), own layers {format_size(total - base)}")
 
 
 if __name__ == "__main__":

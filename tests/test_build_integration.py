@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from layerwise.images import RegistryImage
 from layerwise.registry import Registry
 
 from conftest import REGISTRY, run_cli
@@ -42,9 +43,8 @@ def test_seed_family_builds_shares_layers_and_rebuilds_exactly_what_changed(seed
     assert statuses(doc) == {k: "built" for k in keys.values()}
 
     with Registry(REGISTRY) as reg:
-        dust = reg.manifest(keys["dust"], "runtime")
-        app1 = reg.manifest(keys["app1"], "latest")
-        app2 = reg.manifest(keys["app2"], "latest")
+        dust, app1, app2 = (RegistryImage(f"{REGISTRY}/{keys[k]}:{tag}", registry=reg)
+                            for k, tag in (("dust", "runtime"), ("app1", "latest"), ("app2", "latest")))
         # Both apps carry every base layer, same digests, same order; then 2 layers of their own.
         n = len(dust.layers)
         assert [l.digest for l in app1.layers[:n]] == [l.digest for l in dust.layers]
@@ -52,11 +52,11 @@ def test_seed_family_builds_shares_layers_and_rebuilds_exactly_what_changed(seed
         assert len(app1.layers) == len(app2.layers) == n + 2
         assert app1.layers[n].digest != app2.layers[n].digest
         # Provenance labels name the parent and its pushed digest; tags agree.
-        labels = reg.config(keys["app1"], app1)["config"]["Labels"]
+        labels = app1.config["config"]["Labels"]
         assert labels["org.opencontainers.image.base.name"] == f"{REGISTRY}/{keys['dust']}:runtime"
-        assert labels["org.opencontainers.image.base.digest"] == dust.digest
+        assert labels["org.opencontainers.image.base.digest"] == dust.manifest_digest
         fp_tag = "lw-" + labels["io.layerwise.fingerprint"][:16]
-        assert reg.manifest_digest(keys["app1"], fp_tag) == app1.digest
+        assert reg.manifest_digest(keys["app1"], fp_tag) == app1.manifest_digest
         assert reg.manifest_digest(keys["tools"], "12") is not None
 
     # State file has measured sizes; plan uses them.
@@ -154,8 +154,8 @@ def test_identical_content_built_twice_gets_identical_digests(services, write_st
             code2='[COPY code/ /srv/code/, COPY etc/app.conf /etc/app/app.conf, "RUN cat /proc/sys/kernel/random/uuid > /built-id"]'))
         result = run_cli("build", str(folder / "layerwise.yaml"), "--push", "--no-cache", "--json")
         assert result.returncode == 0, result.stdout + result.stderr
-        with Registry(REGISTRY) as reg:
-            digests.append([l.digest for l in reg.manifest(f"{ns}/app2", "latest").layers])
+        with RegistryImage(f"{REGISTRY}/{ns}/app2:latest") as app2:
+            digests.append([l.digest for l in app2.layers])
     # Same COPY layers, and the same RUN layers where the command writes the same bytes;
     # the last RUN writes a random id, so that layer differs: content, not timestamps.
     assert digests[0][:-1] == digests[1][:-1]

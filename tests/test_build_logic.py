@@ -145,3 +145,32 @@ def test_policy_refuses_off_list_images_before_the_engine_is_asked(write_stack):
     r = run_cli("build", str(write_stack(STACK.replace("localhost:5000/os/busybox:latest", "python:3.12"))),
                 env={**nowhere, "LAYERWISE_ALLOWED_REGISTRIES": ""})
     assert r.returncode == 2 and "Docker Engine" in r.stderr and "policy" not in r.stderr
+
+
+def test_built_layers_reach_normalization_as_plain_tars(tmp_path):
+    """Docker 20.10 saves plain layer tars, a newer engine may save gzip blobs: both are read as
+    the plain tar that normalize_layer rewrites."""
+    import json
+
+    from conftest import FakeImage, legacy_archive, sha256, write_blob
+    from layerwise.build import _uncompressed
+    from layerwise.images import DockerArchiveImage, OCILayoutImage
+
+    image = FakeImage({"a.txt": b"alpha"}, {"b.txt": b"beta" * 100})
+    with DockerArchiveImage(legacy_archive(tmp_path / "saved.tar", [(["team/app:v1"], image)])) as saved:
+        assert [saved.layers[i].compression for i in range(2)] == [None, None]
+        for i in range(2):
+            with _uncompressed(saved, i) as f:
+                assert f.read() == image.tars[i]
+    layout = tmp_path / "layout"
+    (layout / "blobs").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    for blob in [image.manifest_raw, *image.blobs.values()]:
+        write_blob(layout, blob)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": image.manifest["mediaType"], "digest": sha256(image.manifest_raw),
+         "size": len(image.manifest_raw)}]}))
+    with OCILayoutImage(layout) as stored:
+        assert stored.layers[1].compression == "gzip"
+        with _uncompressed(stored, 1) as f:
+            assert f.read() == image.tars[1]

@@ -1,5 +1,7 @@
 """The cost model on a small tree computed by hand."""
 
+import json
+
 import pytest
 
 from layerwise.cost import summarize
@@ -93,6 +95,8 @@ def test_host_kinds_differ_when_a_lower_layer_changes(write_stack):
 
 from layerwise.cost import (CONTAINERD, DOCKER, PLANNED, TREE, Ids, PlanCosts, as_built, chained,  # noqa: E402
                             next_chain, predict_pulls, pulled)
+from layerwise.images import Image  # noqa: E402
+from layerwise.mediatypes import DOCKER_LAYER  # noqa: E402
 from layerwise.model import Step  # noqa: E402
 
 
@@ -165,28 +169,35 @@ def test_plan_costs_match_the_per_app_answers(write_stack):
 from layerwise.cost import Pull  # noqa: E402
 
 
-class _Layer:
-    def __init__(self, digest, size):
-        self.digest, self.size = digest, size
+class _Listed(Image):
+    """An image known by its manifest alone (as a registry lists it): predict_pulls reads no layer."""
 
+    def __init__(self, *layers: tuple[str, int]):
+        config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [d for d, _ in layers]}}).encode()
+        manifest = json.dumps({"schemaVersion": 2, "layers": [{"digest": d, "size": s} for d, s in layers]})
+        super().__init__("test", None, config, [(d, s, DOCKER_LAYER) for d, s in layers],
+                         manifest_raw=manifest.encode())
 
-class _Manifest:
-    def __init__(self, *layers, raw=b"{}" * 50, config_size=300):
-        self.layers = [_Layer(d, s) for d, s in layers]
-        self.raw, self.config_size = raw, config_size
+    def _open_layer(self, i, layer, what):
+        raise AssertionError("predict_pulls reads no layer")
 
 
 def test_predict_pulls():
-    base, tools, other_base = ("sha256:b", 1000), ("sha256:t", 200), ("sha256:o", 900)
-    app1 = _Manifest(base, tools, ("sha256:1", 30))
-    app2 = _Manifest(base, tools, ("sha256:2", 40))
-    moved = _Manifest(other_base, tools, ("sha256:2", 40))      # the same blobs on another base
-    manifest = len(app1.raw) + app1.config_size
+    b, t, o, one, two = (f"sha256:{c * 64}" for c in "b01e2")
+    base, tools, other_base = (b, 1000), (t, 200), (o, 900)
+    app1 = _Listed(base, tools, (one, 30))
+    app2 = _Listed(base, tools, (two, 40))
+    moved = _Listed(other_base, tools, (two, 40))      # the same blobs on another base
+    # What a pull fetches besides layers: the image's manifest and config, both as stored.
+    def manifest(image):
+        return len(image.manifest_raw) + len(image.config_raw)
+
+    assert manifest(app1) > 100
     # Cold: everything of both, shared layers once, plus two manifests and configs.
-    assert predict_pulls([app1, app2], [], DOCKER) == Pull(2 * manifest + 1000 + 200 + 30 + 40, 4)
+    assert predict_pulls([app1, app2], [], DOCKER) == Pull(manifest(app1) + manifest(app2) + 1000 + 200 + 30 + 40, 4)
     # Warm: app2 while holding app1: only its own layer.
-    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest + 40, 1)
+    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest(app2) + 40, 1)
     # Another base below: the Docker Engine pulls every layer from the first miss on ...
-    assert predict_pulls([moved], [app2], DOCKER) == Pull(manifest + 900 + 200 + 40, 3)
+    assert predict_pulls([moved], [app2], DOCKER) == Pull(manifest(moved) + 900 + 200 + 40, 3)
     # ... containerd only the blob it lacks.
-    assert predict_pulls([moved], [app2], CONTAINERD) == Pull(manifest + 900, 1)
+    assert predict_pulls([moved], [app2], CONTAINERD) == Pull(manifest(moved) + 900, 1)

@@ -16,6 +16,7 @@ import pytest
 from layerwise.errors import ServiceDown, UserError
 from layerwise.hosts import (ContainerdHost, DockerHost, _alive, _which, loopback_reference,
                              mounts_under, normalized)
+from layerwise.images import RegistryImage
 from layerwise.registry import Registry
 
 REGISTRY = "localhost:5000"
@@ -74,11 +75,9 @@ def bench():
         if os.environ.get("CI"):
             pytest.fail(problem)
         pytest.skip(problem)
-    with Registry(REGISTRY) as reg:
-        manifest = reg.manifest("os/busybox", "latest")
-        diff_ids = set(reg.config("os/busybox", manifest)["rootfs"]["diff_ids"])
-    return {"layers": {l.digest for l in manifest.layers}, "diff_ids": diff_ids,
-            "manifest": manifest.digest}
+    with RegistryImage(f"{REGISTRY}/os/busybox:latest") as busybox:
+        return {"layers": {l.digest for l in busybox.layers}, "diff_ids": set(busybox.diff_ids),
+                "manifest": busybox.manifest_digest}
 
 
 @pytest.fixture

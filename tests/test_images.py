@@ -35,7 +35,7 @@ from layerwise.images import (
     parse_platform,
     select_platform,
 )
-from layerwise.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX
+from layerwise.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from layerwise.registry import DigestMismatch, Registry, split_reference
 
 BASE = f"{REGISTRY}/os/busybox:latest"
@@ -399,6 +399,33 @@ def test_oci_layout_rejects_hostile_digests(tmp_path):
         open_image(str(tmp_path))
 
 
+def test_manifest_bytes_as_each_source_holds_them(serve, tmp_path):
+    """manifest_raw is what a pull downloads (predict_pulls counts it, build re-tags with it): the
+    platform's manifest under an index; None where the source has none (Docker 20.10 save)."""
+    image = FakeImage({"a.txt": b"alpha"})
+    with RegistryImage(f"{fake_registry(serve, image).host}/team/app:v1") as img:
+        assert img.manifest_raw == image.manifest_raw and img.manifest_media_type == DOCKER_MANIFEST
+    index = index_of(("linux/amd64", sha256(image.manifest_raw), len(image.manifest_raw)))
+    server = serve(registry_app({"v1": (index, OCI_INDEX),
+                                 sha256(image.manifest_raw): (image.manifest_raw, DOCKER_MANIFEST)}, image.blobs))
+    with RegistryImage(f"{server.host}/team/multi:v1") as img:
+        assert img.manifest_raw == image.manifest_raw and sha256(img.manifest_raw) == img.manifest_digest
+
+    untyped = {k: v for k, v in image.manifest.items() if k != "mediaType"}   # OCI lets it out
+    untyped_raw = json.dumps(untyped).encode()
+    (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    for blob in [untyped_raw, *image.blobs.values()]:
+        write_blob(tmp_path, blob)
+    (tmp_path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"digest": sha256(untyped_raw), "size": len(untyped_raw)}]}))
+    with OCILayoutImage(tmp_path) as img:
+        assert img.manifest_raw == untyped_raw and img.manifest_media_type == OCI_MANIFEST
+
+    archive = legacy_archive(tmp_path / "saved.tar", [(["team/app:v1"], image)])
+    with DockerArchiveImage(archive) as img:
+        assert img.manifest_raw is None and img.manifest_media_type is None and img.manifest_digest is None
+
+
 def test_split_reference_with_tag_and_digest():
     digest = "sha256:" + "a" * 64
     assert split_reference(f"localhost:5000/a/b:v1@{digest}") == ("localhost:5000", "a/b", digest)
@@ -573,7 +600,7 @@ def test_real_registry_tags_blobs_and_missing_images(family, namespace):
         for blob in [manifest.config_digest] + [l.digest for l in manifest.layers]:
             assert reg.mount_blob(repo, blob, name) or reg.has_blob(repo, blob)
         for tag in ("a", "b", "c", "d", "e"):
-            reg.put_manifest(repo, tag, manifest)
+            reg.put_manifest_bytes(repo, tag, manifest.raw, manifest.media_type)
         assert sorted(reg.tags(repo, page_size=2)) == ["a", "b", "c", "d", "e"]
         layer = manifest.layers[-1]
         with reg.open_blob(name, layer.digest, size=layer.size) as f:

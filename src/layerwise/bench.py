@@ -30,7 +30,8 @@ from .model import Plan, sha256_text
 from .engine import BuildOptions
 from .policy import RegistryPolicy
 from .reference import Reference
-from .registry import Manifest, Registry
+from .images import RegistryImage
+from .registry import Registry
 from .spec import Stack, load_stack
 from .state import load_state
 
@@ -106,7 +107,8 @@ def build_flat(stack: Family, plan: Plan, say: Say, *, policy: RegistryPolicy | 
             if registry.manifest_digest(name, fp_tag):
                 say(f"flat {app}: present ({fp_tag})")
                 if registry.manifest_digest(name, "latest") != registry.manifest_digest(name, fp_tag):
-                    registry.put_manifest(name, "latest", registry.manifest(name, fp_tag))
+                    present = RegistryImage(f"{repo}:{fp_tag}", registry=registry)
+                    registry.put_manifest_bytes(name, "latest", present.manifest_raw, present.manifest_media_type)
                 continue
             # Teams' separate builds happen at different times; the legacy builder stamps
             # whole seconds, so two builds within one second could match by accident.
@@ -204,8 +206,8 @@ def _update_run(category: str) -> str:
 
 # ----------------------------------------------------------------------------- the pulls
 
-def _manifests(registry: Registry, refs: list[str]) -> list[Manifest]:
-    return [registry.manifest(*_name_tag(r)) for r in refs]
+def _images(registry: Registry, refs: list[str]) -> list[RegistryImage]:
+    return [RegistryImage(r, registry=registry) for r in refs]
 
 
 def _via(proxy_port: int, ref: str) -> str:
@@ -222,7 +224,7 @@ def run_cases(host, proxy, registry: Registry, cases: list[Case], setups: dict[s
         held = setups.get(case.name + "/" + case.variant, [])
         for ref in held:
             host.pull(ref)
-        predicted = predict_pulls(_manifests(registry, case.pulls), _manifests(registry, held), host.kind)
+        predicted = predict_pulls(_images(registry, case.pulls), _images(registry, held), host.kind)
         case.predicted, case.layers = predicted.bytes, predicted.layers
         proxy.reset_counters()
         case.seconds = sum(host.pull(_via(proxy.port, ref)) for ref in case.pulls)

@@ -8,28 +8,31 @@ and a human tag moved only after the image is pushed under its fingerprint tag.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .engine import BuildFailed, BuildOptions, ChosenBuilder, Engine, check_dockerfile, choose_builder
 from .errors import UserError
 from .family import Family, ImportedFamily, dockerfile_of, family_plan
 from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
-from .images import select_platform
+from .images import EngineImage, Image, RegistryImage
 from .mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
 from .policy import RegistryPolicy
 from .reference import Reference
-from .registry import Manifest, Registry, check_digest
+from .registry import Registry
 from .spec import Stack
 from .planner import build_plan
 from .state import ImageRecord, LayerRecord, State, load_state
@@ -338,22 +341,17 @@ class Builder:
         return Result(key, "built", reason, time.monotonic() - started, digest=digest, new_bytes=new_bytes,
                       builder=chosen.name)
 
-    def _lower(self, img: ImageNode) -> tuple[Registry, str, Manifest, list[str]]:
-        """Where the image's lower layers live: registry, repository, manifest, diff_ids. A root
-        image's are the OS base's, on whatever registry it lives (an index: the linux/amd64 image)."""
+    def _lower(self, img: ImageNode) -> tuple[Registry, str, RegistryImage]:
+        """Where the image's lower layers live: registry, repository, image. A root image's are
+        the OS base's, on whatever registry it lives (an index: the linux/amd64 image)."""
         if img.parent:
             parent = self.plan.image(img.parent)
-            source, name, ref = self.registry, _name(parent.repository), parent.fingerprint_tag
+            source, ref = self.registry, f"{parent.repository}:{parent.fingerprint_tag}"
         else:   # a root image: FROM the OS base (an imported one: FROM its own)
             base = Reference.parse(img.base)
-            name, ref = base.repository, base.reference
             source = self.registry if base.registry == self.registry.host else self._foreign(base.registry)
-        manifest = source.manifest(name, ref)
-        if manifest.is_index:
-            descriptor = select_platform(manifest.manifests, None, f"base image {img.base}")
-            manifest = source.manifest(name, check_digest(descriptor.get("digest"), f"the index of {img.base}"))
-        diff_ids = source.config(name, manifest).get("rootfs", {}).get("diff_ids", [])
-        return source, name, manifest, diff_ids
+            ref = img.base
+        return source, Reference.parse(ref).repository, RegistryImage(ref, registry=source)
 
     def _foreign(self, host: str) -> Registry:
         with self._lock:
@@ -369,7 +367,8 @@ class Builder:
         """Push the built image with its own layers normalized (mtimes clamped, config times fixed),
         by digest under the fingerprint tag. Returns the compressed bytes uploaded."""
         name = _name(img.repository)
-        source, lower_name, lower, lower_diff_ids = self._lower(img)
+        source, lower_name, lower = self._lower(img)
+        lower_diff_ids = lower.diff_ids
         self.progress(img.key, "push", {"status": "normalizing layers"})
         uploaded = 0
         with tempfile.TemporaryDirectory(prefix="layerwise-save-") as tmp:
@@ -377,13 +376,13 @@ class Builder:
             if config["rootfs"]["diff_ids"][:len(lower_diff_ids)] != lower_diff_ids:
                 raise UserError(f"{img.key} was not built on the registry's {lower_name}: the local "
                                 "parent differs; run the build again")
-            for layer in lower.layers:
+            for i, layer in enumerate(lower.layers):
                 if self.registry.has_blob(name, layer.digest):
                     continue
                 if source is self.registry and self.registry.mount_blob(name, layer.digest, lower_name):
                     continue
                 # Not linkable (another registry, or a registry without cross-repository mounts): copy it.
-                with source.open_blob(lower_name, layer.digest, size=layer.size) as blob:
+                with lower.open_layer(i) as blob:
                     self.registry.upload_blob(name, layer.digest, blob, layer.size)
             for layer, blob in own:
                 if not self.registry.has_blob(name, layer.digest):
@@ -415,17 +414,17 @@ class Builder:
     def _publish(self, img: ImageNode) -> tuple[str, int]:
         """Point the human tag at the fingerprint tag's manifest and record the measured layers."""
         name = _name(img.repository)
-        manifest = self.registry.manifest(name, img.fingerprint_tag)
-        if self.registry.manifest_digest(name, img.tag) != manifest.digest:
-            self.registry.put_manifest(name, img.tag, manifest)
-        config = self.registry.config(name, manifest)
+        pushed = RegistryImage(f"{img.repository}:{img.fingerprint_tag}", registry=self.registry)
+        digest = pushed.manifest_digest
+        if self.registry.manifest_digest(name, img.tag) != digest:   # the same bytes, so the same digest
+            self.registry.put_manifest_bytes(name, img.tag, pushed.manifest_raw, pushed.manifest_media_type)
         record = ImageRecord.of(self.plan, img)
-        record.digest = manifest.digest
-        record.layers = _own_layers(img, manifest, config)
+        record.digest = digest
+        record.layers = _own_layers(img, pushed)
         with self._lock:
             self.state.images[img.key] = record
-            self._digests[img.key] = manifest.digest
-        return manifest.digest, sum(l.size for l in record.layers)
+            self._digests[img.key] = digest
+        return digest, sum(l.size for l in record.layers)
 
 
 def build_family(stack: Family, *, push: bool, parallel: int = 2, only: list[str] | None = None,
@@ -474,15 +473,33 @@ def _reporting_chunks(f, total: int, report: Callable[[int, int], None], size: i
 
 def normalized_own_layers(engine: Engine, image_id: str, lower_diff_ids: list[str],
                           tmp: Path) -> tuple[dict, list[tuple[NormalizedLayer, Path]]]:
-    """Save a built image and write its own layers (those above the lower ones) normalized,
-    as gzip blobs in tmp. Returns the built config and (layer, blob path) per own layer."""
-    config, layer_tars = engine.save(image_id, tmp / "image")
+    """Read a built image from the engine (as audit does, in place) and write its own layers (those
+    above the lower ones) normalized, as gzip blobs in tmp. Returns the built config and (layer,
+    blob path) per own layer."""
+    tmp.mkdir(parents=True, exist_ok=True)
     own = []
-    for i, tar_path in enumerate(layer_tars[len(lower_diff_ids):]):
-        blob = tmp / f"layer-{i}.tar.gz"
-        with open(tar_path, "rb") as src, open(blob, "wb") as dst:
-            own.append((normalize_layer(src, dst), blob))
-    return config, own
+    with EngineImage(image_id, engine=engine) as built:
+        for i in range(len(lower_diff_ids), len(built.layers)):
+            blob = tmp / f"layer-{i - len(lower_diff_ids)}.tar.gz"
+            with _uncompressed(built, i) as src, open(blob, "wb") as dst:
+                own.append((normalize_layer(src, dst), blob))
+        return built.config, own
+
+
+@contextmanager
+def _uncompressed(image: Image, i: int) -> Iterator[BinaryIO]:
+    """Layer i of an image as a plain tar stream: Docker 20.10 saves plain tars, a newer engine
+    may save a compressed blob."""
+    compression = image.layers[i].compression
+    with image.open_layer(i) as stored:
+        if compression is None:
+            yield stored
+        elif compression == "gzip":
+            with gzip.GzipFile(fileobj=stored, mode="rb") as plain:
+                yield plain
+        else:
+            raise UserError(f"layer {i + 1} of the built image {image.name} is {compression}-compressed; "
+                            "layerwise normalizes plain or gzip layers — build with the legacy builder")
 
 
 def _name(repository: str) -> str:
@@ -490,20 +507,18 @@ def _name(repository: str) -> str:
     return Reference.parse(repository).repository
 
 
-def _own_layers(img: ImageNode, manifest, config: dict) -> list[LayerRecord]:
+def _own_layers(img: ImageNode, image: RegistryImage) -> list[LayerRecord]:
     """Match the image's own layers (the top of the manifest) to the steps that made them.
 
     The config's history has one entry per instruction, parents first; entries with
     `empty_layer` made no layer. The layerwise labels add one empty entry at the end.
     """
-    history = config.get("history") or []
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    history = image.config.get("history") or []
+    layers = image.layers
     layer_steps = [s for s in img.steps if s.creates_layer]
     nonempty = [h for h in history if not h.get("empty_layer")]
-    own = manifest.layers[len(manifest.layers) - len(layer_steps):] if layer_steps else ()
-    if len(nonempty) != len(manifest.layers) or len(own) != len(layer_steps):
+    own = layers[len(layers) - len(layer_steps):] if layer_steps else ()
+    if len(nonempty) != len(layers) or len(own) != len(layer_steps):
         return []   # an unexpected shape: better no measurement than a wrong one
-    offset = len(manifest.layers) - len(layer_steps)
-    return [LayerRecord(step=s.identity, digest=l.digest, size=l.size,
-                        diff_id=diff_ids[offset + i] if offset + i < len(diff_ids) else "")
-            for i, (s, l) in enumerate(zip(layer_steps, own))]
+    return [LayerRecord(step=s.identity, digest=l.digest, size=l.size, diff_id=l.diff_id)
+            for s, l in zip(layer_steps, own)]

@@ -32,9 +32,12 @@ from collections import Counter
 from collections.abc import Callable, Container, Hashable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .model import Plan, Step
+
+if TYPE_CHECKING:   # only a type here: the pure cost rules import no I/O
+    from .images import Image
 
 DOCKER, CONTAINERD = "docker", "containerd"
 HOST_KINDS = (DOCKER, CONTAINERD)
@@ -513,16 +516,17 @@ def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: in
 
 # ----------------------------------------------------------------------------- real pulls
 
-def registry_layers(ids: Ids, manifest) -> list[HostLayer]:
-    """A registry manifest's layers as hosts see them: the blob digest, chained."""
-    return chained(ids, ((layer.digest, layer.digest, layer.size) for layer in manifest.layers))
+def registry_layers(ids: Ids, image: Image) -> list[HostLayer]:
+    """An image's layers as hosts pulling it see them: the blob digest, chained."""
+    return chained(ids, ((layer.digest, layer.digest, layer.size) for layer in image.layers))
 
 
-def predict_pulls(pulls: list, held: list, host_kind: str) -> Pull:
-    """Bytes and layers a host downloads to pull the images `pulls` (registry manifests, in order)
+def predict_pulls(pulls: list[Image], held: list[Image], host_kind: str) -> Pull:
+    """Bytes and layers a host downloads to pull the images `pulls` (from a registry, in order)
     while holding `held`: manifests and configs, and every layer its rule (`pulled`) does not let
     it reuse. Exact where the cost model estimates: digests and sizes come from the registry."""
     key, ids = host_key(host_kind), Ids()
-    have = {key(h) for m in held for h in registry_layers(ids, m)}
-    layers = pulled((h for m in pulls for h in registry_layers(ids, m)), host_kind, have)
-    return Pull(layers.bytes + sum(len(m.raw) + m.config_size for m in pulls), layers.layers)
+    have = {key(h) for image in held for h in registry_layers(ids, image)}
+    layers = pulled((h for image in pulls for h in registry_layers(ids, image)), host_kind, have)
+    return Pull(layers.bytes + sum(len(image.manifest_raw or b"") + len(image.config_raw) for image in pulls),
+                layers.layers)

@@ -353,32 +353,6 @@ class Engine:
             raise UserError(f"{ref} exited with {e.exit_status}: {(e.stderr or b'').decode()[-300:]}") from None
         return out.decode(errors="replace")
 
-    def save(self, ref: str, dest: Path) -> tuple[dict, list[Path]]:
-        """`docker save` one image into dest: its config and its layer tars, bottom first."""
-        import json
-        import tarfile
-
-        stream = _ChunkReader(self.api.get_image(ref))
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                name = member.name
-                if ".." in name.split("/") or name.startswith("/"):
-                    raise UserError(f"docker save of {ref} holds a hostile path {name!r}")
-                target = dest / name
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                elif member.isreg():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as src, open(target, "wb") as out:
-                        while chunk := src.read(1 << 20):
-                            out.write(chunk)
-                elif member.issym():   # a layer shared with another entry is a link to it
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.symlink_to(member.linkname)
-        manifest = json.loads((dest / "manifest.json").read_text())[0]
-        config = json.loads((dest / manifest["Config"]).read_text())
-        return config, [dest / layer for layer in manifest["Layers"]]
-
     def remove(self, ref: str) -> None:
         try:
             self.api.remove_image(ref, force=True, noprune=False)
@@ -408,24 +382,3 @@ def _context_with_dockerfile(context: Path, text: str):
                    if line.strip() and not line.strip().startswith("#")]
     return docker.utils.tar(str(context), exclude=exclude, dockerfile=(INJECTED_DOCKERFILE, text))
 
-
-class _ChunkReader:
-    """A read()-able file over the byte chunks the API streams."""
-
-    def __init__(self, chunks):
-        self._chunks = iter(chunks)
-        self._buffer = b""
-        self._pos = 0
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) - self._pos < size:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                break
-            self._buffer = self._buffer[self._pos:] + chunk
-            self._pos = 0
-        end = len(self._buffer) if size < 0 else min(len(self._buffer), self._pos + size)
-        data = self._buffer[self._pos:end]
-        self._pos = end
-        return data

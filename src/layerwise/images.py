@@ -41,6 +41,7 @@ from .mediatypes import (
     OCI_LAYER,
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
 )
 from .reference import Reference
 from .registry import DigestMismatch, Registry, VerifyingReader, check_digest
@@ -86,11 +87,13 @@ class Image(ABC):
     source: ClassVar[str] = ""
 
     def __init__(self, name: str, manifest_digest: str | None, config_raw: bytes,
-                 layers: list[tuple[str, int, str]], platform: str | None = None):
+                 layers: list[tuple[str, int, str]], platform: str | None = None,
+                 manifest_raw: bytes | None = None):
         """`layers`: (digest, size, media_type) of each blob as stored, bottom first; the diff_ids come
-        from the config and must be as many."""
+        from the config and must be as many. `manifest_raw`: the manifest's bytes, when there is one."""
         self._name = name
         self._manifest_digest = manifest_digest
+        self._manifest_raw = None if manifest_raw is None else bytes(manifest_raw)
         self._config_raw = bytes(config_raw)
         self._config_digest = "sha256:" + hashlib.sha256(self._config_raw).hexdigest()
         self._platform = platform
@@ -117,6 +120,19 @@ class Image(ABC):
         """Digest of the image manifest (the platform's, under an index); None when the source has
         no manifest (a Docker 20.10 `docker save`)."""
         return self._manifest_digest
+
+    @property
+    def manifest_raw(self) -> bytes | None:
+        """The image manifest's bytes as the source holds them (what a pull downloads); None when
+        the source has no manifest."""
+        return self._manifest_raw
+
+    @property
+    def manifest_media_type(self) -> str | None:
+        """The manifest's media type; an OCI manifest may leave it out, and then it is OCI's."""
+        if self._manifest_raw is None:
+            return None
+        return str(json.loads(self._manifest_raw).get("mediaType") or OCI_MANIFEST)
 
     @property
     def config(self) -> dict:
@@ -460,6 +476,7 @@ class _TarBlobs(_Blobs):
 @dataclass(frozen=True)
 class _Resolved:
     manifest_digest: str
+    manifest_raw: bytes
     config_raw: bytes
     layers: list[tuple[str, int, str]]
     platform: str | None
@@ -530,7 +547,7 @@ def _resolve_oci(blobs: _Blobs, index_raw: bytes, select: str | None, platform: 
             if stored is None:
                 raise UserError(f"layer {n + 1}/{len(layers)} ({layer_digest}) of image {image} is missing "
                                 f"from {blobs.where}")
-        return _Resolved(digest, config_raw, layers, chosen_platform)
+        return _Resolved(digest, raw, config_raw, layers, chosen_platform)
     raise UserError(f"the indexes of {what} nest deeper than {_MAX_NESTING} levels")
 
 
@@ -557,7 +574,8 @@ class OCILayoutImage(Image):
         self._blobs = _DirBlobs(root)
         resolved = _resolve_oci(self._blobs, index_path.read_bytes()[:_SMALL], ref, platform,
                                 f"OCI layout {root}", name, f"{root}:REF")
-        super().__init__(name, resolved.manifest_digest, resolved.config_raw, resolved.layers, resolved.platform)
+        super().__init__(name, resolved.manifest_digest, resolved.config_raw, resolved.layers, resolved.platform,
+                         resolved.manifest_raw)
 
     def _open_layer(self, i: int, layer: LayerRef, what: str) -> BinaryIO:
         if self._blobs.size(layer.digest) is None:
@@ -592,7 +610,7 @@ class DockerArchiveImage(Image):
             self._members = [None] * len(resolved.layers)
             self._blobs: _TarBlobs | None = _TarBlobs(archive)
             super().__init__(name, resolved.manifest_digest, resolved.config_raw, resolved.layers,
-                             resolved.platform)
+                             resolved.platform, resolved.manifest_raw)
             return
         self._blobs = None
         if entries is None:
@@ -793,7 +811,7 @@ class RegistryImage(Image):
             with self._registry.open_blob(repository, config_digest, size=config_size,
                                           what=f"config ({config_digest}) of image {name}") as f:
                 config_raw = f.read()
-            super().__init__(name, manifest.digest, config_raw, layers, chosen_platform)
+            super().__init__(name, manifest.digest, config_raw, layers, chosen_platform, manifest.raw)
         except BaseException:
             self.close()
             raise

@@ -56,16 +56,15 @@ class Layer:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A manifest or index as the wire gives it: what `images.RegistryImage` is read from. Code
+    that reads images uses `images.Image`, never this."""
+
     digest: str
     media_type: str
     raw: bytes
     config_digest: str | None
     layers: tuple[Layer, ...]
     config_size: int = 0
-
-    @property
-    def total_size(self) -> int:
-        return sum(layer.size for layer in self.layers)
 
     @property
     def is_index(self) -> bool:
@@ -357,15 +356,6 @@ class Registry:
         except (KeyError, TypeError, ValueError, AttributeError):
             raise UserError(f"the manifest of image {what} is malformed (layers or config)") from None
 
-    def put_manifest(self, name: str, ref: str, manifest: Manifest) -> str:
-        """Point `ref` at exactly this manifest (same bytes, so the same digest)."""
-        what = f"{self.host}/{name}:{ref}"
-        response = self._request("PUT", f"/v2/{name}/manifests/{ref}", what, content=manifest.raw,
-                                 headers={"Content-Type": manifest.media_type})
-        self._check_media_type(response, what, manifest.media_type)
-        self._check(response, what)
-        return response.headers.get("Docker-Content-Digest", manifest.digest)
-
     def has_blob(self, name: str, digest: str) -> bool:
         response = self._request("HEAD", f"/v2/{name}/blobs/{digest}", f"{name}@{digest}")
         if response.status_code == 404:
@@ -403,6 +393,7 @@ class Registry:
         self._check(response, what)
 
     def put_manifest_bytes(self, name: str, ref: str, raw: bytes, media_type: str) -> str:
+        """Point `ref` at exactly these manifest bytes (so at their digest)."""
         what = f"{self.host}/{name}:{ref}"
         response = self._request("PUT", f"/v2/{name}/manifests/{ref}", what, content=raw,
                                  headers={"Content-Type": media_type})
@@ -454,9 +445,6 @@ class Registry:
                 raise UserError(f"registry {self.host} sent an unreadable tag list for {what}") from None
             url = _next_link(response.headers.get("Link", ""))
         return tags
-
-    def config(self, name: str, manifest: Manifest) -> dict:
-        return json.loads(self.blob(name, manifest.config_digest)) if manifest.config_digest else {}
 
     def _check_media_type(self, response: httpx.Response, what: str, media_type: str) -> None:
         """A registry that does not store this kind of manifest says 415, or 400 MANIFEST_INVALID
