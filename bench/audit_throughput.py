@@ -275,8 +275,8 @@ def main() -> None:
     for _ in range(rep):
         with tempfile.TemporaryDirectory() as cdir:
             cache = Cache(cdir)
-            colds.append(_timed(lambda: index_layers(jobs, processes=cpus, cache=cache)))
-            warms.append(_best(lambda: index_layers(jobs, processes=cpus, cache=cache), 3))
+            colds.append(_timed(lambda c=cache: index_layers(jobs, processes=cpus, cache=c)))
+            warms.append(_best(lambda c=cache: index_layers(jobs, processes=cpus, cache=c), 3))
     cold, warm = min(colds), min(warms)
 
     print()

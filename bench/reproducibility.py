@@ -21,9 +21,9 @@ from pathlib import Path
 
 from layerwise.build import normalized_own_layers
 from layerwise.engine import BuildOptions, Engine
-from layerwise.policy import RegistryPolicy
 from layerwise.generate import write_tree
 from layerwise.planner import build_plan
+from layerwise.policy import RegistryPolicy
 from layerwise.spec import load_stack
 from layerwise.state import load_state
 from layerwise.units import format_size

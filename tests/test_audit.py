@@ -5,11 +5,10 @@ import os
 
 import pytest
 
+from conftest import run_cli
 from layerwise.audit import AuditedImage, cold_pull, recompressed, same_files, sharing_matrix
 from layerwise.images import LayerRef
 from layerwise.layerindex import Entry, LayerIndex
-
-from conftest import run_cli
 
 
 def layer(name: str, files: dict[str, str], size: int, digest: str | None = None):

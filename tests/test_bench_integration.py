@@ -69,6 +69,7 @@ def test_bench_pull_measures_both_host_kinds_and_the_model_predicts_it(family, t
 def test_updated_stack_changes_only_the_copy(small_seed, tmp_path):
     """The update variants are hard-linked copies: changing them must never touch the original."""
     import hashlib
+
     from layerwise.bench import updated_stack
     from layerwise.spec import load_stack
 

@@ -4,10 +4,9 @@ import json
 
 import pytest
 
+from conftest import REGISTRY, run_cli
 from layerwise.images import RegistryImage
 from layerwise.registry import Registry
-
-from conftest import REGISTRY, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -93,8 +93,19 @@ def test_host_kinds_differ_when_a_lower_layer_changes(write_stack):
 
 # -- each rule once (cost.py), pinned by hand ---------------------------------------------------------
 
-from layerwise.cost import (CONTAINERD, DOCKER, PLANNED, TREE, Ids, PlanCosts, as_built, chained,  # noqa: E402
-                            next_chain, predict_pulls, pulled)
+from layerwise.cost import (  # noqa: E402
+    CONTAINERD,
+    DOCKER,
+    PLANNED,
+    TREE,
+    Ids,
+    PlanCosts,
+    as_built,
+    chained,
+    next_chain,
+    predict_pulls,
+    pulled,
+)
 from layerwise.images import Image  # noqa: E402
 from layerwise.mediatypes import DOCKER_LAYER  # noqa: E402
 from layerwise.model import Step  # noqa: E402

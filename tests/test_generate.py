@@ -3,12 +3,11 @@
 import json
 import os
 
+from conftest import run_cli
 from layerwise.contexts import FIXED_MTIME
 from layerwise.dockerfiles import parse_instructions
 from layerwise.planner import build_plan
 from layerwise.spec import load_stack
-
-from conftest import run_cli
 
 
 def _tree_bytes(root):

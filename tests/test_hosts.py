@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from layerwise.errors import ServiceDown, UserError
-from layerwise.hosts import (ContainerdHost, DockerHost, _alive, _which, loopback_reference,
-                             mounts_under, normalized)
+from layerwise.hosts import ContainerdHost, DockerHost, _alive, _which, loopback_reference, mounts_under, normalized
 from layerwise.images import RegistryImage
 from layerwise.registry import Registry
 
@@ -108,7 +107,7 @@ def main_engine(bench):
         assert events, (f"the main engine's image count changed from {len(images_before)} to "
                         f"{len(images_after)} with no image event on it")
         warnings.warn(f"the main engine's image count changed ({len(images_before)} → {len(images_after)}) "
-                      f"while {len(events)} image events came from other clients")
+                      f"while {len(events)} image events came from other clients", stacklevel=2)
     client.close()
 
 

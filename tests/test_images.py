@@ -13,8 +13,8 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import logging
+import os
 import pickle
 import shutil
 import socket

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SEED, run_cli
-from layerwise.dockerfiles import parse_instructions
 from layerwise.build import needed_images, select
+from layerwise.dockerfiles import parse_instructions
 from layerwise.errors import UserError
 from layerwise.family import ImportedFamily, family_plan, load_family
 from layerwise.importer import import_family, renumber_stages, stage_references

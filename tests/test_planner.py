@@ -2,11 +2,10 @@
 
 import json
 
+from conftest import SEED
+from layerwise.model import Plan
 from layerwise.planner import build_plan, merge_layers
 from layerwise.spec import load_stack
-from layerwise.model import Plan
-
-from conftest import SEED
 
 STACK_HEAD = """\
 registry: localhost:5000

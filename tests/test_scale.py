@@ -10,14 +10,13 @@ import pytest
 import yaml
 
 from conftest import SEED
-from test_golden import _scale
-
 from layerwise import dockerfiles, spec
-from layerwise.cost import PlanCosts, summarize, simulate_group, ASSUMED_COSTS, FLAT, PLANNED
+from layerwise.cost import ASSUMED_COSTS, FLAT, PLANNED, PlanCosts, simulate_group, summarize
 from layerwise.fleet import load_fleet
 from layerwise.model import Step, _step_dict
 from layerwise.planner import build_plan
 from layerwise.spec import load_stack
+from test_golden import _scale
 
 
 def _work(tmp_path, apps: int) -> tuple[int, int, int]:

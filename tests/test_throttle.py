@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import http.client
-import os
 import http.server
+import os
 import random
 import signal
 import socket

@@ -12,8 +12,7 @@ import pytest
 from layerwise.dockerfiles import image_references
 from layerwise.errors import UserError
 from layerwise.layerindex import DIR, FILE, OPAQUE, SYMLINK, WHITEOUT, Entry, LayerIndex
-from layerwise.verify import (Difference, FileFacts, ImageFacts, compare, config_subset, facts_from,
-                              image_tag)
+from layerwise.verify import Difference, FileFacts, ImageFacts, compare, config_subset, facts_from, image_tag
 
 BUSYBOX = "localhost:5000/os/busybox:latest"
 

@@ -123,7 +123,7 @@ def same_files(images: list[AuditedImage]) -> list[dict]:
             names.add(img.name)
             groups[file_set_key(index)][layer.diff_id] = (size, names)
     out = []
-    for key, by_diff in groups.items():
+    for by_diff in groups.values():
         if len(by_diff) > 1:
             sizes = [s for s, _ in by_diff.values()]
             index = next(i for img in images for l, i in zip(img.layers, img.indexes)
@@ -143,7 +143,8 @@ def near_identical(images: list[AuditedImage], threshold: float = 0.5) -> list[d
         for layer, index in zip(img.layers, img.indexes):
             if index is not None and index.file_bytes:
                 layers.setdefault(layer.diff_id, (index, layer.size, set()))[2].add(img.name)
-    files = {d: {e.path: (e.sha256, e.size) for e in ix.entries if e.type == "file"} for d, (ix, _, _) in layers.items()}
+    files = {d: {e.path: (e.sha256, e.size) for e in ix.entries if e.type == "file"}
+             for d, (ix, _, _) in layers.items()}
     keys = {d: file_set_key(ix) for d, (ix, _, _) in layers.items()}
     out = []
     ids = sorted(layers)

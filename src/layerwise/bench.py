@@ -24,13 +24,13 @@ from . import contexts
 from .build import build_family, connect, registry_host
 from .cost import CONTAINERD, DOCKER, predict_pulls
 from .dockerfiles import render_dockerfile
+from .engine import BuildOptions
 from .errors import UserError
 from .family import Family, ImportedFamily, load_family
+from .images import RegistryImage
 from .model import Plan, sha256_text
-from .engine import BuildOptions
 from .policy import RegistryPolicy
 from .reference import Reference
-from .images import RegistryImage
 from .registry import Registry
 from .spec import Stack, load_stack
 from .state import load_state
@@ -159,7 +159,7 @@ def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
     doc = yaml.safe_load(stack.path.read_text())
     prefix = f"{stack.project}-upd-{category}"
     doc["project"] = prefix
-    for key, entry in (doc.get("images") or {}).items():
+    for entry in (doc.get("images") or {}).values():
         entry["name"] = f"{prefix}/{entry['name']}"
     touched: set[str] = set()
     for app, steps in stack.apps.items():

@@ -30,11 +30,11 @@ from .images import EngineImage, Image, RegistryImage
 from .mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 from .model import ImageNode, Plan
 from .mutate import NormalizedLayer, normalize_config, normalize_layer
+from .planner import build_plan
 from .policy import RegistryPolicy
 from .reference import Reference
 from .registry import Registry
 from .spec import Stack
-from .planner import build_plan
 from .state import ImageRecord, LayerRecord, State, load_state
 
 BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"

@@ -553,7 +553,7 @@ def demo(output: Path, bandwidth: str, builder: str, network: str, allowed: tupl
         if code == 0:
             from .engine import Engine
             engine = Engine(policy=policy, options=options)
-            for app_name, key in sorted(the_plan.apps.items()):
+            for _, key in sorted(the_plan.apps.items()):
                 ref = the_plan.image(key).ref
                 out_console.print(f"$ docker run --network none {ref}\n"
                                   f"{engine.run(ref).rstrip()}", highlight=False, markup=False)

@@ -89,7 +89,8 @@ def load_fleet(path: str | Path, plan: Plan) -> Fleet:
             if app not in plan.apps:
                 raise UserError(f"group {name!r} runs {app!r}, which is not an app of the stack file "
                                 f"(apps: {', '.join(sorted(plan.apps))})", path, lines.at(("groups", name, "apps", i)))
-        bw = parsed(parse_bandwidth, g.bandwidth, ("groups", name, "bandwidth")) if g.bandwidth is not None else default_bw
+        bw = (parsed(parse_bandwidth, g.bandwidth, ("groups", name, "bandwidth")) if g.bandwidth is not None
+              else default_bw)
         groups.append(HostGroup(name, g.count, tuple(sorted(set(g.apps))), bw, g.host_kind or spec.host_kind))
     categories = {c.name for c in plan.categories}
     for cat, rate in spec.updates.items():

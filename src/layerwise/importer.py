@@ -192,7 +192,8 @@ def read_dockerfile(path: Path, name: str, context: Path | None = None) -> Docke
             text_only.append(ins.line)
         stages[-1] = replace(stages[-1], steps=stages[-1].steps + (step,))
     return Dockerfile(name=name, path=path, context=context, global_args=tuple(global_lines),
-                      stages=tuple(stages), text_only=tuple(text_only), unbuildable=unbuildable_reason(text, instructions),
+                      stages=tuple(stages), text_only=tuple(text_only),
+                      unbuildable=unbuildable_reason(text, instructions),
                       context_note=context_note)
 
 

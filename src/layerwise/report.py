@@ -279,7 +279,7 @@ def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float]],
         out.append(f'<line x1="{left}" y1="{y}" x2="{left + plot_w}" y2="{y}" stroke="#ddd"/>')
     for gi, group in enumerate(groups):
         x0 = left + gi * slot + slot * 0.1
-        for si, (name, values) in enumerate(series.items()):
+        for si, values in enumerate(series.values()):
             h = plot_h * values[gi] / peak
             out.append(f'<rect x="{x0 + si * bar:.1f}" y="{top + plot_h - h:.1f}" width="{bar * 0.9:.1f}" '
                        f'height="{h:.1f}" fill="{colors[si % len(colors)]}"/>')
@@ -435,7 +435,8 @@ def audit_tables(doc: dict) -> list:
         for col, just in (("directory", "left"), ("files", "right"), ("extra bytes", "right"), ("images", "left")):
             t.add_column(col, justify=just)
         for r in doc["duplicated_files"][:10]:
-            t.add_row(Text(r["directory"]), str(r["files"]), format_size(r["extra_bytes"]), Text(", ".join(r["images"])))
+            t.add_row(Text(r["directory"]), str(r["files"]), format_size(r["extra_bytes"]),
+                      Text(", ".join(r["images"])))
         out.append(t)
     out += _tree_tables(doc)
     return out
@@ -467,7 +468,8 @@ def _html_tree(doc: dict) -> str:
         "bytes such a host pulls when a shared base changes", [_base_label(b) for b in tree["bases"]],
         {f"{k}, {key}": [b["update"][k][key] for b in tree["bases"]] for k in kinds for key in ("today", "tree")}
     ) if tree["bases"] else ""
-    return f"<h2>Recommended tree: shared base images (today → with the tree)</h2>\n{bases}\n{cold_chart}\n{update_chart}"
+    title = "<h2>Recommended tree: shared base images (today → with the tree)</h2>"
+    return f"{title}\n{bases}\n{cold_chart}\n{update_chart}"
 
 
 def audit_html(doc: dict) -> str:
@@ -579,8 +581,9 @@ def import_tables(doc: dict) -> list:
 
 def import_summary_line(doc: dict) -> str:
     unknown = doc["unknown_layers_shared"]
-    saved = format_size(doc["known_bytes_saved"]) + (f" known + {unknown} layers of unknown size (RUN output, or "
-                                                     "COPY without its context; verify measures them)" if unknown else "")
+    unknown_note = (f" known + {unknown} layers of unknown size (RUN output, or COPY without its context; "
+                    "verify measures them)")
+    saved = format_size(doc["known_bytes_saved"]) + (unknown_note if unknown else "")
     return (f"{doc['images']} Dockerfiles ({doc['stages']} stages), {len(doc['bases'])} base images extracted, "
             f"{doc['instructions_shared']} instructions shared ({doc['layers_shared']} layers); saved on a host "
             f"running every app: {saved}")

@@ -218,7 +218,8 @@ def validate_model(model: type[BaseModel], data: Any, path: Path, lines: Lines, 
 
 # ----------------------------------------------------------------------------- steps
 
-def _category_texts(value: Any, where: tuple, path: Path, lines: Lines) -> tuple[list[tuple[str, int | None]], int | None]:
+def _category_texts(value: Any, where: tuple, path: Path,
+                    lines: Lines) -> tuple[list[tuple[str, int | None]], int | None]:
     """Instruction texts (with their lines) and the size hint of one category value."""
     size = None
     if isinstance(value, dict):
