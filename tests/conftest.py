@@ -72,22 +72,26 @@ def services_problem() -> str | None:
         import docker
         docker.from_env(version="auto", timeout=5).ping()
     except Exception as e:   # noqa: BLE001 - any failure means "not available"
-        return f"Docker Engine not answering ({type(e).__name__}); run: sudo scripts/services start"
+        return f"Docker Engine not answering ({type(e).__name__}); run: scripts/services start (as root)"
     try:
         httpx.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
     except Exception as e:   # noqa: BLE001
-        return f"registry on {REGISTRY} not answering ({type(e).__name__}); run: sudo scripts/services start"
+        return f"registry on {REGISTRY} not answering ({type(e).__name__}); run: scripts/services start (as root)"
     return None
 
 
 def pytest_collection_modifyitems(items):
-    """The tiers hold: a test that asks for the real services must carry the integration marker, so
-    `pytest -m "not integration"` never needs them."""
-    unmarked = [item.nodeid for item in items
-                if "services" in item.fixturenames and item.get_closest_marker("integration") is None]
-    if unmarked:
-        raise pytest.UsageError("these tests use the real engine and registry but are not marked "
-                                "@pytest.mark.integration: " + ", ".join(unmarked))
+    """The tiers are folders: tests/integration/ uses the real engine and registry (and is marked
+    `integration`, so `-m "not integration"` selects the rest too); tests/unit/ must never need them."""
+    misplaced = []
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+        elif "services" in item.fixturenames or item.get_closest_marker("integration") is not None:
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError("these tests use the real engine and registry but are not in "
+                                "tests/integration/: " + ", ".join(misplaced))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from conftest import REGISTRY, run_cli
 
 pytestmark = pytest.mark.integration
 
-FIXTURE = Path(__file__).parent / "fixtures" / "multistage"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "multistage"
 
 
 def manifest(name: str, tag: str) -> dict:

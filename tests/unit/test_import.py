@@ -14,7 +14,7 @@ from layerwise.importer import categorize, import_family, read_dockerfile
 from layerwise.refactor import app_dockerfile, base_dockerfile, stack_text, write_refactored
 from layerwise.spec import load_stack
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 ESHOP = CORPORA / "dotnet-architecture__eShopOnContainers"
 MICRO = CORPORA / "GoogleCloudPlatform__microservices-demo"
 PYTHON = CORPORA / "docker-library__python"

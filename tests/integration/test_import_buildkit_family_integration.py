@@ -19,7 +19,7 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
-FIXTURE = Path(__file__).parent / "fixtures" / "buildkit-family"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "buildkit-family"
 SHARED_BYTES = 1_500_000
 
 

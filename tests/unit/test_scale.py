@@ -8,6 +8,7 @@ from dataclasses import fields
 
 import pytest
 import yaml
+from test_golden import _scale
 
 from conftest import SEED
 from layerwise import dockerfiles, spec
@@ -16,7 +17,6 @@ from layerwise.fleet import load_fleet
 from layerwise.model import Step, _step_dict
 from layerwise.planner import build_plan
 from layerwise.spec import load_stack
-from test_golden import _scale
 
 
 def _work(tmp_path, apps: int) -> tuple[int, int, int]:

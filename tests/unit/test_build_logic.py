@@ -1,5 +1,4 @@
 """Build decisions without an engine: ordering, skip logic, reasons, --only, and refusals."""
-
 import pytest
 
 from layerwise.build import BUILD, NOT_SELECTED, SKIP, check_buildable, decide, select
@@ -110,17 +109,6 @@ def test_daemon_down_is_one_clear_error(write_stack, tmp_path):
     assert "Docker Engine" in result.stderr and "is not answering" in result.stderr
     assert "scripts/services start" in result.stderr
 
-
-@pytest.mark.integration
-def test_registry_down_is_one_clear_error(services, write_stack):
-    from conftest import run_cli
-    path = write_stack(STACK.replace("registry: localhost:5000", "registry: localhost:5999"))
-    result = run_cli("build", str(path), "--push")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "registry localhost:5999 is not answering" in result.stderr
-
-
-# -- the registry policy, before the engine is asked ---------------------------------------------------
 
 def test_policy_refuses_off_list_images_before_the_engine_is_asked(write_stack):
     """No engine answers at DOCKER_HOST: the refusal must come first, naming image and policy."""

@@ -18,7 +18,7 @@ from layerwise.importer import import_family, renumber_stages, stage_references
 from layerwise.refactor import app_dockerfile, bake_file, write_refactored
 from layerwise.spec import Stack
 
-FIXTURE = Path(__file__).parent / "fixtures" / "multistage"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "multistage"
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

@@ -29,7 +29,7 @@ from layerwise.dockerfiles import (
 )
 from layerwise.errors import UserError
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 BUILDKIT = CORPORA / "buildkit_parser_testfiles"
 SH = shutil.which("sh")
 
