@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from layerwise.layerindex import Cache, LayerJob, index_layer, index_layers  # noqa: E402
+from layerwise.oci.layerindex import Cache, LayerJob, index_layer, index_layers  # noqa: E402
 
 GEN_VERSION = 2
 MB = 1e6

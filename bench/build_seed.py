@@ -19,8 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
-from layerwise.images import RegistryImage
-from layerwise.registry import Registry
+from layerwise.oci.images import RegistryImage
+from layerwise.oci.registry import Registry
 from layerwise.units import format_size
 
 SEED = Path(__file__).resolve().parents[1] / "examples" / "seed"

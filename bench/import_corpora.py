@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from layerwise.importer import import_family, summary
+from layerwise.importing.importer import import_family, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,13 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from layerwise.build import normalized_own_layers
-from layerwise.engine import BuildOptions, Engine
-from layerwise.generate import write_tree
-from layerwise.planner import build_plan
-from layerwise.policy import RegistryPolicy
-from layerwise.spec import load_stack
-from layerwise.state import load_state
+from layerwise.family.build import normalized_own_layers
+from layerwise.family.generate import write_tree
+from layerwise.family.state import load_state
+from layerwise.oci.engine import BuildOptions, Engine
+from layerwise.oci.policy import RegistryPolicy
+from layerwise.plan.planner import build_plan
+from layerwise.plan.spec import load_stack
 from layerwise.units import format_size
 
 

@@ -127,9 +127,9 @@ def run(argv: list[str], timeout: float) -> tuple[float | None, float, float, st
 
 COST_ONLY = """
 import sys, time
-from layerwise.cost import summarize
-from layerwise.planner import build_plan
-from layerwise.spec import load_stack
+from layerwise.plan.cost import summarize
+from layerwise.plan.planner import build_plan
+from layerwise.plan.spec import load_stack
 plan = build_plan(load_stack(sys.argv[1]))
 started, cpu = time.perf_counter(), time.process_time()
 summarize(plan)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from layerwise.mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
+from layerwise.oci.mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed"

@@ -5,9 +5,9 @@ import os
 import pytest
 
 from conftest import run_cli
-from layerwise.audit import AuditedImage
-from layerwise.images import LayerRef
-from layerwise.layerindex import Entry, LayerIndex
+from layerwise.measure.audit import AuditedImage
+from layerwise.oci.images import LayerRef
+from layerwise.oci.layerindex import Entry, LayerIndex
 
 
 def layer(name: str, files: dict[str, str], size: int, digest: str | None = None):
@@ -39,9 +39,9 @@ apps:
 
 @pytest.mark.integration
 def test_audit_flat_vs_layered_family(services, namespace, tmp_path):
-    from layerwise.bench import build_flat
-    from layerwise.build import build_family
-    from layerwise.spec import load_stack
+    from layerwise.family.build import build_family
+    from layerwise.measure.bench import build_flat
+    from layerwise.plan.spec import load_stack
 
     (tmp_path / "tools").mkdir()
     (tmp_path / "tools" / "big.bin").write_bytes(os.urandom(1_000_000))
@@ -106,8 +106,8 @@ def test_audit_finds_a_run_built_twice_a_recompressed_layer_and_waste(services, 
 
     import docker
 
-    from layerwise.mediatypes import DOCKER_MANIFEST
-    from layerwise.registry import Registry
+    from layerwise.oci.mediatypes import DOCKER_MANIFEST
+    from layerwise.oci.registry import Registry
 
     client = docker.from_env(version="auto")
     base = "FROM localhost:5000/os/busybox:latest\n"
@@ -166,7 +166,7 @@ def test_audit_goes_on_past_a_missing_image(services, namespace, tmp_path):
 
 def push_fake(reg, name: str, image, tag: str = "v1") -> str:
     """A hand-made image pushed to the real registry as it is, broken blobs included."""
-    from layerwise.mediatypes import DOCKER_MANIFEST
+    from layerwise.oci.mediatypes import DOCKER_MANIFEST
     for digest, data in image.blobs.items():
         reg.upload_blob(name, digest, data, len(data))
     reg.put_manifest_bytes(name, tag, image.manifest_raw, DOCKER_MANIFEST)
@@ -191,7 +191,7 @@ def flaky_registry(serve, image, fail_first: int = 0, layers_down: bool = False)
     `fail_first` manifest and blob requests, then recovers; with `layers_down`, to every layer request.
     Returns the server and the failures still to come."""
     from conftest import registry_app
-    from layerwise.mediatypes import DOCKER_MANIFEST
+    from layerwise.oci.mediatypes import DOCKER_MANIFEST
 
     inner = registry_app({"v1": (image.manifest_raw, DOCKER_MANIFEST)}, dict(image.blobs))
     left = {"manifests": fail_first, "blobs": fail_first}
@@ -218,7 +218,7 @@ def bad_and_good_images(namespace: str, serve, tmp_path) -> tuple[dict[str, list
     import uuid
 
     from conftest import FakeImage, legacy_archive
-    from layerwise.registry import Registry
+    from layerwise.oci.registry import Registry
 
     mark = uuid.uuid4().hex.encode()          # content of this run's own: no layer answered from a cache
     files = lambda n: {f"data/{n}.txt": mark + n.encode() * 5000}

@@ -70,8 +70,8 @@ def test_updated_stack_changes_only_the_copy(small_seed, tmp_path):
     """The update variants are hard-linked copies: changing them must never touch the original."""
     import hashlib
 
-    from layerwise.bench import updated_stack
-    from layerwise.spec import load_stack
+    from layerwise.measure.bench import updated_stack
+    from layerwise.plan.spec import load_stack
 
     def digest(folder):
         return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import REGISTRY, run_cli
-from layerwise.images import RegistryImage
-from layerwise.registry import Registry
+from layerwise.oci.images import RegistryImage
+from layerwise.oci.registry import Registry
 
 pytestmark = pytest.mark.integration
 

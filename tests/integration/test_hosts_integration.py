@@ -1,4 +1,4 @@
-"""The bench pull hosts (layerwise.hosts): a dockerd and a containerd of their own, for real.
+"""The bench pull hosts (layerwise.measure.hosts): a dockerd and a containerd of their own, for real.
 
 Each integration test starts a daemon of its own under a temporary directory, pulls a 1 MB image
 from the loopback registry, wipes, pulls again and stops; the main Docker Engine must not notice.
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from layerwise.errors import ServiceDown, UserError
-from layerwise.hosts import ContainerdHost, DockerHost, _alive, _which, mounts_under
-from layerwise.images import RegistryImage
-from layerwise.registry import Registry
+from layerwise.measure.hosts import ContainerdHost, DockerHost, _alive, _which, mounts_under
+from layerwise.oci.images import RegistryImage
+from layerwise.oci.registry import Registry
 
 REGISTRY = "localhost:5000"
 

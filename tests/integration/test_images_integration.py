@@ -1,4 +1,4 @@
-"""Reading images from every source (layerwise.images) and the registry client underneath.
+"""Reading images from every source (layerwise.oci.images) and the registry client underneath.
 
 Integration tests build small images with the real engine, push them to the real registry on
 localhost:5000, and check that the registry, the engine, `docker save` archives and OCI layouts all
@@ -21,15 +21,15 @@ import pytest
 
 from conftest import REGISTRY, sha256, write_blob
 from layerwise.errors import UserError
-from layerwise.images import (
+from layerwise.oci.images import (
     DockerArchiveImage,
     EngineImage,
     OCILayoutImage,
     RegistryImage,
     open_image,
 )
-from layerwise.mediatypes import OCI_INDEX
-from layerwise.registry import Registry, split_reference
+from layerwise.oci.mediatypes import OCI_INDEX
+from layerwise.oci.registry import Registry, split_reference
 
 BASE = f"{REGISTRY}/os/busybox:latest"
 

@@ -75,8 +75,8 @@ def test_imported_family_builds_pushes_incrementally_and_verifies(services, name
 
     # bench pull's flat variant of an import folder: each original built alone and pushed by the
     # engine. It shares nothing with the layered family but the busybox layers.
-    from layerwise.bench import build_flat
-    from layerwise.family import family_plan, load_family
+    from layerwise.family.loader import family_plan, load_family
+    from layerwise.measure.bench import build_flat
 
     family = load_family(out)
     refs = build_flat(family, family_plan(family), say=lambda line: None)

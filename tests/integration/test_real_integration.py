@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from layerwise.engine import find_buildkit
+from layerwise.oci.engine import find_buildkit
 
 pytestmark = pytest.mark.integration
 
@@ -185,8 +185,8 @@ def test_policy_refuses_a_syntax_frontend_before_the_engine_is_asked(services, t
 def test_buildkit_builds_what_the_legacy_builder_cannot(services, tmp_path, namespace):
     """RUN --mount=type=bind,from=STAGE and type=cache, and COPY --chmod: BuildKit builds them. (A
     heredoc the legacy builder would misread is refused before the engine is asked.)"""
-    from layerwise.engine import BuildOptions, Engine
     from layerwise.errors import UserError
+    from layerwise.oci.engine import BuildOptions, Engine
 
     (tmp_path / "tool.sh").write_text("echo tool\n")
     (tmp_path / "Dockerfile").write_text(

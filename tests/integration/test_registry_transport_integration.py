@@ -13,10 +13,10 @@ import json
 import pytest
 
 from conftest import FakeImage, registry_app, sha256
-from layerwise import registry as registry_module
 from layerwise.errors import UserError
-from layerwise.mediatypes import DOCKER_MANIFEST
-from layerwise.registry import Registry, configure, uses_plain_http
+from layerwise.oci import registry as registry_module
+from layerwise.oci.mediatypes import DOCKER_MANIFEST
+from layerwise.oci.registry import Registry, configure, uses_plain_http
 
 
 @pytest.fixture(autouse=True)

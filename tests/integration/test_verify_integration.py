@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from layerwise.errors import UserError
-from layerwise.verify import compare, image_tag
+from layerwise.importing.verify import compare, image_tag
 
 BUSYBOX = "localhost:5000/os/busybox:latest"
 
@@ -204,9 +204,9 @@ def test_a_multi_stage_original_against_a_refactoring_on_an_extracted_build_stag
     apps = [family.refactored(out, "multi", "multi",
                               "FROM {base}\nCOPY --from=" + family.ref_of("build") + " /out/tool /srv/tool\n"
                               'COPY app.txt /srv/\nENTRYPOINT ["/srv/tool"]\n', ["os", "build"])]
-    from layerwise.engine import Engine
-    from layerwise.layerindex import Cache
-    from layerwise.verify import verify
+    from layerwise.importing.verify import verify
+    from layerwise.oci.engine import Engine
+    from layerwise.oci.layerindex import Cache
 
     engine = Engine()
     events = []
@@ -222,7 +222,7 @@ def test_a_multi_stage_original_against_a_refactoring_on_an_extracted_build_stag
 
 
 def build_facts(engine, context: Path, tag: str, refs: list, **kwargs):
-    from layerwise.verify import image_facts
+    from layerwise.importing.verify import image_facts
     refs.append(tag)
     engine.build(context, tag, {}, **kwargs)
     return image_facts(tag)
@@ -230,7 +230,7 @@ def build_facts(engine, context: Path, tag: str, refs: list, **kwargs):
 
 @pytest.fixture
 def engine(services):
-    from layerwise.engine import Engine
+    from layerwise.oci.engine import Engine
     e = Engine()
     refs: list[str] = []
     yield e, refs

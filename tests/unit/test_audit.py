@@ -4,9 +4,9 @@ import json
 import pytest
 
 from conftest import run_cli
-from layerwise.audit import AuditedImage, cold_pull, recompressed, same_files, sharing_matrix
-from layerwise.images import LayerRef
-from layerwise.layerindex import Entry, LayerIndex
+from layerwise.measure.audit import AuditedImage, cold_pull, recompressed, same_files, sharing_matrix
+from layerwise.oci.images import LayerRef
+from layerwise.oci.layerindex import Entry, LayerIndex
 
 
 def layer(name: str, files: dict[str, str], size: int, digest: str | None = None):
@@ -58,7 +58,7 @@ def test_audit_reports_a_bad_image_and_goes_on(tmp_path):
 
 
 def test_recommended_tree_by_hand():
-    from layerwise.audit import recommended_tree
+    from layerwise.measure.audit import recommended_tree
     os_ = layer("os", {"bin/sh": "a"}, 100)
     os_recompressed = (LayerRef(digest="sha256:" + "9" * 64, diff_id=os_[0].diff_id, size=90,
                                 media_type=os_[0].media_type), os_[1])
@@ -101,8 +101,8 @@ def test_tree_savings_and_problems_are_rendered():
 
     from rich.console import Console
 
-    from layerwise.audit import findings
-    from layerwise.report import audit_html, audit_messages, audit_tables
+    from layerwise.cli.report import audit_html, audit_messages, audit_tables
+    from layerwise.measure.audit import findings
     base = layer("base", {"bin/sh": "a"}, 100)
     tools_a, tools_b = layer("toolsa", {"opt/t": "b"}, 50), layer("toolsb", {"opt/t": "b"}, 60)
     evil, evil_index = layer("evil", {"ok": "e"}, 9)
@@ -141,8 +141,8 @@ def test_tree_savings_and_problems_are_rendered():
 
 
 def test_fail_under_gates():
-    from layerwise.audit import check_gates, parse_gates
     from layerwise.errors import UserError
+    from layerwise.measure.audit import check_gates, parse_gates
     doc = {"images": [{"name": "a", "bytes": 100, "error": None, "efficiency": {"score": 0.8, "wasted_bytes": 5}},
                       {"name": "b", "bytes": 100, "error": None, "efficiency": {"score": 0.99, "wasted_bytes": 0}}],
            "cold_pull": {"docker": 150}}
@@ -156,7 +156,7 @@ def test_fail_under_gates():
 
 
 def test_near_identical_and_duplicated_files_by_hand():
-    from layerwise.audit import duplicated_files, near_identical
+    from layerwise.measure.audit import duplicated_files, near_identical
     base = layer("base", {"bin/sh": "a"}, 100)
     # The same step built twice: 3 files equal, one (a timestamped .pyc) differs.
     run_a = layer("runa", {"lib/x.so": "s" * 90, "lib/y.so": "t" * 5, "lib/z.pyc": "p1"}, 40)

@@ -1,11 +1,11 @@
 """Build decisions without an engine: ordering, skip logic, reasons, --only, and refusals."""
 import pytest
 
-from layerwise.build import BUILD, NOT_SELECTED, SKIP, check_buildable, decide, select
 from layerwise.errors import UserError
-from layerwise.planner import build_plan
-from layerwise.spec import load_stack
-from layerwise.state import ImageRecord, State
+from layerwise.family.build import BUILD, NOT_SELECTED, SKIP, check_buildable, decide, select
+from layerwise.family.state import ImageRecord, State
+from layerwise.plan.planner import build_plan
+from layerwise.plan.spec import load_stack
 
 STACK = """\
 registry: localhost:5000
@@ -141,8 +141,8 @@ def test_built_layers_reach_normalization_as_plain_tars(tmp_path):
     import json
 
     from conftest import FakeImage, legacy_archive, sha256, write_blob
-    from layerwise.build import _uncompressed
-    from layerwise.images import DockerArchiveImage, OCILayoutImage
+    from layerwise.family.build import _uncompressed
+    from layerwise.oci.images import DockerArchiveImage, OCILayoutImage
 
     image = FakeImage({"a.txt": b"alpha"}, {"b.txt": b"beta" * 100})
     with DockerArchiveImage(legacy_archive(tmp_path / "saved.tar", [(["team/app:v1"], image)])) as saved:

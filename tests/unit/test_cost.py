@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from layerwise.cost import summarize
-from layerwise.planner import build_plan
-from layerwise.spec import load_stack
+from layerwise.plan.cost import summarize
+from layerwise.plan.planner import build_plan
+from layerwise.plan.spec import load_stack
 
 STACK = """\
 registry: localhost:5000
@@ -72,7 +72,7 @@ apps:
 
 
 def test_host_kinds_differ_when_a_lower_layer_changes(write_stack):
-    from layerwise.cost import CONTAINERD, DOCKER, FLAT, PLANNED, floor_cost, pull_cost
+    from layerwise.plan.cost import CONTAINERD, DOCKER, FLAT, PLANNED, floor_cost, pull_cost
     path = write_stack(COPY_STACK, {"l/x": "l", "c1/x": "1", "c2/x": "2"})
     plan = build_plan(load_stack(path))
     both = ("a", "b")
@@ -93,7 +93,9 @@ def test_host_kinds_differ_when_a_lower_layer_changes(write_stack):
 
 # -- each rule once (cost.py), pinned by hand ---------------------------------------------------------
 
-from layerwise.cost import (  # noqa: E402
+from layerwise.oci.images import Image  # noqa: E402
+from layerwise.oci.mediatypes import DOCKER_LAYER  # noqa: E402
+from layerwise.plan.cost import (  # noqa: E402
     CONTAINERD,
     DOCKER,
     PLANNED,
@@ -106,9 +108,7 @@ from layerwise.cost import (  # noqa: E402
     predict_pulls,
     pulled,
 )
-from layerwise.images import Image  # noqa: E402
-from layerwise.mediatypes import DOCKER_LAYER  # noqa: E402
-from layerwise.model import Step  # noqa: E402
+from layerwise.plan.model import Step  # noqa: E402
 
 
 def step(text, size, category="c"):
@@ -177,7 +177,7 @@ def test_plan_costs_match_the_per_app_answers(write_stack):
     assert costs.arrivals(("a", "b"), lambda h: h.chain)["b"] == Pull(1, 1)
 
 
-from layerwise.cost import Pull  # noqa: E402
+from layerwise.plan.cost import Pull  # noqa: E402
 
 
 class _Listed(Image):

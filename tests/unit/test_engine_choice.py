@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from layerwise import engine
-from layerwise.engine import BuildOptions, _buildkit_error, choose_builder, find_buildkit
 from layerwise.errors import UserError
+from layerwise.oci import engine
+from layerwise.oci.engine import BuildOptions, _buildkit_error, choose_builder, find_buildkit
 
 
 def fake_cli(folder, *, buildx: bool, builtin_buildkit: bool):

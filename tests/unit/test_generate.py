@@ -4,10 +4,10 @@ import json
 import os
 
 from conftest import run_cli
-from layerwise.contexts import FIXED_MTIME
 from layerwise.dockerfiles import parse_instructions
-from layerwise.planner import build_plan
-from layerwise.spec import load_stack
+from layerwise.plan.contexts import FIXED_MTIME
+from layerwise.plan.planner import build_plan
+from layerwise.plan.spec import load_stack
 
 
 def _tree_bytes(root):

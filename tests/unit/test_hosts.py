@@ -1,4 +1,4 @@
-"""The bench pull hosts (layerwise.hosts): a dockerd and a containerd of their own, for real.
+"""The bench pull hosts (layerwise.measure.hosts): a dockerd and a containerd of their own, for real.
 
 Each integration test starts a daemon of its own under a temporary directory, pulls a 1 MB image
 from the loopback registry, wipes, pulls again and stops; the main Docker Engine must not notice.
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from layerwise.errors import UserError
-from layerwise.hosts import ContainerdHost, DockerHost, loopback_reference, normalized
+from layerwise.measure.hosts import ContainerdHost, DockerHost, loopback_reference, normalized
 
 
 def test_only_loopback_registries_are_pulled_from():

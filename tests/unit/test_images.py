@@ -1,4 +1,4 @@
-"""Reading images from every source (layerwise.images) and the registry client underneath.
+"""Reading images from every source (layerwise.oci.images) and the registry client underneath.
 
 Integration tests build small images with the real engine, push them to the real registry on
 localhost:5000, and check that the registry, the engine, `docker save` archives and OCI layouts all
@@ -21,7 +21,7 @@ import pytest
 
 from conftest import FakeImage, Server, legacy_archive, registry_app, sha256, write_blob
 from layerwise.errors import ServiceDown, UserError
-from layerwise.images import (
+from layerwise.oci.images import (
     DockerArchiveImage,
     OCILayoutImage,
     RegistryImage,
@@ -29,8 +29,8 @@ from layerwise.images import (
     parse_platform,
     select_platform,
 )
-from layerwise.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from layerwise.registry import DigestMismatch, Registry, split_reference
+from layerwise.oci.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from layerwise.oci.registry import DigestMismatch, Registry, split_reference
 
 
 def fake_registry(serve, image: FakeImage, tag="v1", blobs=None, manifests=None) -> Server:

@@ -10,9 +10,9 @@ import pytest
 from conftest import run_cli
 from layerwise.dockerfiles import parse_instructions
 from layerwise.errors import UserError
-from layerwise.importer import categorize, import_family, read_dockerfile
-from layerwise.refactor import app_dockerfile, base_dockerfile, stack_text, write_refactored
-from layerwise.spec import load_stack
+from layerwise.importing.importer import categorize, import_family, read_dockerfile
+from layerwise.importing.refactor import app_dockerfile, base_dockerfile, stack_text, write_refactored
+from layerwise.plan.spec import load_stack
 
 CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 ESHOP = CORPORA / "dotnet-architecture__eShopOnContainers"
@@ -227,8 +227,8 @@ def test_categories_follow_documented_rules():
         "FROM x", "ENV DEBIAN_FRONTEND=noninteractive", "RUN apt-get update", "WORKDIR /app",
         "COPY requirements.txt .", "RUN pip install -r requirements.txt", "COPY . .", "RUN make",
         "EXPOSE 80", "CMD run")]
-    from layerwise.importer import raw_category
-    from layerwise.model import Step
+    from layerwise.importing.importer import raw_category
+    from layerwise.plan.model import Step
     chain = [Step(instruction=i.text, category=raw_category(i)) for i in steps]
     assert [s.category for s in categorize(chain)] == [
         "os", "tools", "tools", "library", "library", "library", "code", "code", "config", "config"]

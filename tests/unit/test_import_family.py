@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SEED, run_cli
-from layerwise.build import needed_images, select
 from layerwise.dockerfiles import parse_instructions
 from layerwise.errors import UserError
-from layerwise.family import ImportedFamily, family_plan, load_family
-from layerwise.importer import import_family, renumber_stages, stage_references
-from layerwise.refactor import app_dockerfile, bake_file, write_refactored
-from layerwise.spec import Stack
+from layerwise.family.build import needed_images, select
+from layerwise.family.loader import ImportedFamily, family_plan, load_family
+from layerwise.importing.importer import import_family, renumber_stages, stage_references
+from layerwise.importing.refactor import app_dockerfile, bake_file, write_refactored
+from layerwise.plan.spec import Stack
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "multistage"
 

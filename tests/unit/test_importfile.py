@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from layerwise.importer import import_family
-from layerwise.importfile import IMPORT_SCHEMA, ImportedApp, ImportedBase, ImportSet, load_import
-from layerwise.refactor import write_refactored
+from layerwise.importing.importer import import_family
+from layerwise.importing.importfile import IMPORT_SCHEMA, ImportedApp, ImportedBase, ImportSet, load_import
+from layerwise.importing.refactor import write_refactored
 
 
 def test_a_description_round_trips_with_paths_resolved_against_its_folder(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from layerwise.errors import UserError
-from layerwise.layerindex import (
+from layerwise.oci.layerindex import (
     DIR,
     FIFO,
     FILE,
@@ -31,7 +31,7 @@ from layerwise.layerindex import (
     index_layers,
     scanner,
 )
-from layerwise.layerindex.scanner import _CorruptLayer, _scan, _TarScanner
+from layerwise.oci.layerindex.scanner import _CorruptLayer, _scan, _TarScanner
 
 
 def sha(data: bytes) -> str:

@@ -7,9 +7,9 @@ import hashlib
 import io
 import tarfile
 
-from layerwise.contexts import FIXED_MTIME
-from layerwise.layerindex import DIR, FILE, HARDLINK, SYMLINK, index_layer
-from layerwise.mutate import epoch_iso, normalize_config, normalize_layer
+from layerwise.oci.layerindex import DIR, FILE, HARDLINK, SYMLINK, index_layer
+from layerwise.oci.mutate import epoch_iso, normalize_config, normalize_layer
+from layerwise.plan.contexts import FIXED_MTIME
 
 LATER = FIXED_MTIME + 86_400 * 365        # a build time after the fixed epoch
 EARLIER = FIXED_MTIME - 86_400            # a file time before it: kept, only later times are clamped

@@ -3,9 +3,9 @@
 import json
 
 from conftest import SEED
-from layerwise.model import Plan
-from layerwise.planner import build_plan, merge_layers
-from layerwise.spec import load_stack
+from layerwise.plan.model import Plan
+from layerwise.plan.planner import build_plan, merge_layers
+from layerwise.plan.spec import load_stack
 
 STACK_HEAD = """\
 registry: localhost:5000

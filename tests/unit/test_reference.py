@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from layerwise.errors import UserError
-from layerwise.policy import RegistryPolicy, syntax_frontend
-from layerwise.reference import Reference, is_loopback
+from layerwise.oci.policy import RegistryPolicy, syntax_frontend
+from layerwise.oci.reference import Reference, is_loopback
 
 DIGEST = "sha256:" + "ab" * 32
 

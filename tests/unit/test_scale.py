@@ -11,12 +11,13 @@ import yaml
 from test_golden import _scale
 
 from conftest import SEED
-from layerwise import dockerfiles, spec
-from layerwise.cost import ASSUMED_COSTS, FLAT, PLANNED, PlanCosts, simulate_group, summarize
-from layerwise.fleet import load_fleet
-from layerwise.model import Step, _step_dict
-from layerwise.planner import build_plan
-from layerwise.spec import load_stack
+from layerwise import dockerfiles
+from layerwise.plan import spec
+from layerwise.plan.cost import ASSUMED_COSTS, FLAT, PLANNED, PlanCosts, simulate_group, summarize
+from layerwise.plan.fleet import load_fleet
+from layerwise.plan.model import Step, _step_dict
+from layerwise.plan.planner import build_plan
+from layerwise.plan.spec import load_stack
 
 
 def _work(tmp_path, apps: int) -> tuple[int, int, int]:
@@ -49,7 +50,7 @@ def test_cost_work_grows_linearly(tmp_path):
 
 
 def _modules_after(*args: str) -> set[str]:
-    code = ("import sys\nfrom layerwise.cli import main\nsys.argv = ['layerwise', *sys.argv[1:]]\n"
+    code = ("import sys\nfrom layerwise.cli.commands import main\nsys.argv = ['layerwise', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print(' '.join(sorted(sys.modules)), file=sys.stderr)")
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
@@ -58,10 +59,10 @@ def _modules_after(*args: str) -> set[str]:
 
 def test_help_and_plan_do_not_import_the_docker_sdk(small_seed):
     help_modules = _modules_after("--help")
-    assert "layerwise.cli" in help_modules
+    assert "layerwise.cli.commands" in help_modules
     assert not {"docker", "requests", "httpx", "rich", "pydantic"} & help_modules
     plan_modules = _modules_after("plan", str(small_seed))
-    assert "layerwise.planner" in plan_modules
+    assert "layerwise.plan.planner" in plan_modules
     assert not {"docker", "requests", "httpx"} & plan_modules
 
 
@@ -143,7 +144,7 @@ def test_plan_json_keeps_every_step_field():
 def test_large_families_show_the_image_tree_and_steps_on_request(tmp_path):
     from rich.console import Console
 
-    from layerwise.report import STEPS_SHOWN_UP_TO, plan_tree
+    from layerwise.cli.report import STEPS_SHOWN_UP_TO, plan_tree
     path = tmp_path / "layerwise.yaml"
     path.write_text(_scale().family(30, 12))
     plan = build_plan(load_stack(path))

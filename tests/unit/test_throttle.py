@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from layerwise.throttle import ThrottledProxy, Traffic
+from layerwise.measure.throttle import ThrottledProxy, Traffic
 from layerwise.units import parse_bandwidth
 
 PAYLOAD = random.Random(1).randbytes(3_000_000)
@@ -303,7 +303,7 @@ def test_parse_bandwidth_errors(text, message):
 # --- HTTP body accounting ----------------------------------------------------------------------
 
 def test_http_meter_splits_heads_from_bodies_on_a_kept_alive_connection():
-    from layerwise.throttle import _HttpMeter
+    from layerwise.measure.throttle import _HttpMeter
     meter = _HttpMeter()
     meter.feed_request(b"HEAD /v2/a/manifests/x HTTP/1.1\r\nHost: h\r\n\r\nGET /v2/a/blobs/s HTTP/1.1\r\n")
     meter.feed_request(b"Host: h\r\n\r\n")

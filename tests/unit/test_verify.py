@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from layerwise.dockerfiles import image_references
-from layerwise.layerindex import DIR, FILE, OPAQUE, SYMLINK, WHITEOUT, Entry, LayerIndex
-from layerwise.verify import Difference, FileFacts, ImageFacts, compare, config_subset, facts_from, image_tag
+from layerwise.importing.verify import Difference, FileFacts, ImageFacts, compare, config_subset, facts_from, image_tag
+from layerwise.oci.layerindex import DIR, FILE, OPAQUE, SYMLINK, WHITEOUT, Entry, LayerIndex
 
 BUSYBOX = "localhost:5000/os/busybox:latest"
 

@@ -1,0 +1,532 @@
+"""The cost model: bytes a host pulls cold, when an app arrives, and on each update.
+
+Every layer of an app gets three identities:
+- `chain`: the layer with everything below it. The **Docker Engine** reuses a layer only when it
+  holds the same chain; from the first miss on it downloads everything.
+- `blob`: the compressed blob. **containerd** reuses any blob it holds, whatever sits below it.
+- `content`: what the step put there, for the **floor** (only the changed content, counted once).
+
+Variants of the same apps:
+- **planned** (layerwise): shared images are built once; layers are byte-reproducible, so a step
+  rebuilt with unchanged input gives the same blob. COPY/ADD output depends only on the files copied;
+  a RUN's output is assumed to depend on everything below it (conservative).
+- **flat** (how teams build without a plan): every app its own build from the OS base; builds are
+  not reproducible, so identical content in two apps, or a step rebuilt unchanged, gets a new blob.
+- **tree** (a hand-made tree, built the usual way): shared images are built once, but a rebuilt
+  layer gets a new blob even when its content did not change.
+An update of a category rebuilds each app from that category's first step up (the engine's cache
+keeps what is below). The OS base is the same in every variant and is left out.
+
+Each rule is written once, here, and `plan`, `simulate`, `bench` (`predict_pulls`) and `audit` call it:
+- chain walking (`next_chain`, `chained`): a layer's chain id is its blob on the chain below;
+- layers as built (`as_built`): the blob-as-built rule of the planned and tree variants;
+- bytes a host pulls (`pulled`): every wanted layer whose key its kind does not hold, once.
+Figures are computed once per image node (`PlanCosts`) and shared by every app built on it, every
+host and every fleet group, so the work grows with the steps of the plan, not with apps × apps.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import Counter
+from collections.abc import Callable, Container, Hashable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+from .model import Plan, Step
+
+if TYPE_CHECKING:   # only a type here: the pure cost rules import no I/O
+    from ..oci.images import Image
+
+DOCKER, CONTAINERD = "docker", "containerd"
+HOST_KINDS = (DOCKER, CONTAINERD)
+PLANNED, FLAT, TREE = "planned", "flat", "tree"
+
+
+# ----------------------------------------------------------------------------- the rules
+
+Key = Hashable
+
+
+class Ids:
+    """Equal parts get equal ids and different parts different ones: an exact and cheap stand-in
+    for hashing them, since these ids are only compared, never shown. Layers compared with each
+    other must get their ids from the same `Ids`."""
+
+    def __init__(self) -> None:
+        self.table: dict[tuple, int] = {}
+
+    def __call__(self, *parts: Key) -> int:
+        found = self.table.get(parts)
+        if found is None:
+            found = self.table[parts] = len(self.table)
+        return found
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class HostLayer(NamedTuple):
+    """One layer as hosts see it: `chain` (Docker Engine), `blob` (containerd), `content` (floor)."""
+    chain: Key
+    blob: Key
+    content: Key
+    size: int
+    category: str = ""
+
+    def key(self, host_kind: str) -> Key:
+        return self.chain if host_kind == DOCKER else self.blob
+
+
+def next_chain(ids: Ids, chain: Key, blob: Key) -> int:
+    """Chain walking: a layer's chain id is its blob on top of the chain below it."""
+    return ids(chain, blob)
+
+
+def chained(ids: Ids, layers: Iterable[tuple[Key, Key, int]]) -> list[HostLayer]:
+    """(blob, content, size) bottom first → HostLayers with their chain ids: an image as pulled."""
+    out, chain = [], None
+    for blob, content, size in layers:
+        chain = next_chain(ids, chain, blob)
+        out.append(HostLayer(chain, blob, content, size))
+    return out
+
+
+class Below(NamedTuple):
+    """What the steps under a point leave to the next one: the chain id, the content of every step
+    below (a RUN's output may depend on all of it), and whether one of them was rebuilt."""
+    chain: Key = None
+    content: Key = None
+    rebuilt: bool = False
+
+
+GROUND = Below()
+_new = tuple.__new__     # a HostLayer without NamedTuple's Python-level __new__: as_built makes many
+
+
+def as_built(ids: Ids, steps: Iterable[tuple[Step, bool]], variant: str = PLANNED,
+             below: Below = GROUND) -> tuple[list[HostLayer], Below]:
+    """The blob-as-built rule: the layers of `steps` ((step, changed) pairs, bottom first) built on
+    `below`. A changed step has new content, and every step from it up is rebuilt.
+    - planned (layerwise, byte-reproducible): a COPY/ADD layer's blob is its content (the files it
+      copies); any other layer's blob follows the content of everything below it;
+    - tree (built the usual way): shared where the tree shares, a new blob from the first rebuilt
+      step up, whatever its content."""
+    chain, content_below, rebuilt = below
+    table = ids.table       # ids(...) inlined: this loop runs once per step, per case, per node
+    out: list[HostLayer] = []
+    for step, changed in steps:
+        rebuilt = rebuilt or changed
+        parts = (step.identity, changed)
+        content = table.get(parts)
+        if content is None:
+            content = table[parts] = len(table)
+        parts = (content_below, content)
+        content_below = table.get(parts)
+        if content_below is None:
+            content_below = table[parts] = len(table)
+        if not step.creates_layer:
+            continue
+        if variant == PLANNED:
+            blob = content if step.keyword in ("COPY", "ADD") else content_below
+        else:
+            blob = ids("tree", content_below, rebuilt)
+        parts = (chain, blob)               # next_chain
+        chain = table.get(parts)
+        if chain is None:
+            chain = table[parts] = len(table)
+        out.append(_new(HostLayer, (chain, blob, content, step.size or 0, step.category)))
+    return out, Below(chain, content_below, rebuilt)
+
+
+@dataclass
+class Pull:
+    """What one host downloads in one case."""
+    bytes: int
+    layers: int
+
+    def __iadd__(self, other: "Pull") -> "Pull":
+        self.bytes += other.bytes
+        self.layers += other.layers
+        return self
+
+
+def _distinct(wanted: Iterable[HostLayer], key: Callable[[HostLayer], Key],
+              held: Container[Key] = ()) -> Pull:
+    sizes: dict[str, int] = {}
+    for h in wanted:
+        k = key(h)
+        if k not in held:
+            sizes[k] = h.size
+    return Pull(sum(sizes.values()), len(sizes))
+
+
+def host_key(host_kind: str) -> Callable[[HostLayer], Key]:
+    """What a host of this kind reuses a layer by: the chain (Docker Engine) or the blob (containerd)."""
+    return (lambda h: h.chain) if host_kind == DOCKER else (lambda h: h.blob)
+
+
+def pulled(wanted: Iterable[HostLayer], host_kind: str, held: Container[Key] = ()) -> Pull:
+    """Bytes a host pulls: every wanted layer whose key (`host_key`) is not in `held`, each once."""
+    return _distinct(wanted, host_key(host_kind), held)
+
+
+def content_bytes(layers: Iterable[HostLayer], held: Container[Key] = ()) -> int:
+    """The floor: content not in `held`, each counted once."""
+    return _distinct(layers, lambda h: h.content, held).bytes
+
+
+# ----------------------------------------------------------------------------- per-node figures
+
+@contextmanager
+def _no_gc():
+    """Hundreds of thousands of small tuples, none in a cycle: collections would only cost time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class PlanCosts:
+    """The layers of every image node of a plan, per variant and per case (as built, or after an
+    update of one category), each computed once on its parent's and shared by its descendants.
+    `work` counts chain-id computations and node visits (tests pin its growth)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.work = 0
+        self.ids = Ids()
+        self._cats = {img.key: frozenset(s.category for s in img.steps) for img in plan.images}
+        self._paths = {app: tuple(img.key for img in plan.chain(key)) for app, key in plan.apps.items()}
+        self._built: dict[tuple[str, str | None], dict[str, tuple[tuple[HostLayer, ...], Below]]] = {}
+        self._flat: dict[str, dict[str | None, Pull]] = {}
+        self._flat_nodes: dict[str, dict[str | None, Pull]] = {}
+
+    def _nodes(self, variant: str, updated: str | None) -> dict[str, tuple[tuple[HostLayer, ...], Below]]:
+        if (variant, updated) in self._built:
+            return self._built[(variant, updated)]
+        cold = self._nodes(variant, None) if updated is not None else None
+        out: dict[str, tuple[tuple[HostLayer, ...], Below]] = {}
+        with _no_gc():
+            self._build(out, cold, variant, updated)
+        self._built[(variant, updated)] = out
+        return out
+
+    def _build(self, out: dict, cold: dict | None, variant: str, updated: str | None) -> None:
+        for img in self.plan.images:          # parents first
+            below = out[img.parent][1] if img.parent else GROUND
+            self.work += 1
+            if cold is not None and not below.rebuilt and updated not in self._cats[img.key]:
+                out[img.key] = cold[img.key]   # nothing changed at or below: as built
+                continue
+            layers, end = as_built(self.ids, ((s, s.category == updated) for s in img.steps), variant, below)
+            self.work += len(layers)
+            out[img.key] = (tuple(layers), end)
+
+    def union(self, apps: Iterable[str]) -> list[str]:
+        """The image nodes the apps are built from, each once, in the order of their last place in
+        the apps' chains one after the other: where one layer (same key) was given two sizes (size
+        hints that disagree), the size counted is the one met last in that order, as it always was."""
+        seen: dict[str, None] = {}
+        for app in apps:
+            for key in self._paths[app]:
+                seen.pop(key, None)
+                seen[key] = None
+            self.work += len(self._paths[app])
+        return list(seen)
+
+    def host_layers(self, apps: Iterable[str], variant: str = PLANNED,
+                    updated: str | None = None) -> list[HostLayer]:
+        nodes = self._nodes(variant, updated)
+        return [h for key in self.union(apps) for h in nodes[key][0]]
+
+    def has_category(self, app: str, category: str) -> bool:
+        return any(category in self._cats[k] for k in self._paths[app])
+
+    # -- what a host pulls ---------------------------------------------------------------------------
+
+    def pull(self, apps: tuple[str, ...], host_kind: str, variant: str,
+             updated: str | None = None) -> Pull:
+        """A host running `apps`: cold (updated None) or on an update of category `updated`."""
+        if variant == FLAT:
+            total = Pull(0, 0)
+            for app in apps:
+                total += self.flat(app).get(updated, Pull(0, 0))
+            return total
+        union = self.union(apps)
+        built = self._nodes(variant, None)
+        if updated is None:
+            return pulled((h for k in union for h in built[k][0]), host_kind)
+        after = self._nodes(variant, updated)
+        key = host_key(host_kind)
+        held = {key(h) for k in union for h in built[k][0]}
+        # Nodes left as built hold nothing new; only rebuilt ones are looked at.
+        return pulled((h for k in union if after[k] is not built[k] for h in after[k][0]), host_kind, held)
+
+    def arrivals(self, apps: tuple[str, ...], key: Callable[[HostLayer], Key],
+                 variant: str = PLANNED) -> dict[str, Pull]:
+        """Per app, what a host running all `apps` downloads when that app arrives last: only the
+        nodes no other app of the host is built on can hold layers the others lack."""
+        host = set(apps)
+        built = self._nodes(variant, None)
+        union = self.union(apps)
+        count: Counter[str] = Counter(key(h) for k in union for h in built[k][0])
+        own: dict[str, list[str]] = {a: [] for a in apps}
+        for k in union:
+            users = [a for a in self.plan.image(k).apps if a in host]
+            self.work += 1
+            if len(users) == 1:
+                own[users[0]].append(k)
+        out = {}
+        for app in apps:
+            mine = [h for k in own[app] for h in built[k][0]]
+            self.work += len(mine)
+            here = Counter(key(h) for h in mine)
+            held = {k for k in here if count[k] > here[k]}
+            out[app] = _distinct(mine, key, held)
+        return out
+
+    def flat(self, app: str) -> dict[str | None, Pull]:
+        """The flat variant (every app its own build from the OS base, not reproducible: a fresh blob
+        per app, per layer and per rebuild): cold, the app's every layer; on an update of a category,
+        its layers from that category's first step up. Keyed by category (None: cold)."""
+        if app not in self._flat:
+            out: dict[str | None, Pull] = {None: Pull(0, 0)}
+            for key in reversed(self._paths[app]):          # from the top: what lies above
+                own = self._flat_own(key)
+                above = out[None]
+                for category, pull in own.items():
+                    out[category] = Pull(pull.bytes + above.bytes, pull.layers + above.layers)
+            self._flat[app] = out
+        return self._flat[app]
+
+    def _flat_own(self, key: str) -> dict[str | None, Pull]:
+        """One image's own layers (None) and, per category, its layers from that category's first step."""
+        if key not in self._flat_nodes:
+            self.work += 1
+            out: dict[str | None, Pull] = {None: Pull(0, 0)}
+            for s in reversed(self.plan.image(key).steps):
+                if s.creates_layer:
+                    out[None] = Pull(out[None].bytes + (s.size or 0), out[None].layers + 1)
+                out[s.category] = out[None]
+            self._flat_nodes[key] = out
+        return self._flat_nodes[key]
+
+    def one_app_hosts(self, variant: str, updated: str | None = None) -> dict[str, Pull]:
+        """Per app, what a Docker Engine host running only that app pulls (cold or on an update),
+        summed along its chain of images once per node. Exact for the chain rule: along one chain
+        the chain ids all differ, and a layer whose chain changed holds changed content, which no
+        host holds yet, while one whose chain did not change is held."""
+        cold = self._nodes(variant, None)
+        after = self._nodes(variant, updated) if updated is not None else None
+        total: dict[str, Pull] = {}
+        for img in self.plan.images:                      # parents first
+            below = total[img.parent] if img.parent else Pull(0, 0)
+            self.work += 1
+            if after is None:
+                own = [h.size for h in cold[img.key][0]]
+            elif after[img.key] is cold[img.key]:
+                own = []
+            else:
+                own = [h.size for h, c in zip(after[img.key][0], cold[img.key][0]) if h.chain != c.chain]
+            total[img.key] = Pull(below.bytes + sum(own), below.layers + len(own))
+        return {app: total[self.plan.apps[app]] for app in self.plan.apps}
+
+    # -- the floor: only changed content, counted once -----------------------------------------------
+
+    def floor(self, apps: tuple[str, ...], updated: str | None = None) -> int:
+        if updated is None:
+            return content_bytes(self.host_layers(apps))
+        return content_bytes(h for h in self.host_layers(apps, PLANNED, updated) if h.category == updated)
+
+
+# One question at a time (tests, exploring); the summary and the simulation use PlanCosts
+# directly, so a plan's per-node figures are computed once.
+
+def pull_cost(plan: Plan, apps: tuple[str, ...], host_kind: str, variant: str,
+              *, updated: str | None = None, arriving: str | None = None) -> Pull:
+    """Bytes and layers a host running `apps` downloads:
+    cold (neither `updated` nor `arriving`), when `arriving` joins the others, or on an update."""
+    costs = PlanCosts(plan)
+    if arriving:
+        if variant == FLAT:
+            return costs.flat(arriving)[None]
+        return costs.arrivals(apps, host_key(host_kind), variant)[arriving]
+    return costs.pull(apps, host_kind, variant, updated)
+
+
+def floor_cost(plan: Plan, apps: tuple[str, ...], *, updated: str | None = None,
+               arriving: str | None = None) -> int:
+    """The least any scheme could send: content the host lacks, counted once."""
+    costs = PlanCosts(plan)
+    if arriving:
+        return costs.arrivals(apps, lambda h: h.content)[arriving].bytes
+    return costs.floor(apps, updated)
+
+
+# ----------------------------------------------------------------------------- the plan summary
+
+@dataclass
+class Row:
+    label: str
+    rate: float            # updates per month (0 for one-off cases)
+    planned: int
+    flat: int
+    floor: int
+
+
+@dataclass
+class Scenario:
+    name: str
+    hosts: list[tuple[str, ...]]
+    rows: list[Row] = field(default_factory=list)
+
+    def monthly(self, attr: str) -> float:
+        return sum(r.rate * getattr(r, attr) for r in self.rows if r.rate)
+
+
+@dataclass
+class LayerSizes:
+    size_sources: dict[str, int]     # how many layers got their size from where
+    unknown_layers: int
+
+
+@dataclass
+class CostSummary:
+    host_kind: str
+    scenarios: list[Scenario]
+    size_sources: dict[str, int]     # how many layers got their size from where
+    unknown_layers: int
+
+
+def layer_sizes(plan: Plan) -> LayerSizes:
+    sources: dict[str, int] = {}
+    unknown = 0
+    for img in plan.images:
+        for s in img.layers:
+            sources[s.size_source] = sources.get(s.size_source, 0) + 1
+            unknown += s.size is None
+    return LayerSizes(dict(sorted(sources.items())), unknown)
+
+
+def _rows(costs: PlanCosts, hosts: list[tuple[str, ...]], host_kind: str, with_arrival: bool) -> list[Row]:
+    one_app = host_kind == DOCKER and all(len(h) == 1 for h in hosts)
+
+    def planned(updated: str | None) -> int:
+        if one_app:    # summed per node along each chain, not per host
+            per_app = costs.one_app_hosts(PLANNED, updated)
+            return sum(per_app[h[0]].bytes for h in hosts)
+        return sum(costs.pull(h, host_kind, PLANNED, updated).bytes for h in hosts)
+
+    def total(updated: str | None = None) -> tuple[int, int, int]:
+        return (planned(updated), sum(costs.pull(h, host_kind, FLAT, updated).bytes for h in hosts),
+                sum(costs.floor(h, updated) for h in hosts))
+
+    rows = [Row("cold pull", 0, *total())]
+    if with_arrival:
+        apps = hosts[0]
+        arrivals = costs.arrivals(apps, host_key(host_kind))
+        floor = costs.arrivals(apps, lambda h: h.content)
+        sums = (sum(p.bytes for p in arrivals.values()), sum(costs.flat(a)[None].bytes for a in apps),
+                sum(p.bytes for p in floor.values()))
+        rows.append(Row("add one app (others present)", 0, *(v // len(apps) for v in sums)))
+    for cat in costs.plan.categories:
+        rows.append(Row(f"update {cat.name}", cat.changes_per_month, *total(cat.name)))
+    return rows
+
+
+def summarize(plan: Plan, host_kind: str = DOCKER, costs: PlanCosts | None = None) -> CostSummary:
+    costs = costs or PlanCosts(plan)
+    apps = tuple(sorted(plan.apps))
+    per_app = Scenario("one host per app", [(a,) for a in apps])
+    per_app.rows = _rows(costs, per_app.hosts, host_kind, with_arrival=False)
+    shared = Scenario("all apps on one host", [apps])
+    shared.rows = _rows(costs, shared.hosts, host_kind, with_arrival=len(apps) > 1)
+    sizes = layer_sizes(plan)
+    return CostSummary(host_kind, [per_app, shared], sizes.size_sources, sizes.unknown_layers)
+
+
+# ----------------------------------------------------------------------------- fleet simulation
+
+@dataclass(frozen=True)
+class EngineCosts:
+    """Fixed work per pull and per layer downloaded, beside the bytes."""
+    per_pull: float
+    per_layer: float
+    source: str          # "fleet file", "measured" or "assumed"
+
+
+# Used only when neither the fleet file nor a bench measurement gives them; said so in the output.
+ASSUMED_COSTS = EngineCosts(per_pull=0.3, per_layer=0.05, source="assumed")
+
+
+@dataclass
+class Estimate:
+    bytes: float = 0.0
+    seconds: float = 0.0
+    layers: float = 0.0
+
+    def add(self, pull: Pull, pulls: int, rate: float, bandwidth_bps: float, costs: EngineCosts) -> None:
+        self.bytes += rate * pull.bytes
+        self.layers += rate * pull.layers
+        if pull.layers:
+            self.seconds += rate * (pull.bytes * 8 / bandwidth_bps + pull.layers * costs.per_layer
+                                    + pulls * costs.per_pull)
+
+
+@dataclass
+class GroupResult:
+    name: str
+    count: int
+    apps: tuple[str, ...]
+    host_kind: str
+    bandwidth_bps: float
+    cold: dict[str, Estimate]        # variant -> one host's cold start
+    monthly: dict[str, Estimate]     # variant -> one host's updates in a month
+    floor_cold: int
+    floor_monthly: float
+    costs: EngineCosts
+
+
+def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: int, apps: tuple[str, ...],
+                   host_kind: str, bandwidth_bps: float, rates: dict[str, float],
+                   costs: EngineCosts) -> GroupResult:
+    """One host of the group, per variant. `plans`: label -> (the plan's per-node figures, variant
+    rule); the same figures serve every group of the fleet."""
+    cold: dict[str, Estimate] = {}
+    monthly: dict[str, Estimate] = {}
+    first = next(iter(plans.values()))[0]
+    for label, (plan_costs, variant) in plans.items():
+        cold[label] = Estimate()
+        cold[label].add(plan_costs.pull(apps, host_kind, variant), len(apps), 1, bandwidth_bps, costs)
+        monthly[label] = Estimate()
+        for category, rate in rates.items():
+            if rate:
+                pulls = sum(plan_costs.has_category(a, category) for a in apps)
+                monthly[label].add(plan_costs.pull(apps, host_kind, variant, category), pulls,
+                                   rate, bandwidth_bps, costs)
+    floor_monthly = sum(rate * first.floor(apps, c) for c, rate in rates.items())
+    return GroupResult(name, count, apps, host_kind, bandwidth_bps, cold, monthly,
+                       first.floor(apps), floor_monthly, costs)
+
+
+# ----------------------------------------------------------------------------- real pulls
+
+def registry_layers(ids: Ids, image: Image) -> list[HostLayer]:
+    """An image's layers as hosts pulling it see them: the blob digest, chained."""
+    return chained(ids, ((layer.digest, layer.digest, layer.size) for layer in image.layers))
+
+
+def predict_pulls(pulls: list[Image], held: list[Image], host_kind: str) -> Pull:
+    """Bytes and layers a host downloads to pull the images `pulls` (from a registry, in order)
+    while holding `held`: manifests and configs, and every layer its rule (`pulled`) does not let
+    it reuse. Exact where the cost model estimates: digests and sizes come from the registry."""
+    key, ids = host_key(host_kind), Ids()
+    have = {key(h) for image in held for h in registry_layers(ids, image)}
+    layers = pulled((h for image in pulls for h in registry_layers(ids, image)), host_kind, have)
+    return Pull(layers.bytes + sum(len(image.manifest_raw or b"") + len(image.config_raw) for image in pulls),
+                layers.layers)

@@ -1,0 +1,393 @@
+"""The stack file (`layerwise.yaml`): schema, loading, and validation with file:line errors.
+
+Loading ends in `Stack`: the validated settings plus, per app, its steps in category order with
+COPY sources digested. Everything after this module works on that and never reads YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..dockerfiles import parse_fragment, prefetch
+from ..errors import UserError
+from ..units import parse_size
+from . import contexts
+from .model import Category, Step
+
+NAME = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
+REPOSITORY = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
+TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+APP_KEYS = ("tag", "entrypoint", "cmd", "env", "workdir", "user", "expose")
+
+
+class CategorySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME)
+    owner: str = Field(min_length=1)
+    changes_per_month: float = Field(default=0.0, ge=0)
+    merge: bool = False
+
+
+class ImageNameSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=REPOSITORY)
+    tag: str = Field(default="latest", pattern=TAG)
+
+
+class AppSpec(BaseModel):
+    """App-level settings; every other key is a category and is checked by `_category_steps`."""
+
+    model_config = ConfigDict(extra="allow")
+    tag: str = Field(default="latest", pattern=TAG)
+    entrypoint: str | list[str] | None = None
+    cmd: str | list[str] | None = None
+    env: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None
+    expose: list[int | str] | int | str | None = None
+
+
+class PolicySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    registries: list[str] = Field(min_length=1)   # the registries images may come from (policy.py)
+
+
+class StackSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: PolicySpec | None = None
+    registry: str = Field(min_length=1)
+    project: str = Field(pattern=REPOSITORY)
+    base: str = Field(min_length=1)
+    categories: list[CategorySpec] = Field(min_length=1)
+    images: dict[str, ImageNameSpec] = Field(default_factory=dict)
+    apps: dict[str, AppSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A loaded, validated stack file."""
+
+    path: Path
+    registry: str
+    project: str
+    base: str
+    categories: tuple[Category, ...]
+    names: dict[str, tuple[str, str]]     # category -> (repository path, tag)
+    apps: dict[str, tuple[Step, ...]]      # app -> its steps in category order, not yet merged
+    app_tags: dict[str, str]               # app -> the human tag of its image
+    allowed_registries: tuple[str, ...] = ()   # `policy: {registries: [...]}`; empty: no policy here
+    policy_line: int | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+
+# ----------------------------------------------------------------------------- YAML with lines
+
+def _line_map(node: yaml.Node, path: tuple, lines: dict, texts: dict, depth: int = 0) -> None:
+    """Record the 1-based line of every key and item (`lines`) and of the first character of every
+    scalar's content (`texts`), keyed by its path in the loaded data: one walk of the node tree."""
+    if depth > 50:
+        return
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.ScalarNode):
+        texts.setdefault(path, _first_text_line(node))
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            lines.setdefault(sub, key.start_mark.line + 1)
+            _line_map(value, sub, lines, texts, depth + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.setdefault(path + (i,), item.start_mark.line + 1)
+            _line_map(item, path + (i,), lines, texts, depth + 1)
+
+
+def _first_text_line(node: yaml.Node) -> int:
+    """Line of a scalar's first character of content (block scalars start on the next line)."""
+    line = node.start_mark.line + 1
+    return line + 1 if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">") else line
+
+
+class Lines:
+    def __init__(self, lines: dict, text_lines: dict):
+        self._lines = lines
+        self._text = text_lines
+
+    def at(self, path: tuple) -> int | None:
+        while path:
+            if path in self._lines:
+                return self._lines[path]
+            path = path[:-1]
+        return self._lines.get((), None)
+
+    def text_line(self, path: tuple) -> int | None:
+        return self._text.get(path) or self.at(path)
+
+
+# libyaml's C parser when PyYAML was built with it (15× faster on large stack files), else Python's.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse(text: str, loader_class) -> tuple[yaml.Node | None, Any]:
+    """One parse: the node tree (for the lines) and the data constructed from that same tree."""
+    loader = loader_class(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path) -> tuple[Any, "Lines"]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError("file not found; check the path", path) from None
+    except OSError as e:
+        raise UserError(f"cannot read the file: {e.strerror}", path) from None
+    try:
+        try:
+            root, data = _parse(text, _LOADER)
+        except yaml.YAMLError:
+            # The pure-Python parser says what is wrong in more words (the character, the token);
+            # bad input is rare, so it parses again to give that message, at the same line.
+            root, data = _parse(text, yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        context = getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        if context is not None and mark is not None and context.line != mark.line:
+            problem += f" ({getattr(e, 'context', None) or 'started'} at line {context.line + 1})"
+        raise UserError(f"invalid YAML: {problem}", path, mark.line + 1 if mark else None) from None
+    lines: dict = {}
+    texts: dict = {}
+    if root is not None:
+        _line_map(root, (), lines, texts)
+    return data, Lines(lines, texts)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _data_path(data: Any, loc: tuple) -> tuple:
+    """The part of a pydantic error location that indexes into the data (drops union tags)."""
+    out = []
+    for i, part in enumerate(loc):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            if isinstance(data, dict) and i == len(loc) - 1:
+                out.append(part)  # the missing or unknown key itself
+            break
+        out.append(part)
+    return tuple(out)
+
+
+def _explain(err: dict, path: tuple) -> str:
+    where = ".".join(str(p) for p in path) or "the stack file"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {where!r}; check the spelling (see the stack file format in the README)"
+    if kind == "missing":
+        return f"missing key {where!r}"
+    return f"{where}: {err['msg']}"
+
+
+def validate_model(model: type[BaseModel], data: Any, path: Path, lines: Lines, what: str):
+    """Validate loaded YAML against a pydantic model; the first problem becomes a file:line error."""
+    if not isinstance(data, dict):
+        raise UserError(f"the file must be a mapping ({what})", path, 1)
+    try:
+        # Top-level `x-` keys hold YAML anchors for reuse, as in compose files.
+        return model.model_validate({k: v for k, v in data.items() if not str(k).startswith("x-")})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = _data_path(data, tuple(err["loc"]))
+        raise UserError(_explain(err, where), path, lines.at(where)) from None
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _category_texts(value: Any, where: tuple, path: Path,
+                    lines: Lines) -> tuple[list[tuple[str, int | None]], int | None]:
+    """Instruction texts (with their lines) and the size hint of one category value."""
+    size = None
+    if isinstance(value, dict):
+        unknown = set(value) - {"steps", "size"}
+        if unknown or "steps" not in value:
+            key = sorted(unknown)[0] if unknown else None
+            msg = (f"unknown key {key!r} in a category value; use 'steps' and 'size'" if key
+                   else "a category mapping needs 'steps:' (instruction text or a list of it)")
+            raise UserError(msg, path, lines.at(where + ((key,) if key else ())))
+        if "size" in value:
+            try:
+                size = parse_size(value["size"])
+            except ValueError as e:
+                raise UserError(str(e), path, lines.at(where + ("size",))) from None
+        where = where + ("steps",)
+        value = value["steps"]
+    items = value if isinstance(value, list) else [value]
+    texts = []
+    for i, item in enumerate(items):
+        item_where = where + (i,) if isinstance(value, list) else where
+        if not isinstance(item, str) or not item.strip():
+            raise UserError("a step must be Dockerfile instruction text, e.g. 'RUN make install'",
+                            path, lines.at(item_where))
+        texts.append((item, lines.text_line(item_where)))
+    return texts, size
+
+
+def _app_config_texts(app: AppSpec) -> list[str]:
+    """Dockerfile text for the app-level settings, in a fixed order."""
+    out = []
+    if app.env:
+        out.append("ENV " + " ".join(f"{k}={json.dumps(_env_str(v), ensure_ascii=False)}" for k, v in app.env.items()))
+    if app.workdir:
+        out.append(f"WORKDIR {app.workdir}")
+    if app.user:
+        out.append(f"USER {app.user}")
+    if app.expose is not None:
+        ports = app.expose if isinstance(app.expose, list) else [app.expose]
+        out.append("EXPOSE " + " ".join(str(p) for p in ports))
+    for key in ("entrypoint", "cmd"):
+        value = getattr(app, key)
+        if value is not None:
+            out.append(f"{key.upper()} " + (json.dumps(value) if isinstance(value, list) else value))
+    return out
+
+
+def _env_str(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _steps_of(texts, category: str, size_hint: int | None, stack_root: Path, path: Path,
+              files: dict | None = None) -> list[Step]:
+    """Steps of one category. `files`: COPY sources already resolved and digested in this load,
+    by their text (a family repeats the same COPY in many apps)."""
+    files = {} if files is None else files
+    file = str(path)
+    found = []     # (instruction text, digest, sources, size, size source), as the files say
+    for text, line in texts:
+        first = line or 1
+        for ins in parse_fragment(text, file=file, first_line=first):
+            at = first + ins.line - 1
+            if ins.keyword == "FROM":
+                raise UserError("FROM is not allowed in a category: the plan chooses each image's "
+                                "parent; put the OS image in 'base:'", path, at)
+            digest, sources, size, source = None, (), None, "unknown"
+            if ins.copy_sources:
+                if ins.copy_sources not in files:
+                    rels = contexts.resolve_sources(stack_root, ins.copy_sources, file=file, line=at)
+                    files[ins.copy_sources] = (tuple(rels), contexts.digest_files(stack_root.resolve(), rels))
+                sources, digested = files[ins.copy_sources]
+                digest, size, source = digested.digest, digested.size, "context"
+            if not ins.creates_layer:
+                size, source = 0, "empty"
+            found.append((ins.text, digest, sources, size, source))
+    if size_hint is not None:
+        found = _apply_hint(found, size_hint)
+    return [Step(instruction=text, category=category, context_digest=digest, sources=sources,
+                 size=size, size_source=source) for text, digest, sources, size, source in found]
+
+
+def _apply_hint(found: list[tuple], hint: int) -> list[tuple]:
+    """A category's `size:` is what its layers of unknown size add (RUN output), shared evenly;
+    when every layer's size is known from its files, the hint replaces those sizes.
+    `found`: (text, digest, sources, size, size source) per step."""
+    layers = [i for i, f in enumerate(found) if f[4] != "empty"]
+    targets = [i for i in layers if found[i][3] is None] or layers
+    out = list(found)
+    for n, i in enumerate(targets):
+        share = hint // len(targets) if n < len(targets) - 1 else hint - hint // len(targets) * n
+        out[i] = found[i][:3] + (share, "hint")
+    return out
+
+
+def _all_texts(apps: dict, declared: list[str]):
+    """Every step text of the stack file, read leniently (validation comes later, in order)."""
+    for app in apps.values():
+        for cat in declared:
+            value = (app.model_extra or {}).get(cat)
+            if isinstance(value, dict):
+                value = value.get("steps")
+            yield from (t for t in (value if isinstance(value, list) else [value]) if isinstance(t, str))
+        yield from _app_config_texts(app)
+
+
+def load_stack(path: str | Path) -> Stack:
+    """Read, validate and digest a stack file. Raises UserError with file:line on bad input."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "layerwise.yaml"
+    data, lines = read_yaml(path)
+    spec = validate_model(StackSpec, data, path, lines,
+                          "registry, project, base, categories and apps")
+
+    names_seen: set[str] = set()
+    for cat_index, cat in enumerate(spec.categories):
+        if cat.name in names_seen:
+            raise UserError(f"category {cat.name!r} is declared twice", path,
+                            lines.at(("categories", cat_index)))
+        if cat.name in APP_KEYS:
+            raise UserError(f"{cat.name!r} is an app setting and cannot be a category name", path,
+                            lines.at(("categories", cat_index)))
+        names_seen.add(cat.name)
+    declared = [c.name for c in spec.categories]
+
+    for key in spec.images:
+        if key not in declared:
+            raise UserError(f"images.{key}: {key!r} is not a declared category; "
+                            f"images are named by category ({', '.join(declared)})",
+                            path, lines.at(("images", key)))
+
+    prefetch(_all_texts(spec.apps, declared))
+    files: dict = {}
+    apps: dict[str, tuple[Step, ...]] = {}
+    for app_name, app in spec.apps.items():
+        if not isinstance(app_name, str) or not re.match(NAME, app_name):
+            raise UserError(f"app name {app_name!r} must be lower-case letters, digits, '.', '_' or '-'",
+                            path, lines.at(("apps", app_name)))
+        extra = app.model_extra or {}
+        for key in extra:
+            if key not in declared:
+                raise UserError(
+                    f"app {app_name!r} uses category {key!r}, which is not declared; declare it "
+                    f"under 'categories:' (declared: {', '.join(declared)})",
+                    path, lines.at(("apps", app_name, key)))
+        steps: list[Step] = []
+        for cat in declared:
+            if cat in extra:
+                where = ("apps", app_name, cat)
+                texts, size = _category_texts(extra[cat], where, path, lines)
+                steps += _steps_of(texts, cat, size, path.parent, path, files)
+        if not steps:
+            raise UserError(f"app {app_name!r} has no steps; give it at least one category",
+                            path, lines.at(("apps", app_name)))
+        config_texts = _app_config_texts(app)
+        if config_texts:
+            texts = [(t, lines.at(("apps", app_name))) for t in config_texts]
+            steps += _steps_of(texts, steps[-1].category, None, path.parent, path, files)
+        apps[app_name] = tuple(steps)
+
+    return Stack(
+        path=path,
+        registry=spec.registry.rstrip("/"),
+        project=spec.project,
+        base=spec.base,
+        categories=tuple(Category(c.name, c.owner, c.changes_per_month, c.merge) for c in spec.categories),
+        names={k: (v.name, v.tag) for k, v in spec.images.items()},
+        apps=apps,
+        app_tags={name: app.tag for name, app in spec.apps.items()},
+        allowed_registries=tuple(spec.policy.registries) if spec.policy else (),
+        policy_line=lines.at(("policy", "registries")) if spec.policy else None,
+    )
