@@ -1,11 +1,15 @@
-"""Never a half-written output: every file layerwise writes goes to a temporary name beside it
-and is renamed into place, so a reader (or a killed run) sees the old file or the new one."""
+"""Never a half-written output: every file and folder layerwise writes goes to a temporary name
+beside it and is renamed into place, so a reader (or a killed run) sees the old one or the new one."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from .errors import UserError
 
 
 def write_atomically(path: Path, data: str | bytes) -> None:
@@ -20,3 +24,27 @@ def write_atomically(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_folder(out: Path, fill: Callable[[Path], None], *, force: bool,
+                   is_ours: Callable[[Path], bool], marker: str) -> Path:
+    """Write a folder atomically: `fill` writes it beside `out`, then it is swapped in. An existing
+    `out` is replaced only when it is empty, ours (`is_ours`) or `force` is given."""
+    out = out.resolve()
+    if out.exists() and not (out.is_dir() and (force or is_ours(out) or not any(out.iterdir()))):
+        raise UserError(f"exists and is not a previous layerwise output (no {marker} from layerwise); "
+                        "choose another folder or pass --force to replace it", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        if out.exists():
+            os.rename(out, old)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return out

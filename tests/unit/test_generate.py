@@ -5,7 +5,7 @@ import os
 
 from conftest import run_cli
 from layerwise.dockerfiles import parse_instructions
-from layerwise.plan.contexts import FIXED_MTIME
+from layerwise.oci.mutate import FIXED_MTIME
 from layerwise.plan.planner import build_plan
 from layerwise.plan.spec import load_stack
 

@@ -8,8 +8,7 @@ import io
 import tarfile
 
 from layerwise.oci.layerindex import DIR, FILE, HARDLINK, SYMLINK, index_layer
-from layerwise.oci.mutate import epoch_iso, normalize_config, normalize_layer
-from layerwise.plan.contexts import FIXED_MTIME
+from layerwise.oci.mutate import FIXED_MTIME, epoch_iso, normalize_config, normalize_layer
 
 LATER = FIXED_MTIME + 86_400 * 365        # a build time after the fixed epoch
 EARLIER = FIXED_MTIME - 86_400            # a file time before it: kept, only later times are clamped

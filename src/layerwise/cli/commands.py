@@ -495,7 +495,7 @@ def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates:
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
                    quiet: bool = False, options=None, allowed: tuple[str, ...] = ()):
     from ..family.loader import load_family
-    from ..measure.bench import bench_pull, loopback_policy, write_bench_files
+    from ..measure.bench import bench_pull, loopback_policy
     from .report import bench_summary, bench_table, console
 
     out = console()
@@ -504,13 +504,35 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
     report = bench_pull(loaded.path, bps, kinds, updates=updates, say=say,
                         policy=loopback_policy(loaded, allowed), options=options)
     folder = output or loaded.root / "bench-pull"
-    write_bench_files(report, folder, bps)
+    _write_bench_files(report, folder, bps)
     if not quiet:
         out.print(bench_table(report))
         for line in bench_summary(report):
             out.print(line, highlight=False, markup=False)
         out.print(f"table, JSON and chart in {folder}/")
     return report
+
+
+def _write_bench_files(report, folder: Path, bandwidth_bps: float) -> None:
+    """bench-pull.txt (the table), .json and .svg (seconds per case) in folder, each atomically."""
+    import io
+
+    from rich.console import Console
+
+    from .report import bar_chart_svg, bench_summary, bench_table
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = Console(width=140, record=True, file=io.StringIO(), color_system=None)
+    text.print(bench_table(report))
+    for line in bench_summary(report):
+        text.print(line, highlight=False, markup=False)
+    write_atomically(folder / "bench-pull.txt", text.export_text())
+    write_atomically(folder / "bench-pull.json", json_text(report.to_dict()))
+    kinds = sorted({c.host_kind for c in report.cases})
+    labels = [f"{c.variant} {c.name}" for c in report.cases if c.host_kind == kinds[0]]
+    series = {k: [c.seconds for c in report.cases if c.host_kind == k] for k in kinds}
+    write_atomically(folder / "bench-pull.svg", bar_chart_svg(
+        f"pull time through {bandwidth_bps / 1e6:g} Mbit/s", labels, series, unit="seconds"))
 
 
 @app.command()

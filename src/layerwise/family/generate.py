@@ -4,11 +4,9 @@ docker-bake.hcl and CODEOWNERS, written to a temporary folder and renamed into p
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
-from typing import Callable
 
+from ..atomic import replace_folder
 from ..dockerfiles import render_dockerfile
 from ..errors import UserError
 from ..plan import contexts
@@ -103,30 +101,6 @@ def write_tree(plan: Plan, stack: Stack, root: Path) -> None:
     (root / "docker-bake.hcl").write_text(bake_file(plan))
     (root / "CODEOWNERS").write_text(codeowners(plan))
     contexts.fix_mtimes(root)
-
-
-def replace_folder(out: Path, fill: Callable[[Path], None], *, force: bool,
-                   is_ours: Callable[[Path], bool], marker: str) -> Path:
-    """Write a folder atomically: `fill` writes it beside `out`, then it is swapped in. An existing
-    `out` is replaced only when it is empty, ours (`is_ours`) or `force` is given."""
-    out = out.resolve()
-    if out.exists() and not (out.is_dir() and (force or is_ours(out) or not any(out.iterdir()))):
-        raise UserError(f"exists and is not a previous layerwise output (no {marker} from layerwise); "
-                        "choose another folder or pass --force to replace it", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 def generate(plan: Plan, stack: Stack, out: Path, force: bool = False) -> Path:

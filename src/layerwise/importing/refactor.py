@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic import replace_folder
 from ..dockerfiles import parse_instructions, render_dockerfile
 from ..errors import UserError
-from ..family.generate import replace_folder
 from ..plan import contexts
 from .importer import CATEGORY_ORDER, BaseImage, Dockerfile, Family, Refactored, categorize, renumber_stages
 from .importfile import IMPORT_FILE, ImportedApp, ImportedBase, ImportSet, is_import_output

@@ -349,27 +349,3 @@ def _loopback(registry: str) -> tuple[str, int]:
         raise UserError(f"bench pull needs the registry on loopback, not {registry}")
     _, _, port = where.registry.rpartition(":")
     return "127.0.0.1", int(port) if port.isdigit() else 80
-
-
-def write_bench_files(report: BenchReport, folder: Path, bandwidth_bps: float) -> None:
-    """bench-pull.txt (the table), .json and .svg (seconds per case) in folder, each atomically."""
-    import io
-
-    from rich.console import Console
-
-    from ..atomic import write_atomically
-    from ..cli.report import bar_chart_svg, bench_summary, bench_table
-    from ..jsonout import json_text
-
-    folder.mkdir(parents=True, exist_ok=True)
-    text = Console(width=140, record=True, file=io.StringIO(), color_system=None)
-    text.print(bench_table(report))
-    for line in bench_summary(report):
-        text.print(line, highlight=False, markup=False)
-    write_atomically(folder / "bench-pull.txt", text.export_text())
-    write_atomically(folder / "bench-pull.json", json_text(report.to_dict()))
-    kinds = sorted({c.host_kind for c in report.cases})
-    labels = [f"{c.variant} {c.name}" for c in report.cases if c.host_kind == kinds[0]]
-    series = {k: [c.seconds for c in report.cases if c.host_kind == k] for k in kinds}
-    write_atomically(folder / "bench-pull.svg", bar_chart_svg(
-        f"pull time through {bandwidth_bps / 1e6:g} Mbit/s", labels, series, unit="seconds"))

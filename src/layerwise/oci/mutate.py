@@ -21,8 +21,10 @@ except ImportError:   # pragma: no cover - isal is a dependency; this only guard
     from gzip import GzipFile
     GZIP_LEVEL = 6
 
-from ..plan.contexts import FIXED_MTIME
 
+# The one epoch of reproducible output (2000-01-01): layer mtimes are clamped to it, config times
+# set to it, generated context files stamped with it.
+FIXED_MTIME = 946684800
 _DROP_PAX = ("mtime", "atime", "ctime")
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..oci.mutate import FIXED_MTIME
 
 # Fixed mtime for every file of a generated context: 2000-01-01T00:00:00Z. COPY keeps mtimes,
 # so fixing them makes COPY layers byte-reproducible across builds and machines.
-FIXED_MTIME = 946684800
 _CHUNK = 1 << 20
 
 
