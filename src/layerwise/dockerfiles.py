@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-
-import dockerfile
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import dockerfile
 
 # Instructions whose result is a filesystem layer; every other one only edits the image config.
 LAYER_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
@@ -133,6 +135,8 @@ def parse_instructions(text: str, *, file: str | None = None, first_line: int = 
 
     Raises UserError naming the file and line for anything BuildKit rejects or we do not know.
     """
+    import dockerfile  # BuildKit's own parser (Go): loaded only when a Dockerfile is parsed
+
     text = text.removeprefix("\ufeff")   # BuildKit drops a byte-order mark too
     try:
         commands = dockerfile.parse_string(text)
@@ -192,6 +196,8 @@ def prefetch(texts) -> None:
     todo = [t for t in dict.fromkeys(texts) if t not in _FRAGMENTS and _one_line(t)]
     if not todo:
         return
+    import dockerfile
+
     try:
         commands = dockerfile.parse_string("\n".join(todo))
     except dockerfile.GoParseError:

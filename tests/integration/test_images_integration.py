@@ -29,7 +29,8 @@ from layerwise.oci.images import (
     open_image,
 )
 from layerwise.oci.mediatypes import OCI_INDEX
-from layerwise.oci.registry import Registry, split_reference
+from layerwise.oci.reference import Reference
+from layerwise.oci.registry import Registry
 
 BASE = f"{REGISTRY}/os/busybox:latest"
 
@@ -37,7 +38,8 @@ BASE = f"{REGISTRY}/os/busybox:latest"
 def layout_from_registry(root: Path, ref: str, nested: bool) -> dict:
     """An OCI layout assembled from the registry's own blobs (layers streamed, not held in memory).
     nested: index.json → an index of platforms (amd64: the image; arm64: a manifest not present)."""
-    host, name, tag = split_reference(ref)
+    parsed = Reference.parse(ref)
+    host, name, tag = parsed.registry, parsed.repository, parsed.reference
     with Registry(host) as reg:
         manifest = reg.manifest(name, tag)
         write_blob(root, manifest.raw)
@@ -193,7 +195,8 @@ def test_archive_of_several_images_and_layout_platforms(family):
 @pytest.mark.integration
 def test_real_registry_tags_blobs_and_missing_images(family, namespace):
     refs = family["refs"]
-    host, name, _ = split_reference(refs["app"])
+    app = Reference.parse(refs["app"])
+    host, name = app.registry, app.repository
     repo = f"t-images-{namespace}/tags"
     with Registry(host) as reg:
         manifest = reg.manifest(name, "v1")

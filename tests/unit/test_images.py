@@ -30,7 +30,7 @@ from layerwise.oci.images import (
     select_platform,
 )
 from layerwise.oci.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from layerwise.oci.registry import DigestMismatch, Registry, split_reference
+from layerwise.oci.registry import DigestMismatch, Registry
 
 
 def fake_registry(serve, image: FakeImage, tag="v1", blobs=None, manifests=None) -> Server:
@@ -410,9 +410,3 @@ def test_manifest_bytes_as_each_source_holds_them(serve, tmp_path):
     archive = legacy_archive(tmp_path / "saved.tar", [(["team/app:v1"], image)])
     with DockerArchiveImage(archive) as img:
         assert img.manifest_raw is None and img.manifest_media_type is None and img.manifest_digest is None
-
-
-def test_split_reference_with_tag_and_digest():
-    digest = "sha256:" + "a" * 64
-    assert split_reference(f"localhost:5000/a/b:v1@{digest}") == ("localhost:5000", "a/b", digest)
-    assert split_reference("localhost:5000/a/b") == ("localhost:5000", "a/b", "latest")

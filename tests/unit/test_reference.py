@@ -138,3 +138,11 @@ def test_syntax_frontend_only_in_the_leading_directives():
     assert syntax_frontend("# escape=`\n# syntax=x/y:1\nFROM a\n") == "x/y:1"
     assert syntax_frontend("FROM a\n# syntax=x/y:1\n") is None
     assert syntax_frontend("# a comment\n# syntax=x/y:1\nFROM a\n") is None
+
+
+def test_a_digest_wins_over_a_tag_and_a_missing_tag_is_latest():
+    digest = "sha256:" + "a" * 64
+    both = Reference.parse(f"localhost:5000/a/b:v1@{digest}")
+    assert (both.registry, both.repository, both.reference, both.digest) == ("localhost:5000", "a/b", digest, digest)
+    bare = Reference.parse("localhost:5000/a/b")
+    assert (bare.registry, bare.repository, bare.reference, bare.digest) == ("localhost:5000", "a/b", "latest", None)

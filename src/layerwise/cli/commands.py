@@ -112,8 +112,7 @@ def plan(stack: Path, steps: bool | None, as_json: bool) -> None:
     the_plan, _ = _plan_as_known(load_family(stack))
     summary = summarize(the_plan)
     if as_json:
-        from .report import cost_dict
-        doc = {"plan": the_plan.to_dict(), "cost": cost_dict(summary)}
+        doc = {"plan": the_plan.to_dict(), "cost": summary.to_dict()}
         sys.stdout.write(json_text(doc))
     else:
         _print_plan(the_plan, summary, steps)
@@ -230,10 +229,10 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
     STACK may also be a folder written by `layerwise import --refactor-to`."""
     from ..family.loader import load_family
     from ..family.state import with_measured_sizes
-    from ..plan.cost import FLAT, PLANNED, TREE, PlanCosts, layer_sizes, simulate_group
+    from ..plan.cost import FLAT, PLANNED, TREE, PlanCosts, fleet_dict, layer_sizes, simulate_group
     from ..plan.fleet import load_fleet
     from ..plan.spec import load_stack
-    from .report import bar_chart_svg, simulate_dict
+    from .report import bar_chart_svg
 
     loaded = load_family(stack)
     the_plan, state = _plan_as_known(loaded)
@@ -259,7 +258,7 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
                             | {"floor": [r.floor_monthly for r in results]})
         write_atomically(chart, svg)
     if as_json:
-        sys.stdout.write(json_text(simulate_dict(results, labels, rates)))
+        sys.stdout.write(json_text(fleet_dict(results, labels, rates)))
         return
     from .report import console, simulate_tables, size_note
     out = console()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import asdict
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
@@ -93,19 +92,6 @@ def size_note(summary: CostSummary) -> str:
     if summary.unknown_layers:
         note += f" ({summary.unknown_layers} unknown, counted as 0: add size: hints)"
     return note + ". Flat = every app its own build from the OS base; floor = only the changed content."
-
-
-def cost_dict(summary: CostSummary) -> dict:
-    return {
-        "size_sources": summary.size_sources,
-        "unknown_layers": summary.unknown_layers,
-        "scenarios": [
-            {"name": sc.name, "hosts": [list(h) for h in sc.hosts],
-             "rows": [asdict(r) for r in sc.rows],
-             "monthly": {k: sc.monthly(k) for k in ("flat", "planned", "floor")}}
-            for sc in summary.scenarios
-        ],
-    }
 
 
 # ----------------------------------------------------------------------------- build progress
@@ -231,28 +217,6 @@ def simulate_tables(results, labels: list[str]) -> list[Table]:
                                   for r in results)))
         tables.append(t)
     return tables
-
-
-def simulate_dict(results, labels: list[str], rates: dict) -> dict:
-    def est(e):
-        return {"bytes": round(e.bytes), "seconds": round(e.seconds, 3), "layers": round(e.layers, 3)}
-
-    return {
-        "rates": rates,
-        "groups": [
-            {"name": r.name, "count": r.count, "apps": list(r.apps), "host_kind": r.host_kind,
-             "bandwidth_bps": r.bandwidth_bps,
-             "engine_costs": {"per_pull": r.costs.per_pull, "per_layer": r.costs.per_layer,
-                              "source": r.costs.source},
-             "cold": {l: est(r.cold[l]) for l in labels}, "monthly": {l: est(r.monthly[l]) for l in labels},
-             "floor": {"cold": r.floor_cold, "monthly": round(r.floor_monthly)}}
-            for r in results
-        ],
-        "fleet": {
-            part: {l: round(sum(getattr(r, part)[l].bytes * r.count for r in results)) for l in labels}
-            for part in ("cold", "monthly")
-        },
-    }
 
 
 def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float]], unit: str = "bytes") -> str:

@@ -29,7 +29,7 @@ import httpx
 
 from ..errors import ServiceDown, UserError
 from .mediatypes import INDEX_TYPES, MANIFEST_TYPES
-from .reference import DOCKER_HUB, HUB_API_HOST, Reference, canonical_registry, host_name, is_loopback
+from .reference import DOCKER_HUB, HUB_API_HOST, canonical_registry, host_name, is_loopback
 
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 _REPO_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/")
@@ -74,13 +74,6 @@ class Manifest:
     def manifests(self) -> list[dict]:
         """The descriptors an image index / manifest list points to (empty for an image manifest)."""
         return list(json.loads(self.raw).get("manifests") or []) if self.is_index else []
-
-
-def split_reference(ref: str) -> tuple[str, str, str]:
-    """(registry, repository, tag or digest) of a reference, by reference.Reference's grammar.
-    Kept for callers on other branches; new code uses Reference.parse."""
-    parsed = Reference.parse(ref)
-    return parsed.registry, parsed.repository, parsed.reference
 
 
 # -- transport settings: TLS trust and insecure registries -----------------------------------------

@@ -31,7 +31,7 @@ import gc
 from collections import Counter
 from collections.abc import Callable, Container, Hashable, Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from .model import Plan, Step
@@ -394,6 +394,18 @@ class LayerSizes:
     size_sources: dict[str, int]     # how many layers got their size from where
     unknown_layers: int
 
+    def to_dict(self) -> dict:
+        return {
+            "size_sources": self.size_sources,
+            "unknown_layers": self.unknown_layers,
+            "scenarios": [
+                {"name": sc.name, "hosts": [list(h) for h in sc.hosts],
+                 "rows": [asdict(r) for r in sc.rows],
+                 "monthly": {k: sc.monthly(k) for k in ("flat", "planned", "floor")}}
+                for sc in self.scenarios
+            ],
+        }
+
 
 @dataclass
 class CostSummary:
@@ -401,6 +413,18 @@ class CostSummary:
     scenarios: list[Scenario]
     size_sources: dict[str, int]     # how many layers got their size from where
     unknown_layers: int
+
+    def to_dict(self) -> dict:
+        return {
+            "size_sources": self.size_sources,
+            "unknown_layers": self.unknown_layers,
+            "scenarios": [
+                {"name": sc.name, "hosts": [list(h) for h in sc.hosts],
+                 "rows": [asdict(r) for r in sc.rows],
+                 "monthly": {k: sc.monthly(k) for k in ("flat", "planned", "floor")}}
+                for sc in self.scenarios
+            ],
+        }
 
 
 def layer_sizes(plan: Plan) -> LayerSizes:
@@ -477,6 +501,9 @@ class Estimate:
             self.seconds += rate * (pull.bytes * 8 / bandwidth_bps + pull.layers * costs.per_layer
                                     + pulls * costs.per_pull)
 
+    def to_dict(self) -> dict:
+        return {"bytes": round(self.bytes), "seconds": round(self.seconds, 3), "layers": round(self.layers, 3)}
+
 
 @dataclass
 class GroupResult:
@@ -490,6 +517,27 @@ class GroupResult:
     floor_cold: int
     floor_monthly: float
     costs: EngineCosts
+
+    def to_dict(self, labels: list[str]) -> dict:
+        return {"name": self.name, "count": self.count, "apps": list(self.apps), "host_kind": self.host_kind,
+                "bandwidth_bps": self.bandwidth_bps,
+                "engine_costs": {"per_pull": self.costs.per_pull, "per_layer": self.costs.per_layer,
+                                 "source": self.costs.source},
+                "cold": {l: self.cold[l].to_dict() for l in labels},
+                "monthly": {l: self.monthly[l].to_dict() for l in labels},
+                "floor": {"cold": self.floor_cold, "monthly": round(self.floor_monthly)}}
+
+
+def fleet_dict(results: list[GroupResult], labels: list[str], rates: dict[str, float]) -> dict:
+    """`simulate --json`: the update rates, each group, and the fleet's totals (hosts × per host)."""
+    return {
+        "rates": rates,
+        "groups": [r.to_dict(labels) for r in results],
+        "fleet": {
+            part: {l: round(sum(getattr(r, part)[l].bytes * r.count for r in results)) for l in labels}
+            for part in ("cold", "monthly")
+        },
+    }
 
 
 def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: int, apps: tuple[str, ...],

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..dockerfiles import can_join, join_runs, parse_fragment, prefetch
 from ..errors import UserError
 from .model import Category, ImageNode, Plan, Step, sha256_text
-from .spec import Stack
+
+if TYPE_CHECKING:   # a type only: the planner reads no stack file itself
+    from .spec import Stack
 
 # How images are made from steps; bumped when that changes, so fingerprints (and builds) follow.
 RECIPE = "layerwise-recipe/3: legacy builder, SOURCE_DATE_EPOCH, layers normalized"
