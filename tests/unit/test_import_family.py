@@ -200,3 +200,15 @@ def test_plan_takes_an_import_folder(refactored):
     images = json.loads(r.stdout)["plan"]["images"]
     assert [(i["kind"], i["parent"] is None) for i in images] == [("base", True), ("base", False),
                                                                    ("app", False), ("app", False)]
+
+
+def test_a_family_imported_without_a_copied_file_is_refused_before_any_build(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "buildkit-family", src)   # no shared.bin in it
+    out = tmp_path / "out"
+    assert run_cli("import", str(src), "--refactor-to", str(out), "--project", "t").returncode == 0
+    result = run_cli("build", str(out), "--builder", "buildkit", "--dry-run")
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and "Dockerfile:" in line and "copies shared.bin from a build context" in line
+    assert "Traceback" not in result.stderr

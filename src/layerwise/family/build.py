@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from ..dockerfiles import parse_instructions
 from ..errors import UserError
 from ..oci.engine import BuildFailed, BuildOptions, ChosenBuilder, Engine, check_dockerfile, choose_builder
 from ..oci.images import EngineImage, Image, RegistryImage
@@ -84,8 +85,20 @@ def check_buildable(plan: Plan, stack: Family, policy: RegistryPolicy | None = N
     if isinstance(stack, Stack):
         policy.check(stack.base, "base:", stack.path)
     for img in plan.images:
-        check_dockerfile(dockerfile_of(stack, img), img.key, stack.path, chosen or ChosenBuilder("legacy"),
-                         policy)
+        text = dockerfile_of(stack, img)
+        check_dockerfile(text, img.key, stack.path, chosen or ChosenBuilder("legacy"), policy)
+        if isinstance(stack, ImportedFamily) and stack.inputs[img.key].context is None:
+            _check_needs_no_context(text, img.key, stack.inputs[img.key].dockerfile)
+
+
+def _check_needs_no_context(text: str, key: str, dockerfile: Path) -> None:
+    """An image imported without its build context can be built only if it copies nothing from one."""
+    for ins in parse_instructions(text, file=str(dockerfile)):
+        if ins.copy_sources:
+            raise UserError(f"cannot build {key}: it copies {', '.join(ins.copy_sources)} from a build context "
+                            "it was imported without (its folder lacked some COPY source); import it again "
+                            "from a folder holding every file it copies, or with --context DIR",
+                            dockerfile, ins.line)
 
 
 def select(plan: Plan, only: list[str] | None, family: Family | None = None) -> set[str]:
