@@ -14,7 +14,7 @@ import click
 
 from .. import __version__
 from ..atomic import write_atomically
-from ..errors import ServiceDown, UserError
+from ..errors import UserError
 from ..jsonout import json_text
 
 # Heavy modules (pydantic, rich, docker, httpx) are imported by the commands that use them, so
@@ -543,54 +543,9 @@ def _write_bench_files(report, folder: Path, bandwidth_bps: float) -> None:
 def demo(output: Path, bandwidth: str, builder: str, network: str, allowed: tuple[str, ...]) -> None:
     """The seed article's App1/App2 example end to end: plan, generate, build, push, run, then real
     pulls warm vs cold on a Docker Engine host, layered vs flat."""
-    from ..family.generate import generate as generate_family
-    from ..plan.cost import summarize
-    from ..plan.planner import build_plan
-    from ..plan.spec import load_stack
-    from .report import console
+    from .demo import run_demo
 
-    if not SEED_STACK.exists():
-        raise UserError("the seed example is not here (layerwise demo runs from a checkout of "
-                        "the repository)", SEED_STACK)
-    missing = [p for p in ("models/dust.model",) if not (SEED_STACK.parent / p).exists()]
-    if missing or not list((SEED_STACK.parent / "wheels").glob("*.whl")):
-        raise UserError("the seed example is not prepared; run: python3 examples/seed/prepare.py",
-                        SEED_STACK.parent)
-    from ..measure.bench import loopback_policy
-    loaded = load_stack(SEED_STACK)
-    policy = loopback_policy(loaded, allowed)      # the demo only uses the loopback registry
-    options = _build_options(builder, network)
-    the_plan = build_plan(loaded)
-    out = generate_family(the_plan, loaded, output)
-    out_console = console()
-    out_console.print(f"[bold]The seed's App1/App2 family[/] ({SEED_STACK})")
-    out_console.print(f"Generated {len(the_plan.images)} image folders, docker-bake.hcl and CODEOWNERS "
-                      f"in {out}\n")
-    code = 0
-    built = False
-    try:
-        out_console.print("[bold]Building and pushing it[/] (layerwise build --push)")
-        code = run_build(SEED_STACK, push=True, options=options, policy=policy)
-        if code == 0:
-            from ..oci.engine import Engine
-            engine = Engine(policy=policy, options=options)
-            for _, key in sorted(the_plan.apps.items()):
-                ref = the_plan.image(key).ref
-                out_console.print(f"$ docker run --network none {ref}\n"
-                                  f"{engine.run(ref).rstrip()}", highlight=False, markup=False)
-            built = True
-        the_plan, _ = _plan_as_known(loaded)
-    except ServiceDown as e:
-        out_console.print(f"[yellow]Not building: {e}[/]\nThe tree and savings below use size hints.")
-    out_console.print()
-    _print_plan(the_plan, summarize(the_plan))
-    if built:
-        from ..units import parse_bandwidth
-        out_console.print(f"\n[bold]Real pulls, as in the seed's measurement[/] (layerwise bench pull "
-                          f"--host-kind docker --no-updates --bandwidth {bandwidth})")
-        run_bench_pull(SEED_STACK, parse_bandwidth(bandwidth), ["docker"], updates=False, output=None,
-                       options=options, allowed=policy.registries)
-    sys.exit(code)
+    sys.exit(run_demo(output, bandwidth, _build_options(builder, network), allowed))
 
 
 def main() -> None:
