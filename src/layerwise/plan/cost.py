@@ -394,18 +394,6 @@ class LayerSizes:
     size_sources: dict[str, int]     # how many layers got their size from where
     unknown_layers: int
 
-    def to_dict(self) -> dict:
-        return {
-            "size_sources": self.size_sources,
-            "unknown_layers": self.unknown_layers,
-            "scenarios": [
-                {"name": sc.name, "hosts": [list(h) for h in sc.hosts],
-                 "rows": [asdict(r) for r in sc.rows],
-                 "monthly": {k: sc.monthly(k) for k in ("flat", "planned", "floor")}}
-                for sc in self.scenarios
-            ],
-        }
-
 
 @dataclass
 class CostSummary:
