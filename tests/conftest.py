@@ -50,6 +50,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           cwd=cwd, env={**os.environ, **env} if env else None)
 
 
+def write_file(path: Path, text: str) -> Path:
+    """Write text to path, making its folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def verify_cli(*args, cache: Path | None = None) -> subprocess.CompletedProcess:
+    """`layerwise verify ARGS`; `cache`: a layer-index cache of the test's own."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache)) if cache else None
+    return subprocess.run([sys.executable, "-m", "layerwise", "verify", *map(str, args)], capture_output=True,
+                          text=True, env=env)
+
+
 @pytest.fixture
 def small_seed(tmp_path):
     """A copy of the seed example with a 1 MiB model and no wheels (fast to digest and copy)."""

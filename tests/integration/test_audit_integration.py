@@ -5,24 +5,6 @@ import os
 import pytest
 
 from conftest import run_cli
-from layerwise.measure.audit import AuditedImage
-from layerwise.oci.images import LayerRef
-from layerwise.oci.layerindex import Entry, LayerIndex
-
-
-def layer(name: str, files: dict[str, str], size: int, digest: str | None = None):
-    entries = tuple(Entry(path=p, type="file", mode=0o644, uid=0, gid=0, size=len(c), sha256=c * 8, link="")
-                    for p, c in sorted(files.items()))
-    diff_id = "sha256:" + name.ljust(64, "0")
-    index = LayerIndex(diff_id=diff_id, digest=digest or diff_id, compressed_size=size,
-                       size=size, entries=entries, problems=(), compression="gzip")
-    return LayerRef(digest=digest or ("sha256:" + name.ljust(64, "1")), diff_id=diff_id, size=size,
-                    media_type="application/vnd.docker.image.rootfs.diff.tar.gzip"), index
-
-
-def image(name, *layers):
-    return AuditedImage(name, [l for l, _ in layers], [i for _, i in layers])
-
 
 STACK = """\
 registry: localhost:5000

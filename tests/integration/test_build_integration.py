@@ -159,3 +159,12 @@ def test_identical_content_built_twice_gets_identical_digests(services, write_st
     # the last RUN writes a random id, so that layer differs: content, not timestamps.
     assert digests[0][:-1] == digests[1][:-1]
     assert digests[0][-1] != digests[1][-1]
+
+
+def test_registry_down_is_one_clear_error(services, namespace, write_stack):
+    stack = write_stack(BUSYBOX_STACK.format(ns=namespace, base=f"{REGISTRY}/os/busybox:latest",
+                                             code2="RUN echo two > /app").replace("registry: localhost:5000",
+                                                                                  "registry: localhost:5999"))
+    result = run_cli("build", str(stack), "--push")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "registry localhost:5999 is not answering" in result.stderr

@@ -1,29 +1,15 @@
 """`layerwise verify`: `compare` by hand, then real builds of originals and refactorings on busybox."""
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from conftest import verify_cli, write_file
 from layerwise.errors import UserError
 from layerwise.importing.verify import compare, image_tag
 
 BUSYBOX = "localhost:5000/os/busybox:latest"
-
-
-def verify_cli(*args, cache: Path | None = None):
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache)) if cache else None   # layer indexes stay in the test
-    return subprocess.run([sys.executable, "-m", "layerwise", "verify", *map(str, args)], capture_output=True,
-                          text=True, env=env)
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 BASE_STEPS = f"""FROM {BUSYBOX}
@@ -49,16 +35,16 @@ class Family:
         self.refs: list[str] = []
         self.src = root / "src"
         for app, steps in APP_STEPS.items():
-            write(self.src / app / "Dockerfile", BASE_STEPS + steps)
-            write(self.src / app / "app.txt", f"I am {app}\n")
-            write(self.src / app / "run.sh", f"echo {app}\n")
+            write_file(self.src / app / "Dockerfile", BASE_STEPS + steps)
+            write_file(self.src / app / "app.txt", f"I am {app}\n")
+            write_file(self.src / app / "run.sh", f"echo {app}\n")
 
     def app(self, name: str) -> str:
         return f"{self.ns}-{name}"
 
     def base(self, out: Path, name: str, dockerfile: str, parent: str | None = None) -> dict:
         ref = self.ref_of(name)
-        write(out / "bases" / name / "Dockerfile", dockerfile.replace("{parent}", self.ref_of(parent)))
+        write_file(out / "bases" / name / "Dockerfile", dockerfile.replace("{parent}", self.ref_of(parent)))
         self.refs.append(ref)
         return {"name": name, "ref": ref, "dockerfile": f"bases/{name}/Dockerfile", "context": f"bases/{name}",
                 "parent": parent}
@@ -70,7 +56,7 @@ class Family:
                    context: bool = True) -> dict:
         """`{base}` in `dockerfile` becomes the ref of bases[0]."""
         name = self.app(app)
-        write(out / "apps" / name / "Dockerfile", dockerfile.replace("{base}", self.ref_of(bases[0] if bases else None)))
+        write_file(out / "apps" / name / "Dockerfile", dockerfile.replace("{base}", self.ref_of(bases[0] if bases else None)))
         self.refs += [image_tag(name, "original"), image_tag(name, "refactored")]
         return {"name": name, "original": str(self.src / source / "Dockerfile"),
                 "context": str(self.src / source) if context else None,
@@ -78,7 +64,7 @@ class Family:
 
     def import_dir(self, name: str, bases, apps) -> Path:
         out = self.root / name
-        write(out / "import.json", json.dumps({"schema": "layerwise.import/v1", "bases": bases, "apps": apps}))
+        write_file(out / "import.json", json.dumps({"schema": "layerwise.import/v1", "bases": bases, "apps": apps}))
         return out
 
     def remove_images(self) -> None:
@@ -192,11 +178,11 @@ def test_a_broken_refactoring_shows_in_the_table(family, tmp_path):
 def test_a_multi_stage_original_against_a_refactoring_on_an_extracted_build_stage(family, tmp_path):
     """The build stage becomes a base of its own (with a parent base); the final stage copies from it."""
     build_steps = "RUN mkdir -p /out && echo built > /out/tool && chmod 755 /out/tool\n"
-    write(family.src / "multi" / "Dockerfile",
+    write_file(family.src / "multi" / "Dockerfile",
           f"FROM {BUSYBOX} AS build\n{build_steps}"
           f"FROM {BUSYBOX}\nWORKDIR /srv\nCOPY --from=build /out/tool /srv/tool\nCOPY app.txt /srv/\n"
           'ENTRYPOINT ["/srv/tool"]\n')
-    write(family.src / "multi" / "app.txt", "multi\n")
+    write_file(family.src / "multi" / "app.txt", "multi\n")
     out = family.root / "multi"
     bases = [family.base(out, "os", f"FROM {BUSYBOX}\nWORKDIR /srv\n"),
              family.base(out, "build", f"FROM {BUSYBOX}\n{build_steps}")]
@@ -243,9 +229,9 @@ def engine(services):
 def test_a_dockerfile_outside_the_context_sees_the_same_files(engine, tmp_path, namespace):
     eng, refs = engine
     ctx = tmp_path / "ctx"
-    write(ctx / "a.txt", "a\n")
-    write(ctx / "Dockerfile", f"FROM {BUSYBOX}\nCOPY . /app/\n")
-    outside = write(tmp_path / "elsewhere" / "Dockerfile", f"FROM {BUSYBOX}\nCOPY . /app/\n")
+    write_file(ctx / "a.txt", "a\n")
+    write_file(ctx / "Dockerfile", f"FROM {BUSYBOX}\nCOPY . /app/\n")
+    outside = write_file(tmp_path / "elsewhere" / "Dockerfile", f"FROM {BUSYBOX}\nCOPY . /app/\n")
     tag = f"layerwise-verify/{namespace}-ctx"
     in_place = build_facts(eng, ctx, f"{tag}:in-place", refs)
     moved = build_facts(eng, ctx, f"{tag}:outside", refs, dockerfile=outside)
@@ -253,8 +239,8 @@ def test_a_dockerfile_outside_the_context_sees_the_same_files(engine, tmp_path, 
     assert {"app/a.txt", "app/Dockerfile"} <= set(moved.files) and not any(".dockerfile" in p for p in moved.files)
     # A .dockerignore that keeps itself: an explicit Dockerfile, inside the context or not, sees the
     # same (rewritten) .dockerignore, so the two builds verify compares stay comparable.
-    write(ctx / ".dockerignore", "# comment\n*.log\n")
-    write(ctx / "x.log", "ignored\n")
+    write_file(ctx / ".dockerignore", "# comment\n*.log\n")
+    write_file(ctx / "x.log", "ignored\n")
     inside = build_facts(eng, ctx, f"{tag}:inside-explicit", refs, dockerfile=ctx / "Dockerfile")
     moved = build_facts(eng, ctx, f"{tag}:outside-ignore", refs, dockerfile=outside)
     assert compare(inside, moved) == []
@@ -265,8 +251,8 @@ def test_a_dockerfile_outside_the_context_sees_the_same_files(engine, tmp_path, 
 def test_target_and_the_refusal_apply_to_the_dockerfile_used(engine, tmp_path, namespace):
     eng, refs = engine
     ctx = tmp_path / "ctx"
-    write(ctx / "Dockerfile", f"# syntax=docker/dockerfile:1\nFROM {BUSYBOX}\n")
-    two_stages = write(tmp_path / "other" / "Dockerfile",
+    write_file(ctx / "Dockerfile", f"# syntax=docker/dockerfile:1\nFROM {BUSYBOX}\n")
+    two_stages = write_file(tmp_path / "other" / "Dockerfile",
                        f"FROM {BUSYBOX} AS first\nRUN echo one > /one\nFROM {BUSYBOX}\nRUN echo two > /two\n")
     tag = f"layerwise-verify/{namespace}-target"
     first = build_facts(eng, ctx, f"{tag}:first", refs, dockerfile=two_stages, target="first")

@@ -19,6 +19,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
+from conftest import CORPORA
 from layerwise.dockerfiles import (
     can_join,
     collapse_whitespace,
@@ -29,7 +30,6 @@ from layerwise.dockerfiles import (
 )
 from layerwise.errors import UserError
 
-CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 BUILDKIT = CORPORA / "buildkit_parser_testfiles"
 SH = shutil.which("sh")
 

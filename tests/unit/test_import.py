@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import CORPORA, run_cli
 from layerwise.dockerfiles import parse_instructions
 from layerwise.errors import UserError
 from layerwise.importing.importer import categorize, import_family, read_dockerfile
 from layerwise.importing.refactor import app_dockerfile, base_dockerfile, stack_text, write_refactored
 from layerwise.plan.spec import load_stack
 
-CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 ESHOP = CORPORA / "dotnet-architecture__eShopOnContainers"
 MICRO = CORPORA / "GoogleCloudPlatform__microservices-demo"
 PYTHON = CORPORA / "docker-library__python"

@@ -1,12 +1,9 @@
 """`layerwise verify`: `compare` by hand, then real builds of originals and refactorings on busybox."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import verify_cli, write_file
 from layerwise.dockerfiles import image_references
 from layerwise.importing.verify import Difference, FileFacts, ImageFacts, compare, config_subset, facts_from, image_tag
 from layerwise.oci.layerindex import DIR, FILE, OPAQUE, SYMLINK, WHITEOUT, Entry, LayerIndex
@@ -111,18 +108,6 @@ def test_image_tags_are_valid_repository_names():
     assert image_tag("Ad_Service v2", "original") == "layerwise-verify/ad_service-v2:original"
 
 
-def verify_cli(*args, cache: Path | None = None):
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache)) if cache else None   # layer indexes stay in the test
-    return subprocess.run([sys.executable, "-m", "layerwise", "verify", *map(str, args)], capture_output=True,
-                          text=True, env=env)
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
 @pytest.mark.parametrize("doc, message", [
     (None, "holds no import.json"),
     ("{not json", "import.json:1: not valid JSON"),
@@ -137,7 +122,7 @@ def write(path: Path, text: str) -> Path:
 ])
 def test_bad_import_description_is_one_clear_line(tmp_path, doc, message):
     if doc is not None:
-        write(tmp_path / "import.json", doc if isinstance(doc, str) else json.dumps(doc))
+        write_file(tmp_path / "import.json", doc if isinstance(doc, str) else json.dumps(doc))
     result = verify_cli("--against", tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("layerwise: error: ") and message in result.stderr
@@ -145,9 +130,9 @@ def test_bad_import_description_is_one_clear_line(tmp_path, doc, message):
 
 
 def test_an_original_not_in_import_json_is_bad_input(tmp_path):
-    original = write(tmp_path / "src" / "a" / "Dockerfile", f"FROM {BUSYBOX}\n")
-    stray = write(tmp_path / "elsewhere" / "Dockerfile", f"FROM {BUSYBOX}\n")
-    write(tmp_path / "out" / "import.json", json.dumps({"schema": "layerwise.import/v1", "bases": [], "apps": [
+    original = write_file(tmp_path / "src" / "a" / "Dockerfile", f"FROM {BUSYBOX}\n")
+    stray = write_file(tmp_path / "elsewhere" / "Dockerfile", f"FROM {BUSYBOX}\n")
+    write_file(tmp_path / "out" / "import.json", json.dumps({"schema": "layerwise.import/v1", "bases": [], "apps": [
         {"name": "a", "original": str(original), "context": str(original.parent),
          "dockerfile": "apps/a/Dockerfile", "bases": []}]}))
     for given, message in ((stray, "is the original of no app in"), (tmp_path / "missing", "no such file")):
