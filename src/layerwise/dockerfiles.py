@@ -25,7 +25,8 @@ KNOWN_KEYWORDS = LAYER_KEYWORDS | {
 # Instructions whose argument is one free-form string (the rest of the line).
 _REST_KEYWORDS = frozenset({"RUN", "CMD", "ENTRYPOINT", "WORKDIR", "USER", "MAINTAINER", "STOPSIGNAL"})
 _PAIR_KEYWORDS = frozenset({"ENV", "LABEL"})
-_SYNTAX_DIRECTIVE = re.compile(r"^\s*#\s*syntax\s*=", re.IGNORECASE)
+_SYNTAX_DIRECTIVE = re.compile(r"^\s*#\s*syntax\s*=\s*(\S*)", re.IGNORECASE)
+_DIRECTIVE = re.compile(r"^\s*#\s*\w+\s*=")
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,17 @@ def _argument_problem(keyword: str, cmd: dockerfile.Command) -> str | None:
         return None   # `CMD []` is how an image clears its command
     if keyword != "FROM" and not values and not cmd.heredocs:
         return f"{keyword} needs an argument"
+    return None
+
+
+def syntax_frontend(text: str) -> str | None:
+    """The frontend image a `# syntax=` parser directive names (directives lead the file)."""
+    for line in text.removeprefix("\ufeff").splitlines():
+        match = _SYNTAX_DIRECTIVE.match(line)
+        if match:
+            return match.group(1)
+        if not _DIRECTIVE.match(line):
+            return None
     return None
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from layerwise.dockerfiles import syntax_frontend
 from layerwise.errors import UserError
-from layerwise.oci.policy import RegistryPolicy, syntax_frontend
+from layerwise.oci.policy import RegistryPolicy
 from layerwise.oci.reference import Reference, is_loopback
 
 DIGEST = "sha256:" + "ab" * 32

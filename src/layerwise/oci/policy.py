@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dockerfiles import image_references
+from ..dockerfiles import image_references, syntax_frontend
 from ..errors import UserError
 from .reference import Reference, canonical_registry
 
 ENV = "LAYERWISE_ALLOWED_REGISTRIES"
-_SYNTAX = re.compile(r"^\s*#\s*syntax\s*=\s*(\S+)", re.IGNORECASE)
-_DIRECTIVE = re.compile(r"^\s*#\s*\w+\s*=")
-
-
-def syntax_frontend(text: str) -> str | None:
-    """The frontend image a `# syntax=` parser directive names (directives lead the file)."""
-    for line in text.removeprefix("\ufeff").splitlines():
-        match = _SYNTAX.match(line)
-        if match:
-            return match.group(1)
-        if not _DIRECTIVE.match(line):
-            return None
-    return None
 
 
 @dataclass(frozen=True)
