@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..importing.importer import CATEGORY_ORDER, Dockerfile, categorize, read_dockerfile
 from ..importing.importfile import IMPORT_FILE, ImportSet, load_import
 from ..importing.refactor import CATEGORY_OWNERS
+from ..oci.reference import Reference
 from ..plan.model import Category, ImageNode, Plan, sha256_text
 from ..plan.planner import build_plan
 from ..plan.spec import Stack, load_stack
@@ -138,7 +139,8 @@ def import_plan(family: ImportedFamily, digests: dict[str, str]) -> Plan:
                         *(step.identity for step in s.steps))]
         fingerprint = sha256_text(FAMILY_RECIPE, below, *doc.global_args, *stage_texts)
         is_app = key not in used_by
-        repository, tag = (f"{family.registry}/{key}", "latest") if is_app else _split_ref(family.spec.base(key).ref)
+        ref = Reference.parse(f"{family.registry}/{key}" if is_app else family.spec.base(key).ref)
+        repository, tag = ref.name, ref.tag or "latest"
         apps = (doc.name,) if is_app else tuple(sorted(used_by[key] & set(family.apps)))
         images[key] = ImageNode(key=key, repository=repository, tag=tag, fingerprint=fingerprint,
                                 parent=parent.key if parent else None, base=base,
@@ -165,11 +167,6 @@ def _root_identity(root: str | None, images: dict[str, ImageNode], key_of_ref: d
     if image in key_of_ref:   # import.json lists bases before their users, so it is known by now
         return images[key_of_ref[image]].fingerprint if key_of_ref[image] in images else image
     return digests.get(image, "")
-
-
-def _split_ref(ref: str) -> tuple[str, str]:
-    repository, _, tag = ref.rpartition(":")
-    return (repository, tag) if "/" not in tag and repository else (ref, "latest")
 
 
 def dockerfile_of(family: Family, img: ImageNode) -> str:

@@ -101,7 +101,7 @@ def build_flat(stack: Family, plan: Plan, say: Say, *, policy: RegistryPolicy | 
             base = Reference.parse(plan.base)
             engine.pull(base.name, base.reference)
         for app, ref in sorted(refs.items()):
-            repo = ref.rsplit(":", 1)[0]
+            repo = Reference.parse(ref).name
             name, _ = _name_tag(ref)
             fp_tag = "lw-flat-" + sha256_text("flat", plan.image(plan.apps[app]).fingerprint)[:16]
             if registry.manifest_digest(name, fp_tag):
