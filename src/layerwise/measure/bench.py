@@ -155,7 +155,7 @@ def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
     """
     # Hard links keep a copy of a large context cheap; a file about to change is unlinked first.
     shutil.copytree(stack.root, dest, copy_function=os.link,
-                    ignore=shutil.ignore_patterns("layerwise.state.json", ".*.tmp-*"))
+                    ignore=shutil.ignore_patterns("layerwise.state.json", ".*.tmp-*", ".*.tmp"))  # half-written
     doc = yaml.safe_load(stack.path.read_text())
     prefix = f"{stack.project}-upd-{category}"
     doc["project"] = prefix
