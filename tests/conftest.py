@@ -96,10 +96,16 @@ def services_problem() -> str | None:
 
 def pytest_collection_modifyitems(items):
     """The tiers are folders: tests/integration/ uses the real engine and registry (and is marked
-    `integration`, so `-m "not integration"` selects the rest too); tests/unit/ must never need them."""
+    `integration`, so `-m "not integration"` selects the rest too); tests/faults/ breaks things on
+    purpose (marked `faults`, and `integration` too where it uses the services), so `-m faults` runs it
+    alone; tests/unit/ must never need the services."""
     misplaced = []
     for item in items:
-        if "integration" in item.path.parts:
+        if "faults" in item.path.parts:
+            item.add_marker(pytest.mark.faults)
+            if "services" in item.fixturenames:
+                item.add_marker(pytest.mark.integration)
+        elif "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
         elif "services" in item.fixturenames or item.get_closest_marker("integration") is not None:
             misplaced.append(item.nodeid)
