@@ -394,3 +394,80 @@ def tls_registry(tmp_path):
     registry = TLSRegistry(folder)
     yield registry
     registry.stop()
+
+
+# -- a plain-HTTP registry of a test's own (the faults tier kills it, fills its disk, restarts it) -----
+
+class LocalRegistry:
+    """The distribution registry on 127.0.0.1:PORT over `storage`, logging every request (level info)
+    to `log_path`, so a test can count blob uploads. `htpasswd`: require basic auth. stop() and
+    start() keep the port and storage: the same registry, restarted."""
+
+    def __init__(self, root: Path, storage: Path | None = None, port: int | None = None,
+                 htpasswd: Path | None = None):
+        self.root = root
+        self.storage = storage or root / "data"
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.log_path = root / "registry.log"
+        auth = f"auth:\n  htpasswd: {{realm: layerwise-test, path: {htpasswd}}}\n" if htpasswd else ""
+        (root / "config.yml").write_text(textwrap.dedent(f"""\
+            version: 0.1
+            log: {{level: info, accesslog: {{disabled: false}}}}
+            storage:
+              filesystem: {{rootdirectory: {self.storage}}}
+              delete: {{enabled: true}}
+            http:
+              addr: 127.0.0.1:{self.port}
+            """) + auth)
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        import time
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(["docker-registry", "serve", str(self.root / "config.yml")],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(200):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {self.log_path.read_text()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("docker-registry did not start")
+
+    def kill(self) -> None:
+        """SIGKILL, by its PID: no clean shutdown, as a crash or an OOM kill."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def blob_uploads(self) -> list[str]:
+        """Digests of the blobs uploaded so far (each completed PUT …/blobs/uploads/…?digest=…), in order."""
+        import re
+        text = self.log_path.read_text(errors="replace")
+        return re.findall(r'"PUT /v2/[^ ]*/blobs/uploads/[^ "]*[?&]digest=(sha256(?::|%3A)[a-f0-9]{64})[^"]*" 201',
+                          text.replace("%3A", ":"))
+
+
+@pytest.fixture
+def local_registry(tmp_path):
+    """A registry of the test's own on a free loopback port (never the shared :5000 one)."""
+    import shutil
+    if not shutil.which("docker-registry"):
+        pytest.skip("the docker-registry binary is not installed (scripts/setup installs it)")
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    registry = LocalRegistry(folder)
+    yield registry
+    registry.stop()
