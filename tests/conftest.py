@@ -176,10 +176,11 @@ class FakeImage:
 
 class Server:
     """ThreadingHTTPServer on 127.0.0.1:0; `handle(method, path, query, headers)` → (status, headers, body).
-    Every request is recorded as (method, path, query, headers)."""
+    Every request is recorded as (method, path, query, headers), its body in `bodies`."""
 
     def __init__(self, handle):
         self.requests: list[tuple[str, str, dict, dict]] = []
+        self.bodies: list[bytes] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -187,6 +188,8 @@ class Server:
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
                 headers = dict(self.headers.items())
+                length = int(self.headers.get("Content-Length") or 0)
+                outer.bodies.append(self.rfile.read(length) if length else b"")   # an upload's bytes
                 outer.requests.append((self.command, parts.path, query, headers))
                 status, extra, body = handle(self.command, parts.path, query, headers)
                 self.send_response(status)
@@ -471,3 +474,94 @@ def local_registry(tmp_path):
     registry = LocalRegistry(folder)
     yield registry
     registry.stop()
+
+
+# -- a stalled link: a loopback TCP proxy that stops passing bytes mid-stream -----------------------
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1:PORT in front of 127.0.0.1:`target_port`. A connection passes bytes
+    until it has sent `down_after` bytes to the client (or taken `up_after` from it), then stalls:
+    it stays open and passes nothing more, as a link that stops sending (or taking) mid-blob. After
+    `stalls` stalls (None: never) connections pass everything. `stalled` counts the stalls;
+    `bytes_up` counts what clients sent through."""
+
+    def __init__(self, target_port: int, *, down_after: int | None = None, up_after: int | None = None,
+                 stalls: int | None = None):
+        self.target_port, self.down_after, self.up_after, self.stalls = target_port, down_after, up_after, stalls
+        self.stalled = 0
+        self.bytes_up = 0
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._sockets += [client, upstream]
+            done = threading.Event()
+            threading.Thread(target=self._pump, args=(upstream, client, self.down_after, done, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, self.up_after, done, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, limit: int | None, done: threading.Event,
+              upward: bool) -> None:
+        passed = 0
+        try:
+            while not done.is_set():
+                want = 65536 if limit is None else min(65536, limit - passed)
+                if want <= 0:
+                    with self._lock:
+                        spent = self.stalls is not None and self.stalled >= self.stalls
+                        self.stalled += not spent
+                    if spent:                          # enough stalls: pass the rest
+                        limit = None
+                        continue
+                    # the stall: keep the connection, pass nothing
+                    while not done.wait(0.1) and not self._closed.is_set():
+                        pass
+                    return
+                data = source.recv(want)
+                if not data:
+                    break
+                sink.sendall(data)
+                passed += len(data)
+                if upward:
+                    with self._lock:
+                        self.bytes_up += len(data)
+        except OSError:
+            pass
+        done.set()
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                s.close()
+
+
+@pytest.fixture
+def stalling_proxy():
+    proxies = []
+
+    def start(target_port: int, **kw) -> StallingProxy:
+        proxy = StallingProxy(target_port, **kw)
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()

@@ -745,8 +745,8 @@ def credential_helper_note(host: str) -> str | None:
 class _ResumingBody:
     """read(n) over a blob's HTTP body. When the link stalls or breaks mid-blob, it asks again from
     the byte it got to (a Range request; a registry that ignores Range resends from 0 and the bytes
-    already had are skipped), after the registry's back-off, up to its retries; then one error
-    naming the registry, the blob and the bytes received."""
+    already had are skipped), after the registry's back-off, up to its retries in a row without a
+    byte of progress; then one error naming the registry, the blob and the bytes received."""
 
     def __init__(self, registry: Registry, url: str, what: str, response: httpx.Response, size: int | None):
         self._registry, self._url, self._what, self._size = registry, url, what, size
@@ -754,6 +754,7 @@ class _ResumingBody:
         self._chunks = response.iter_bytes()
         self._rest = b""
         self._got = 0
+        self._got_before = 0                   # bytes received when it last stalled
         self._attempt = 0
 
     def read(self, n: int) -> bytes:
@@ -771,6 +772,8 @@ class _ResumingBody:
     def _resume(self, error: httpx.TransportError) -> None:
         registry = self._registry
         self._response.close()
+        if self._got > self._got_before:       # it moved on since the last stall: a fresh set of retries
+            self._attempt, self._got_before = 0, self._got
         of = f" of {self._size}" if self._size is not None else ""
         failed = (f"registry {registry.host} failed sending {self._what}: {self._got}{of} bytes received, "
                   f"then {link_problem(error, registry.timeout)}")
