@@ -482,13 +482,16 @@ class StallingProxy:
     """A TCP proxy on 127.0.0.1:PORT in front of 127.0.0.1:`target_port`. A connection passes bytes
     until it has sent `down_after` bytes to the client (or taken `up_after` from it), then stalls:
     it stays open and passes nothing more, as a link that stops sending (or taking) mid-blob. After
-    `stalls` stalls (None: never) connections pass everything. `stalled` counts the stalls;
-    `bytes_up` counts what clients sent through."""
+    `stalls` stalls (None: never) connections pass everything. `dead`: after the first stall every
+    connection stalls at once, as a link that went down for good; heal() lets everything through
+    again. `stalled` counts the stalls; `bytes_up` counts what clients sent through."""
 
     def __init__(self, target_port: int, *, down_after: int | None = None, up_after: int | None = None,
-                 stalls: int | None = None):
+                 stalls: int | None = None, dead: bool = False):
         self.target_port, self.down_after, self.up_after, self.stalls = target_port, down_after, up_after, stalls
+        self.dead = dead
         self.stalled = 0
+        self.healed = False
         self.bytes_up = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -517,9 +520,11 @@ class StallingProxy:
         try:
             while not done.is_set():
                 want = 65536 if limit is None else min(65536, limit - passed)
+                if self.dead and self.stalled and not self.healed:
+                    want = 0
                 if want <= 0:
                     with self._lock:
-                        spent = self.stalls is not None and self.stalled >= self.stalls
+                        spent = self.healed or self.stalls is not None and self.stalled >= self.stalls
                         self.stalled += not spent
                     if spent:                          # enough stalls: pass the rest
                         limit = None
@@ -544,6 +549,10 @@ class StallingProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def heal(self) -> None:
+        """From now on pass everything (connections stalled already stay stalled)."""
+        self.healed = True
 
     def close(self) -> None:
         self._closed.set()

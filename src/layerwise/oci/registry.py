@@ -428,23 +428,28 @@ class Registry:
         what = f"blob {self.host}/{name}@{digest}"
         start = data.tell() if not isinstance(data, bytes) and _seekable(data) else None
         attempt = 0
+        broke = ""                             # how the last try ended, for the error line
         while True:
             sent = [0]
             try:
                 self._upload_once(name, digest, _counted(data, sent, size, progress), size, what)
                 return
-            except _UploadBroken as broken:
+            except _UploadBroken as e:
+                tries = f", tried {attempt + 1} times" if attempt else ""
+                broke = (f"registry {self.host} failed the upload of {what}: {sent[0]} of {size} bytes sent, "
+                         f"then {link_problem(e.error, self.timeout)}{tries}")
                 if (isinstance(data, bytes) or start is not None) and attempt < self.retries:
                     self._sleep(attempt)
                     attempt += 1
                     if start is not None:
                         data.seek(start)
                     continue
-                tries = f", tried {attempt + 1} times" if attempt else ""
-                raise LinkBroken(f"registry {self.host} failed the upload of {what}: {sent[0]} of {size} bytes "
-                                 f"sent, then {link_problem(broken.error, self.timeout)}{tries}; nothing was "
-                                 "tagged: run the command again when the registry answers (what it holds "
-                                 "is not sent again)") from None
+            except LinkBroken:
+                if not broke:
+                    raise
+                broke += ", and then it no longer answered"
+            raise LinkBroken(f"{broke}; nothing was tagged: run the command again when the registry answers "
+                             "(what it holds is not sent again)") from None
 
     def _upload_once(self, name: str, digest: str, body, size: int, what: str) -> None:
         response = self._request("POST", f"/v2/{name}/blobs/uploads/", what)
