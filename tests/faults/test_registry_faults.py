@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -181,8 +182,10 @@ def test_registry_storage_full(services, tmp_path, tmpfs):
         fault_seconds = time.monotonic() - started
         line = one_error_line(failed.stderr)
         assert failed.returncode == 2
-        assert f"registry {registry.host} answered HTTP 5" in line and "faults-registry-full/app1@sha256:" in line
-        assert not tags_in(registry, "faults-registry-full/app1")        # nothing tagged
+        assert f"registry {registry.host} answered HTTP 500 for blob {registry.host}/faults-registry-full/" in line
+        assert line.endswith("no space left on device; its storage is full: free space there, then run the "
+                             "command again")
+        assert all_tags(registry) == {}                                   # nothing tagged
         before = registry.blob_uploads()
 
         subprocess.run(["mount", "-o", "remount,size=256m", str(tmpfs)], check=True)   # space freed
@@ -190,13 +193,128 @@ def test_registry_storage_full(services, tmp_path, tmpfs):
         rerun = run_cli("build", str(stack), "--push", "--json")
         rerun_seconds = time.monotonic() - started
         assert rerun.returncode == 0, rerun.stderr
-        (app,) = json.loads(rerun.stdout)["images"]
-        assert app["status"] == "built"
+        images = json.loads(rerun.stdout)["images"]
+        assert [i["status"] for i in images] == ["built", "built"]
         assert tags_of(registry.host, {"faults-registry-full/app1:latest": ""}) == {
-            "faults-registry-full/app1:latest": app["digest"]}
+            "faults-registry-full/app1:latest": next(i["digest"] for i in images if i["key"].endswith("/app1"))}
         again = registry.blob_uploads()[len(before):]
         assert not set(again) & set(before)                               # what fitted is not sent again
         print(f"\nstorage full: {line}\nfaulty run {fault_seconds:.1f} s; rerun {rerun_seconds:.1f} s, pushed "
               f"{sum(blob_size(registry, d) for d in again)} bytes in {len(again)} blobs")
     finally:
         registry.stop()
+
+
+def all_tags(registry: LocalRegistry) -> dict[str, list[str]]:
+    """Every repository that has a tag → its tags, from the registry's storage."""
+    root = registry.storage / "docker/registry/v2/repositories"
+    found = {str(p.parent.parent.relative_to(root)): sorted(t.name for t in p.iterdir())
+             for p in root.rglob("_manifests/tags")} if root.is_dir() else {}
+    return {repo: tags for repo, tags in found.items() if tags}
+
+
+# -- 3. a stalled link: a proxy that stops passing bytes mid-blob, for pulls and pushes ---------------
+
+STALL_TIMEOUT = "1"             # seconds, through LAYERWISE_REGISTRY_TIMEOUT: the tests stay short
+NO_HANG = 120                   # a guard: a run that hangs fails here instead of blocking the suite
+
+
+def layerwise(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layerwise", *args], capture_output=True, text=True,
+                          env={**os.environ, TIMEOUT_VARIABLE: STALL_TIMEOUT, **(env or {})}, timeout=NO_HANG)
+
+
+def copy_image(source: str, repository: str, tag: str, target: str) -> str:
+    """Copy repository:tag (a plain manifest) from one registry to another; its manifest digest."""
+    with Registry(source) as src, Registry(target) as dst:
+        manifest = src.manifest(repository, tag)
+        for digest, size in [(manifest.config_digest, manifest.config_size),
+                             *((l.digest, l.size) for l in manifest.layers)]:
+            dst.upload_blob(repository, digest, src.blob(repository, digest), size)
+        return dst.put_manifest_bytes(repository, tag, manifest.raw, manifest.media_type)
+
+
+def test_audit_of_a_blob_that_stalls(services, local_registry, stalling_proxy, tmp_path):
+    from conftest import FakeImage
+    from layerwise.oci.mediatypes import DOCKER_MANIFEST
+    image = FakeImage({"weights.bin": os.urandom(3 << 20)})              # one 3 MiB layer blob
+    with Registry(local_registry.host) as reg:
+        for digest, blob in image.blobs.items():
+            reg.upload_blob("faults-registry/stall", digest, blob, len(blob))
+        reg.put_manifest_bytes("faults-registry/stall", "v1", image.manifest_raw, DOCKER_MANIFEST)
+    layer = image.manifest["layers"][0]["digest"]
+    proxy = stalling_proxy(local_registry.port, down_after=1 << 20, dead=True)   # stops after 1 MiB, for good
+    ref = f"{proxy.host}/faults-registry/stall:v1"
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    started = time.monotonic()
+    stalled = layerwise("audit", ref, "--json", env=cache)
+    seconds = time.monotonic() - started
+    assert stalled.returncode == 1, stalled.stderr
+    (audited,) = json.loads(stalled.stdout)["images"]
+    error = audited["error"]
+    assert "\n" not in error and "Traceback" not in stalled.stderr
+    assert f"registry {proxy.host} failed sending " in error and layer in error and re.search(rf"\d+ of {image.manifest['layers'][0]['size']} bytes received", error), error
+    assert f"it sent nothing for {STALL_TIMEOUT} s ({TIMEOUT_VARIABLE})" in error
+
+    proxy.heal()                                                           # the link is back: nothing lost
+    rerun = layerwise("audit", ref, "--json", env=cache)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    (audited,) = json.loads(rerun.stdout)["images"]
+    assert audited["error"] is None and audited["layers"] == 1
+    assert audited["bytes"] == image.manifest["layers"][0]["size"]
+    print(f"\naudit, stalled link: one error after {seconds:.1f} s: {error}")
+
+
+def test_push_of_a_blob_that_stalls(services, stalling_proxy, local_registry, tmp_path):
+    proxy = stalling_proxy(local_registry.port, up_after=6 << 20, dead=True)    # takes 6 MiB, then nothing
+    stack = small_stack(tmp_path / "stack", proxy.host, "faults-registry-stall", mib=16)
+    started = time.monotonic()
+    stalled = layerwise("build", str(stack), "--push")
+    seconds = time.monotonic() - started
+    line = one_error_line(stalled.stderr)
+    assert stalled.returncode == 2
+    assert re.search(rf"registry {proxy.host} failed the upload of blob {proxy.host}/faults-registry-stall/"
+                     rf"data-[0-9a-f]+@sha256:[0-9a-f]{{64}}: \d+ of \d+ bytes sent, then it (took|sent) nothing for "
+                     rf"{STALL_TIMEOUT} s \({TIMEOUT_VARIABLE}\)", line), line
+    assert "nothing was tagged" in line
+    assert all_tags(local_registry) == {}
+
+    proxy.heal()
+    rerun = layerwise("build", str(stack), "--push", "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(all_tags(local_registry)) == sorted(i["key"] for i in json.loads(rerun.stdout)["images"])
+    print(f"\npush, stalled link: one error after {seconds:.1f} s: {line}")
+
+
+def test_copy_of_a_base_image_whose_blob_stalls(services, stalling_proxy, local_registry, tmp_path):
+    """The OS base lives on another registry, reached over a link that stalls mid-layer: the
+    build copies the base's layers from there into the family's registry."""
+    import docker
+    base_registry = LocalRegistry(write_dir(tmp_path / "base-registry"))
+    base = None
+    try:
+        copy_image("localhost:5000", "os/busybox", "latest", base_registry.host)
+        proxy = stalling_proxy(base_registry.port, down_after=256 << 10, dead=True)
+        base = f"{proxy.host}/os/busybox:latest"
+        docker.from_env().images.get(BUSYBOX).tag(base)                 # the engine has it: no engine pull
+        stack = small_stack(tmp_path / "stack", local_registry.host, "faults-registry-base", mib=1, base=base)
+        started = time.monotonic()
+        stalled = layerwise("build", str(stack), "--push")
+        seconds = time.monotonic() - started
+        line = one_error_line(stalled.stderr)
+        assert stalled.returncode == 2
+        assert re.search(rf"registry {proxy.host} failed sending layer 1/1 \(sha256:[0-9a-f]{{64}}\) of image {base}: "
+                         rf"\d+ of \d+ bytes received, then it sent nothing for {STALL_TIMEOUT} s \({TIMEOUT_VARIABLE}\); "
+                         rf"asked again from there, it sent nothing for {STALL_TIMEOUT} s", line), line
+        assert all_tags(local_registry) == {}
+
+        proxy.heal()
+        rerun = layerwise("build", str(stack), "--push")
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert "faults-registry-base/app1" in all_tags(local_registry)
+        print(f"\nbase copy, stalled link: one error after {seconds:.1f} s: {line}")
+    finally:
+        if base:
+            docker.from_env().images.remove(base, noprune=True)           # the tag only
+        base_registry.stop()

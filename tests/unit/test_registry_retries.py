@@ -3,6 +3,7 @@ when a blob stops flowing mid-way (a StallingProxy in front of a small fake regi
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 
@@ -18,6 +19,7 @@ from layerwise.oci.registry import (
     Registry,
     backoff_delay,
     link_problem,
+    registry_answer,
     registry_timeout,
 )
 
@@ -156,3 +158,13 @@ def test_an_upload_from_a_stream_that_stalls_is_one_error_with_the_bytes_sent(se
                      rf"\d+ of {len(BIG)} bytes sent, then it (took|sent) nothing for 0.3 s", message), message
     assert "nothing was tagged" in message and "\n" not in message
     assert stored == {} and proxy.stalled == 1
+
+
+def test_a_registry_answer_is_one_line_that_keeps_its_end():
+    body = json.dumps({"errors": [{"code": "UNKNOWN", "message": "unknown error",
+                                   "detail": "write /var/lib/registry/" + "x/" * 200 + "data: no space left on device"}]})
+    answer = registry_answer(body)
+    assert answer.startswith("UNKNOWN: unknown error: write /var/lib/registry/x/")
+    assert answer.endswith("data: no space left on device") and " … " in answer and len(answer) < 260
+    assert registry_answer('{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}') == "BLOB_UNKNOWN: blob unknown"
+    assert registry_answer("<html>\n  <b>Bad  gateway</b>\n</html>") == "<html> <b>Bad gateway</b> </html>"

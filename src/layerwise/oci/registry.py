@@ -169,7 +169,12 @@ def link_problem(error: httpx.TransportError, timeout: float) -> str:
 
 
 class LinkBroken(ServiceDown):
-    """The registry stopped answering, stalled or dropped the connection (after the retries)."""
+    """The registry stopped answering, stalled or dropped the connection (after the retries).
+    `problem`: what happened on the link, without naming the request."""
+
+    def __init__(self, message: str, problem: str = ""):
+        super().__init__(message)
+        self.problem = problem or message
 
 
 class Registry:
@@ -240,12 +245,14 @@ class Registry:
                     self._sleep(attempt)
                     attempt += 1
                     continue
+                tries = f" (tried {attempt + 1} times)" if attempt else ""
                 if isinstance(e, httpx.ConnectError):
                     raise LinkBroken(f"registry {self.host} is not answering ({type(e).__name__}) for {what}; "
-                                     "start it (scripts/services start) or check the registry address") from None
-                tries = f" (tried {attempt + 1} times)" if attempt else ""
-                raise LinkBroken(f"registry {self.host} failed {what}: {link_problem(e, self.timeout)}{tries}; "
-                                 "check the registry and the link, then run the command again") from None
+                                     "start it (scripts/services start) or check the registry address",
+                                     f"it is not answering ({type(e).__name__}){tries}") from None
+                problem = f"{link_problem(e, self.timeout)}{tries}"
+                raise LinkBroken(f"registry {self.host} failed {what}: {problem}; "
+                                 "check the registry and the link, then run the command again", problem) from None
             if response.status_code == 401 and not answered_challenge and replayable and own_host \
                     and response.headers.get("WWW-Authenticate"):
                 challenge = response.headers["WWW-Authenticate"]
@@ -535,8 +542,25 @@ class Registry:
 
     def _check(self, response: httpx.Response, what: str) -> None:
         if response.status_code >= 400:
-            detail = self._redact(response.text[:200].strip())
-            raise UserError(f"registry {self.host} answered HTTP {response.status_code} for {what}: {detail}")
+            answer = registry_answer(self._redact(response.text[:4000]))
+            full = "; its storage is full: free space there, then run the command again" \
+                if "no space left on device" in answer else ""
+            raise UserError(f"registry {self.host} answered HTTP {response.status_code} for {what}: {answer}{full}")
+
+
+def registry_answer(text: str, limit: int = 240) -> str:
+    """A registry's error body as one line: the distribution API's {"errors": [{code, message,
+    detail}]} as 'CODE: message: detail', else the text; whitespace folded, and a long answer cut
+    in the middle (the end says what happened: "…: no space left on device")."""
+    try:
+        errors = json.loads(text).get("errors")
+        parts = [": ".join(str(x) for x in (e.get("code"), e.get("message"), e.get("detail")) if x)
+                 for e in errors if isinstance(e, dict)]
+        text = "; ".join(p for p in parts if p) or text
+    except (ValueError, AttributeError, TypeError):
+        pass
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit // 3] + " … " + text[-(limit - limit // 3):]
 
 
 def _fatal_transport_error(error: httpx.TransportError, host: str) -> str | None:
@@ -791,7 +815,8 @@ class _ResumingBody:
             response = registry._request("GET", self._url, self._what, stream=True, follow_redirects=True,
                                          headers={"Accept-Encoding": "identity", "Range": f"bytes={self._got}-"})
         except LinkBroken as e:
-            raise LinkBroken(f"{failed}; asking again: {e}") from None
+            raise LinkBroken(f"{failed}; asked again from there, {e.problem}; check the registry and the link, "
+                             "then run the command again") from None
         self._response = response
         if response.status_code == 206:
             self._chunks = response.iter_bytes()
