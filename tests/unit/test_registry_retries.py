@@ -168,3 +168,25 @@ def test_a_registry_answer_is_one_line_that_keeps_its_end():
     assert answer.endswith("data: no space left on device") and " … " in answer and len(answer) < 260
     assert registry_answer('{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}') == "BLOB_UNKNOWN: blob unknown"
     assert registry_answer("<html>\n  <b>Bad  gateway</b>\n</html>") == "<html> <b>Bad gateway</b> </html>"
+
+
+def test_an_upload_sent_to_another_host_carries_no_credentials(serve, tmp_path, monkeypatch):
+    """A registry may hand out an upload URL on another host (a storage front): the user's
+    credentials stay with the registry they belong to."""
+    import base64
+    storage = serve(lambda method, path, query, headers: (201, {}, b""))
+    auth = "Basic " + base64.b64encode(b"lw-user:lw-secret").decode()
+
+    def front(method, path, query, headers):
+        if headers.get("Authorization") != auth:
+            return 401, {"WWW-Authenticate": 'Basic realm="r"'}, b""
+        return 202, {"Location": f"http://{storage.host}/upload/u1?_state=s"}, b""
+
+    registry = serve(front)
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {registry.host: {
+        "auth": base64.b64encode(b"lw-user:lw-secret").decode()}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    with Registry(registry.host, backoff=0.01) as reg:
+        reg.upload_blob("team/app", sha256(b"data"), b"data", 4)
+    assert storage.bodies == [b"data"]
+    assert [h.get("Authorization") for m, p, q, h in storage.requests] == [None]

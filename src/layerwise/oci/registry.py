@@ -465,9 +465,11 @@ class Registry:
         # The upload URL carries its own query (_state); httpx's params= would replace it.
         location += ("&" if "?" in location else "?") + "digest=" + digest.replace(":", "%3A")
         # Sent once, here: a broken or stalled body is retried by upload_blob, from its start.
+        target = self._http.base_url.join(location)
+        own_host = target.netloc == self._http.base_url.netloc        # never send our auth elsewhere
         request = self._http.build_request("PUT", location, content=body, headers={
             "Content-Type": "application/octet-stream", "Content-Length": str(size),
-            **self._authorization(_scope(self._http.base_url.join(location), "PUT"))})
+            **(self._authorization(_scope(target, "PUT")) if own_host else {})})
         try:
             response = self._http.send(request)
         except httpx.TransportError as e:
