@@ -76,9 +76,13 @@ def test_registry_killed_while_the_model_layer_uploads(services, big_seed, tmp_p
     finally:
         clean.stop()
 
-    # The same registry address over empty storage: the run the registry dies in.
+    # The same registry address over storage holding only last release's human tags (a busybox
+    # stands in for it): the run the registry dies in.
     registry = LocalRegistry(write_dir(tmp_path / "faulty"), port=port)
     try:
+        released = {ref: copy_image("localhost:5000", "os/busybox", "latest", registry.host, to=ref)
+                    for ref in ("ai-tools/env-anaconda-dust:runtime", f"{project}/app1:latest")}
+        seeded = len(registry.blob_uploads())
         stack = seed_for(big_seed, registry, project)
         uploads = registry.storage / "docker/registry/v2/repositories/ai-tools/env-anaconda-dust/_uploads"
         started = time.monotonic()
@@ -101,22 +105,23 @@ def test_registry_killed_while_the_model_layer_uploads(services, big_seed, tmp_p
         fault_seconds = time.monotonic() - started
 
         registry.start()                                     # the same storage, the same address
-        before = registry.blob_uploads()
+        before = registry.blob_uploads()[seeded:]
         human = {f"{k}:{t}": expected[k] for k, t in (("library/python3", "latest"), ("ai-tools/env-anaconda", "12"),
                                                      ("ai-tools/env-anaconda-dust", "runtime"),
                                                      (f"{project}/app1", "latest"), (f"{project}/app2", "latest"))}
         after_fault = tags_of(registry.host, human)
-        # No tag moved: what was finished carries the uninterrupted digests, the rest no tag at all.
-        assert after_fault["ai-tools/env-anaconda-dust:runtime"] is None
-        assert after_fault[f"{project}/app1:latest"] is None and after_fault[f"{project}/app2:latest"] is None
-        assert all(d is None or d == human[ref] for ref, d in after_fault.items()), after_fault
-        assert not tags_in(registry, "ai-tools/env-anaconda-dust")     # not even its fingerprint tag
+        # No tag moved: last release's still point where they did, what was finished carries the
+        # uninterrupted digests, the rest has no tag at all.
+        assert {ref: after_fault[ref] for ref in released} == released
+        assert after_fault[f"{project}/app2:latest"] is None
+        assert all(d in (None, human[ref], released.get(ref)) for ref, d in after_fault.items()), after_fault
+        assert tags_in(registry, "ai-tools/env-anaconda-dust") == ["runtime"]   # not even its fingerprint tag
 
         started = time.monotonic()
         rerun = run_cli("build", str(stack), "--push", "--json")
         rerun_seconds = time.monotonic() - started
         assert rerun.returncode == 0, rerun.stderr
-        again = registry.blob_uploads()[len(before):]
+        again = registry.blob_uploads()[seeded + len(before):]
         assert not set(again) & set(before), "a blob pushed before the kill was pushed again"
         assert sorted(before + again) == sorted(full_uploads)  # together: exactly the full push, once each
         assert {r["key"]: r["digest"] for r in json.loads(rerun.stdout)["images"]} == expected
@@ -224,14 +229,16 @@ def layerwise(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
                           env={**os.environ, TIMEOUT_VARIABLE: STALL_TIMEOUT, **(env or {})}, timeout=NO_HANG)
 
 
-def copy_image(source: str, repository: str, tag: str, target: str) -> str:
-    """Copy repository:tag (a plain manifest) from one registry to another; its manifest digest."""
+def copy_image(source: str, repository: str, tag: str, target: str, to: str | None = None) -> str:
+    """Copy repository:tag (a plain manifest) from one registry to another, as `to` (REPOSITORY:TAG)
+    when given; its manifest digest."""
+    to_repository, to_tag = (to or f"{repository}:{tag}").rsplit(":", 1)
     with Registry(source) as src, Registry(target) as dst:
         manifest = src.manifest(repository, tag)
         for digest, size in [(manifest.config_digest, manifest.config_size),
                              *((l.digest, l.size) for l in manifest.layers)]:
-            dst.upload_blob(repository, digest, src.blob(repository, digest), size)
-        return dst.put_manifest_bytes(repository, tag, manifest.raw, manifest.media_type)
+            dst.upload_blob(to_repository, digest, src.blob(repository, digest), size)
+        return dst.put_manifest_bytes(to_repository, to_tag, manifest.raw, manifest.media_type)
 
 
 def test_audit_of_a_blob_that_stalls(services, local_registry, stalling_proxy, tmp_path):
