@@ -176,10 +176,11 @@ class FakeImage:
 
 class Server:
     """ThreadingHTTPServer on 127.0.0.1:0; `handle(method, path, query, headers)` → (status, headers, body).
-    Every request is recorded as (method, path, query, headers)."""
+    Every request is recorded as (method, path, query, headers), its body in `bodies`."""
 
     def __init__(self, handle):
         self.requests: list[tuple[str, str, dict, dict]] = []
+        self.bodies: list[bytes] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -187,6 +188,8 @@ class Server:
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
                 headers = dict(self.headers.items())
+                length = int(self.headers.get("Content-Length") or 0)
+                outer.bodies.append(self.rfile.read(length) if length else b"")   # an upload's bytes
                 outer.requests.append((self.command, parts.path, query, headers))
                 status, extra, body = handle(self.command, parts.path, query, headers)
                 self.send_response(status)
@@ -394,3 +397,180 @@ def tls_registry(tmp_path):
     registry = TLSRegistry(folder)
     yield registry
     registry.stop()
+
+
+# -- a plain-HTTP registry of a test's own (the faults tier kills it, fills its disk, restarts it) -----
+
+class LocalRegistry:
+    """The distribution registry on 127.0.0.1:PORT over `storage`, logging every request (level info)
+    to `log_path`, so a test can count blob uploads. `htpasswd`: require basic auth. stop() and
+    start() keep the port and storage: the same registry, restarted."""
+
+    def __init__(self, root: Path, storage: Path | None = None, port: int | None = None,
+                 htpasswd: Path | None = None):
+        self.root = root
+        self.storage = storage or root / "data"
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.log_path = root / "registry.log"
+        auth = f"auth:\n  htpasswd: {{realm: layerwise-test, path: {htpasswd}}}\n" if htpasswd else ""
+        (root / "config.yml").write_text(textwrap.dedent(f"""\
+            version: 0.1
+            log: {{level: info, accesslog: {{disabled: false}}}}
+            storage:
+              filesystem: {{rootdirectory: {self.storage}}}
+              delete: {{enabled: true}}
+            http:
+              addr: 127.0.0.1:{self.port}
+            """) + auth)
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        import time
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(["docker-registry", "serve", str(self.root / "config.yml")],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(200):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {self.log_path.read_text()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("docker-registry did not start")
+
+    def kill(self) -> None:
+        """SIGKILL, by its PID: no clean shutdown, as a crash or an OOM kill."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def blob_uploads(self) -> list[str]:
+        """Digests of the blobs uploaded so far (each completed PUT …/blobs/uploads/…?digest=…), in order."""
+        import re
+        text = self.log_path.read_text(errors="replace")
+        return re.findall(r'"PUT /v2/[^ ]*/blobs/uploads/[^ "]*[?&]digest=(sha256(?::|%3A)[a-f0-9]{64})[^"]*" 201',
+                          text.replace("%3A", ":"))
+
+
+@pytest.fixture
+def local_registry(tmp_path):
+    """A registry of the test's own on a free loopback port (never the shared :5000 one)."""
+    import shutil
+    if not shutil.which("docker-registry"):
+        pytest.skip("the docker-registry binary is not installed (scripts/setup installs it)")
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    registry = LocalRegistry(folder)
+    yield registry
+    registry.stop()
+
+
+# -- a stalled link: a loopback TCP proxy that stops passing bytes mid-stream -----------------------
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1:PORT in front of 127.0.0.1:`target_port`. A connection passes bytes
+    until it has sent `down_after` bytes to the client (or taken `up_after` from it), then stalls:
+    it stays open and passes nothing more, as a link that stops sending (or taking) mid-blob. After
+    `stalls` stalls (None: never) connections pass everything. `dead`: after the first stall every
+    connection stalls at once, as a link that went down for good; heal() lets everything through
+    again. `stalled` counts the stalls; `bytes_up` counts what clients sent through."""
+
+    def __init__(self, target_port: int, *, down_after: int | None = None, up_after: int | None = None,
+                 stalls: int | None = None, dead: bool = False):
+        self.target_port, self.down_after, self.up_after, self.stalls = target_port, down_after, up_after, stalls
+        self.dead = dead
+        self.stalled = 0
+        self.healed = False
+        self.bytes_up = 0
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._sockets += [client, upstream]
+            done = threading.Event()
+            threading.Thread(target=self._pump, args=(upstream, client, self.down_after, done, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, self.up_after, done, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, limit: int | None, done: threading.Event,
+              upward: bool) -> None:
+        passed = 0
+        try:
+            while not done.is_set():
+                want = 65536 if limit is None else min(65536, limit - passed)
+                if self.dead and self.stalled and not self.healed:
+                    want = 0
+                if want <= 0:
+                    with self._lock:
+                        spent = self.healed or self.stalls is not None and self.stalled >= self.stalls
+                        self.stalled += not spent
+                    if spent:                          # enough stalls: pass the rest
+                        limit = None
+                        continue
+                    # the stall: keep the connection, pass nothing
+                    while not done.wait(0.1) and not self._closed.is_set():
+                        pass
+                    return
+                data = source.recv(want)
+                if not data:
+                    break
+                sink.sendall(data)
+                passed += len(data)
+                if upward:
+                    with self._lock:
+                        self.bytes_up += len(data)
+        except OSError:
+            pass
+        done.set()
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def heal(self) -> None:
+        """From now on pass everything (connections stalled already stay stalled)."""
+        self.healed = True
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                s.close()
+
+
+@pytest.fixture
+def stalling_proxy():
+    proxies = []
+
+    def start(target_port: int, **kw) -> StallingProxy:
+        proxy = StallingProxy(target_port, **kw)
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()

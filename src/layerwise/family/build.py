@@ -399,10 +399,10 @@ class Builder:
                     self.registry.upload_blob(name, layer.digest, blob, layer.size)
             for layer, blob in own:
                 if not self.registry.has_blob(name, layer.digest):
-                    with open(blob, "rb") as f:
-                        reader = _reporting_chunks(f, layer.size, lambda done, total, d=layer.digest: self.progress(
-                            img.key, "push", {"id": d[7:19], "progressDetail": {"current": done, "total": total}}))
-                        self.registry.upload_blob(name, layer.digest, reader, layer.size)
+                    report = lambda done, total, d=layer.digest: self.progress(
+                        img.key, "push", {"id": d[7:19], "progressDetail": {"current": done, "total": total}})
+                    with open(blob, "rb") as f:   # a file, not a stream: a broken upload can be sent again
+                        self.registry.upload_blob(name, layer.digest, f, layer.size, progress=report)
                     uploaded += layer.size
         config = normalize_config(config, lower_diff_ids + [layer.diff_id for layer, _ in own])
         config_raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
@@ -473,15 +473,6 @@ def build_family(stack: Family, *, push: bool, parallel: int = 2, only: list[str
             registry.close()
         engine.close()
     return plan, decisions, results
-
-
-def _reporting_chunks(f, total: int, report: Callable[[int, int], None], size: int = 1 << 20):
-    """The file's bytes in chunks (an upload body for httpx), reporting progress as they go."""
-    done = 0
-    while chunk := f.read(size):
-        done += len(chunk)
-        report(done, total)
-        yield chunk
 
 
 def normalized_own_layers(engine: Engine, image_id: str, lower_diff_ids: list[str],

@@ -1,9 +1,11 @@
 """A small client for the Registry HTTP API v2 (OCI distribution): manifests, tags, blobs.
 
 Small enough to own: it always sends the Accept headers for every manifest kind, verifies digests
-(blobs are streamed and checked as they are read), retries with backoff on connection errors and 5xx,
-answers bearer-token and basic auth challenges with the credentials of the user's Docker config.json,
-and turns every failure into one clear UserError naming the registry and the image.
+(blobs are streamed and checked as they are read), retries with backoff on connection errors, stalls
+and 5xx (a blob download resumes from the byte it got to), gives up on a registry silent for
+$LAYERWISE_REGISTRY_TIMEOUT seconds with one line naming what stalled, answers bearer-token and
+basic auth challenges with the credentials of the user's Docker config.json, and turns every failure
+into one clear UserError naming the registry and the image.
 
 Credentials and tokens never appear in a message, a log line or an exception: they live only in the
 request headers, and any text a server sends back is scrubbed of them before it is shown.
@@ -21,6 +23,7 @@ import shutil
 import ssl
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -129,6 +132,51 @@ def tls_context(host: str) -> ssl.SSLContext:
     return context
 
 
+DEFAULT_TIMEOUT = 30.0
+TIMEOUT_VARIABLE = "LAYERWISE_REGISTRY_TIMEOUT"
+
+
+def registry_timeout() -> float:
+    """Seconds a registry may stay silent (no byte sent or taken) before it counts as stalled:
+    $LAYERWISE_REGISTRY_TIMEOUT, else 30."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86400:
+        raise UserError(f"{TIMEOUT_VARIABLE}={value[:40]!r}: give the seconds a registry may stay silent "
+                        f"before layerwise gives up on it (default {DEFAULT_TIMEOUT:g})")
+    return seconds
+
+
+def backoff_delay(attempt: int, backoff: float, cap: float = 30.0) -> float:
+    """Seconds to wait before retry number `attempt` (0-based): backoff, 2×, 4×… never more than cap."""
+    return min(cap, backoff * (2 ** attempt))
+
+
+def link_problem(error: httpx.TransportError, timeout: float) -> str:
+    """What went wrong on the link, in words: a stall (which way) or a broken connection."""
+    if isinstance(error, httpx.ReadTimeout):
+        return f"it sent nothing for {timeout:g} s ({TIMEOUT_VARIABLE})"
+    if isinstance(error, httpx.WriteTimeout):
+        return f"it took nothing for {timeout:g} s ({TIMEOUT_VARIABLE})"
+    if isinstance(error, httpx.TimeoutException):
+        return f"no connection within {timeout:g} s ({TIMEOUT_VARIABLE})"
+    return f"the connection broke ({type(error).__name__})"
+
+
+class LinkBroken(ServiceDown):
+    """The registry stopped answering, stalled or dropped the connection (after the retries).
+    `problem`: what happened on the link, without naming the request."""
+
+    def __init__(self, message: str, problem: str = ""):
+        super().__init__(message)
+        self.problem = problem or message
+
+
 class Registry:
     """One registry host. Plain HTTP on loopback (as Docker does), HTTPS elsewhere.
 
@@ -139,9 +187,11 @@ class Registry:
     per scope; Basic → the credentials, sent from then on.
     """
 
-    def __init__(self, host: str, timeout: float = 30.0, *, retries: int = 3, backoff: float = 0.2,
+    def __init__(self, host: str, timeout: float | None = None, *, retries: int = 3, backoff: float = 0.2,
                  max_retry_after: float = 60.0):
+        timeout = timeout or registry_timeout()
         self.host = host
+        self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_retry_after = max_retry_after
@@ -195,8 +245,14 @@ class Registry:
                     self._sleep(attempt)
                     attempt += 1
                     continue
-                raise ServiceDown(f"registry {self.host} is not answering ({type(e).__name__}) for {what}; "
-                                  "start it (scripts/services start) or check the registry address") from None
+                tries = f" (tried {attempt + 1} times)" if attempt else ""
+                if isinstance(e, httpx.ConnectError):
+                    raise LinkBroken(f"registry {self.host} is not answering ({type(e).__name__}) for {what}; "
+                                     "start it (scripts/services start) or check the registry address",
+                                     f"it is not answering ({type(e).__name__}){tries}") from None
+                problem = f"{link_problem(e, self.timeout)}{tries}"
+                raise LinkBroken(f"registry {self.host} failed {what}: {problem}; "
+                                 "check the registry and the link, then run the command again", problem) from None
             if response.status_code == 401 and not answered_challenge and replayable and own_host \
                     and response.headers.get("WWW-Authenticate"):
                 challenge = response.headers["WWW-Authenticate"]
@@ -221,7 +277,7 @@ class Registry:
             return response
 
     def _sleep(self, attempt: int) -> None:
-        time.sleep(self.backoff * (2 ** attempt))
+        time.sleep(backoff_delay(attempt, self.backoff))
 
     def _authorization(self, scope: str) -> dict[str, str]:
         token = self._tokens.get(scope)
@@ -370,17 +426,56 @@ class Registry:
         self._check(response, f"{self.host}/{name}@{digest}")
         return False
 
-    def upload_blob(self, name: str, digest: str, data, size: int) -> None:
-        """Monolithic upload of `data` (bytes or a binary file) under its known digest."""
-        what = f"{self.host}/{name}@{digest}"
+    def upload_blob(self, name: str, digest: str, data, size: int,
+                    progress: Callable[[int, int], None] | None = None) -> None:
+        """Monolithic upload of `data` (bytes or a binary file) under its known digest; `progress`
+        hears (bytes sent, size). A link that breaks or stalls mid-blob is retried from the start,
+        after a back-off, when the data can be read again (bytes, a seekable file); then one error
+        naming the registry, the blob and the bytes sent."""
+        what = f"blob {self.host}/{name}@{digest}"
+        start = data.tell() if not isinstance(data, bytes) and _seekable(data) else None
+        attempt = 0
+        broke = ""                             # how the last try ended, for the error line
+        while True:
+            sent = [0]
+            try:
+                self._upload_once(name, digest, _counted(data, sent, size, progress), size, what)
+                return
+            except _UploadBroken as e:
+                tries = f", tried {attempt + 1} times" if attempt else ""
+                broke = (f"registry {self.host} failed the upload of {what}: {sent[0]} of {size} bytes sent, "
+                         f"then {link_problem(e.error, self.timeout)}{tries}")
+                if (isinstance(data, bytes) or start is not None) and attempt < self.retries:
+                    self._sleep(attempt)
+                    attempt += 1
+                    if start is not None:
+                        data.seek(start)
+                    continue
+            except LinkBroken:
+                if not broke:
+                    raise
+                broke += ", and then it no longer answered"
+            raise LinkBroken(f"{broke}; nothing was tagged: run the command again when the registry answers "
+                             "(what it holds is not sent again)") from None
+
+    def _upload_once(self, name: str, digest: str, body, size: int, what: str) -> None:
         response = self._request("POST", f"/v2/{name}/blobs/uploads/", what)
         self._check(response, what)
         location = response.headers["Location"]
         # The upload URL carries its own query (_state); httpx's params= would replace it.
         location += ("&" if "?" in location else "?") + "digest=" + digest.replace(":", "%3A")
-        response = self._request("PUT", location, what, content=data,
-                                 headers={"Content-Type": "application/octet-stream",
-                                          "Content-Length": str(size)})
+        # Sent once, here: a broken or stalled body is retried by upload_blob, from its start.
+        target = self._http.base_url.join(location)
+        own_host = target.netloc == self._http.base_url.netloc        # never send our auth elsewhere
+        request = self._http.build_request("PUT", location, content=body, headers={
+            "Content-Type": "application/octet-stream", "Content-Length": str(size),
+            **(self._authorization(_scope(target, "PUT")) if own_host else {})})
+        try:
+            response = self._http.send(request)
+        except httpx.TransportError as e:
+            raise _UploadBroken(e) from None
+        if response.status_code in (401, 403):
+            raise UserError(self._refused(what, response.status_code))
         if response.status_code == 400 and "DIGEST_INVALID" in response.text:
             raise UserError(f"registry {self.host} rejected blob {digest} of {name}: digest mismatch")
         self._check(response, what)
@@ -417,7 +512,7 @@ class Registry:
                 raise UserError(f"{what} is not in the registry {self.host}")
             self._check(response, what)
             raise UserError(f"registry {self.host} answered HTTP {response.status_code} for {what}")
-        source = _IterSource(response.iter_bytes(), response.close)
+        source = _ResumingBody(self, f"/v2/{name}/blobs/{digest}", what, response, size)
         return io.BufferedReader(VerifyingReader(source, digest, what, size), buffer_size=1 << 20)
 
     def tags(self, name: str, page_size: int | None = None) -> list[str]:
@@ -449,8 +544,25 @@ class Registry:
 
     def _check(self, response: httpx.Response, what: str) -> None:
         if response.status_code >= 400:
-            detail = self._redact(response.text[:200].strip())
-            raise UserError(f"registry {self.host} answered HTTP {response.status_code} for {what}: {detail}")
+            answer = registry_answer(self._redact(response.text[:4000]))
+            full = "; its storage is full: free space there, then run the command again" \
+                if "no space left on device" in answer else ""
+            raise UserError(f"registry {self.host} answered HTTP {response.status_code} for {what}: {answer}{full}")
+
+
+def registry_answer(text: str, limit: int = 240) -> str:
+    """A registry's error body as one line: the distribution API's {"errors": [{code, message,
+    detail}]} as 'CODE: message: detail', else the text; whitespace folded, and a long answer cut
+    in the middle (the end says what happened: "…: no space left on device")."""
+    try:
+        errors = json.loads(text).get("errors")
+        parts = [": ".join(str(x) for x in (e.get("code"), e.get("message"), e.get("detail")) if x)
+                 for e in errors if isinstance(e, dict)]
+        text = "; ".join(p for p in parts if p) or text
+    except (ValueError, AttributeError, TypeError):
+        pass
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit // 3] + " … " + text[-(limit - limit // 3):]
 
 
 def _fatal_transport_error(error: httpx.TransportError, host: str) -> str | None:
@@ -474,6 +586,33 @@ def _fatal_transport_error(error: httpx.TransportError, host: str) -> str | None
             or "Temporary failure in name resolution" in text:
         return f"registry host {host_name(host)} is unknown (no DNS answer); check the registry address"
     return None
+
+
+class _UploadBroken(Exception):
+    def __init__(self, error: httpx.TransportError):
+        super().__init__(type(error).__name__)
+        self.error = error
+
+
+def _seekable(data) -> bool:
+    try:
+        return bool(data.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _counted(data, sent: list[int], size: int, progress: Callable[[int, int], None] | None,
+             chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of `data` in chunks for an upload body, counting in sent[0] what went out."""
+    view = memoryview(data) if isinstance(data, bytes) else None
+    while True:
+        piece = bytes(view[sent[0]:sent[0] + chunk]) if view is not None else data.read(chunk)
+        if not piece:
+            return
+        yield piece
+        sent[0] += len(piece)
+        if progress:
+            progress(sent[0], size)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -634,13 +773,20 @@ def credential_helper_note(host: str) -> str | None:
 
 # -- streaming with digest verification ------------------------------------------------------------
 
-class _IterSource:
-    """read(n) over an iterator of byte chunks (an HTTP body), without holding more than a chunk."""
+class _ResumingBody:
+    """read(n) over a blob's HTTP body. When the link stalls or breaks mid-blob, it asks again from
+    the byte it got to (a Range request; a registry that ignores Range resends from 0 and the bytes
+    already had are skipped), after the registry's back-off, up to its retries in a row without a
+    byte of progress; then one error naming the registry, the blob and the bytes received."""
 
-    def __init__(self, chunks, close=None):
-        self._chunks = iter(chunks)
+    def __init__(self, registry: Registry, url: str, what: str, response: httpx.Response, size: int | None):
+        self._registry, self._url, self._what, self._size = registry, url, what, size
+        self._response = response
+        self._chunks = response.iter_bytes()
         self._rest = b""
-        self._close = close
+        self._got = 0
+        self._got_before = 0                   # bytes received when it last stalled
+        self._attempt = 0
 
     def read(self, n: int) -> bytes:
         while not self._rest:
@@ -648,12 +794,52 @@ class _IterSource:
                 self._rest = next(self._chunks)
             except StopIteration:
                 return b""
+            except httpx.TransportError as e:
+                self._resume(e)
         data, self._rest = self._rest[:n], self._rest[n:]
+        self._got += len(data)
         return data
 
+    def _resume(self, error: httpx.TransportError) -> None:
+        registry = self._registry
+        self._response.close()
+        if self._got > self._got_before:       # it moved on since the last stall: a fresh set of retries
+            self._attempt, self._got_before = 0, self._got
+        of = f" of {self._size}" if self._size is not None else ""
+        failed = (f"registry {registry.host} failed sending {self._what}: {self._got}{of} bytes received, "
+                  f"then {link_problem(error, registry.timeout)}")
+        if self._attempt >= registry.retries:
+            raise LinkBroken(f"{failed}; tried {self._attempt + 1} times; check the registry and the link, "
+                             "then run the command again") from None
+        registry._sleep(self._attempt)
+        self._attempt += 1
+        try:
+            response = registry._request("GET", self._url, self._what, stream=True, follow_redirects=True,
+                                         headers={"Accept-Encoding": "identity", "Range": f"bytes={self._got}-"})
+        except LinkBroken as e:
+            raise LinkBroken(f"{failed}; asked again from there, {e.problem}; check the registry and the link, "
+                             "then run the command again") from None
+        self._response = response
+        if response.status_code == 206:
+            self._chunks = response.iter_bytes()
+        elif response.status_code == 200:
+            self._chunks = _skip(response.iter_bytes(), self._got)
+        else:
+            response.close()
+            raise UserError(f"{failed}; asking again, it answered HTTP {response.status_code}")
+
     def close(self) -> None:
-        if self._close:
-            self._close()
+        self._response.close()
+
+
+def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
+    """The chunks without their first `count` bytes."""
+    for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:]
+        count = 0
 
 
 class VerifyingReader(io.RawIOBase):
