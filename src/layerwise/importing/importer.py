@@ -23,16 +23,12 @@ from ..errors import UserError
 from ..plan import contexts
 from ..plan.model import Step, sha256_text
 from ..plan.planner import TreeNode, prefix_tree
+from .categories import CATEGORY_ORDER, rule_for
 
 IMPORT_RECIPE = "layerwise-import/1"
 _DOCKERFILE_NAME = re.compile(r"^(Dockerfile([.-].+)?|.+\.[Dd]ockerfile)$")
 _TEMPLATE_MARK = re.compile(r"\{\{|%%[A-Z_]+%%")
 
-# Category rules (documented in the README; the emitted stack file can be edited).
-_TOOLS = re.compile(r"\b(apt-get|apt|apk|yum|dnf|microdnf|zypper)\b")
-_LIBRARY = re.compile(r"\b(pip3?|pipenv|poetry|npm|yarn|pnpm|go mod|go get|dotnet restore|gem|bundle|"
-                      r"cargo fetch|composer)\b")
-CATEGORY_ORDER = ("os", "tools", "library", "code", "config")
 _GENERIC_FOLDERS = {"src", "docker", "build", "app", "dockerfiles"}
 
 
@@ -260,7 +256,7 @@ def _step(ins: Instruction, args: dict, context: Path | None, ignore, stages: li
         digest, sources, size, source = files.digest, tuple(rels), files.size, "context"
     if not ins.creates_layer:
         size, source = 0, "empty"
-    return Step(instruction=text, category=raw_category(ins), context_digest=digest, sources=sources,
+    return Step(instruction=text, category=raw_category(ins, size), context_digest=digest, sources=sources,
                 size=size, size_source=source)
 
 
@@ -316,33 +312,28 @@ def _chain_digest(stages: list[Stage], stage: Stage) -> str:
     return sha256_text(*(s.identity for s in _stage_chain(stages, stage.index)))
 
 
-def raw_category(ins: Instruction) -> str | None:
-    """The category a step says by itself; None = like its neighbours (see `categorize`)."""
-    if ins.keyword == "RUN":
-        command = " ".join(ins.args)
-        if _TOOLS.search(command):
-            return "tools"
-        if _LIBRARY.search(command):
-            return "library"
-        return None
+def raw_category(ins: Instruction, size: int | None = None) -> str | None:
+    """The category a step says by itself (`categories.RULES`); None = like its neighbours."""
     if ins.keyword in ("COPY", "ADD"):
-        return "code"
-    return "config" if ins.keyword in ("ENV", "CMD", "ENTRYPOINT", "EXPOSE", "LABEL") else None
+        rule = rule_for(ins.keyword, sources=ins.copy_sources, destination=ins.args[-1] if ins.args else "",
+                        size=size)
+    else:
+        rule = rule_for(ins.keyword, command=" ".join(ins.args))
+    return rule.category if rule else None
 
 
 def categorize(chain: list[Step]) -> list[Step]:
-    """Categories along one chain, never going back in CATEGORY_ORDER (a stack file orders steps
-    by category, so this keeps the Dockerfile's order):
-    - FROM is os; a RUN installing system packages is tools, one fetching libraries is library;
-    - a COPY is code, unless the next RUN is a library one (manifests copied for it): library;
-    - any other RUN goes with the layer before it (tools at the start);
-    - a step that creates no layer (ENV, WORKDIR, …) goes with the next layer; after the last, config."""
+    """Categories along one chain, from content (`categories.RULES`) where a rule names the step:
+    - FROM is os; a RUN no rule names goes with the layer below it (tools at the start);
+    - a COPY of sources followed by a library RUN is library (what it copies is read by the install);
+    - a step that creates no layer (ENV, WORKDIR, …) goes with the next layer; after the last, config.
+    A stack file lists steps category by category: `in_category_order` makes them never go back."""
     cats: list[str] = ["os"] * len(chain)
     layers = [i for i, s in enumerate(chain) if s.creates_layer]
     previous = "tools"
     for i in layers:
         step = chain[i]
-        if step.keyword in ("COPY", "ADD"):
+        if step.keyword in ("COPY", "ADD") and step.category == "code":
             run = next((chain[j] for j in layers if j > i and chain[j].keyword == "RUN"), None)
             previous = "library" if run is not None and run.category == "library" else "code"
         else:
@@ -351,9 +342,15 @@ def categorize(chain: list[Step]) -> list[Step]:
     for i in range(1, len(chain)):
         if not chain[i].creates_layer:
             cats[i] = next((cats[j] for j in layers if j > i), "config")
+    return [replace(step, category=category) for step, category in zip(chain, cats)]
+
+
+def in_category_order(chain: list[Step]) -> list[Step]:
+    """The categories made to never go back in CATEGORY_ORDER (a stack file orders steps by
+    category, so this keeps the Dockerfile's order): a step below a later category joins it."""
     current, out = "os", []
-    for step, category in zip(chain, cats):
-        current = max(current, category, key=CATEGORY_ORDER.index)
+    for step in chain:
+        current = max(current, step.category, key=CATEGORY_ORDER.index)
         out.append(replace(step, category=current))
     return out
 

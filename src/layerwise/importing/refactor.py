@@ -21,12 +21,9 @@ from ..atomic import replace_folder
 from ..dockerfiles import parse_instructions, render_dockerfile
 from ..errors import UserError
 from ..plan import contexts
-from .importer import CATEGORY_ORDER, BaseImage, Dockerfile, Family, Refactored, categorize, renumber_stages
+from .categories import CATEGORY_ORDER, CATEGORY_OWNERS
+from .importer import BaseImage, Dockerfile, Family, Refactored, categorize, in_category_order, renumber_stages
 from .importfile import IMPORT_FILE, ImportedApp, ImportedBase, ImportSet, is_import_output
-
-CATEGORY_OWNERS = {"tools": ("platform", 0.5), "library": ("platform", 2), "code": ("app-team", 20),
-                   "config": ("app-team", 10)}
-
 
 # ----------------------------------------------------------------------------- refactored folder
 
@@ -147,7 +144,7 @@ def write_refactored(family: Family, out: Path, *, force: bool = False) -> Path:
 
 def _stack_chain(doc: Dockerfile) -> tuple[str | None, list, str | None]:
     """The final stage as (base image, steps) for a stack file, or why it cannot be one."""
-    chain = categorize(doc.chain(len(doc.stages) - 1))
+    chain = in_category_order(categorize(doc.chain(len(doc.stages) - 1)))
     if any((s.context_digest or "").startswith("stage:") for s in chain):
         return None, [], "copies from another stage (multi-stage builds need the refactored folder)"
     words = chain[0].instruction.split()[1:]
