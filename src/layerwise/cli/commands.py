@@ -398,6 +398,8 @@ def _print_verify(results, measured: dict) -> None:
 @click.option("--registry", default="localhost:5000", show_default=True, help="Registry the base images are named for.")
 @click.option("--project", default="imported", show_default=True, help="Prefix of the base images' names.")
 @click.option("--base", "stack_base", help="With -o: the FROM image of the apps to put in the stack file.")
+@click.option("--name", "renames", multiple=True, metavar="OLD=NEW",
+              help="Call the base image import names OLD (e.g. go-builder) NEW instead (repeatable).")
 @click.option("--force", is_flag=True, help="Replace a --refactor-to folder that is not a layerwise output.")
 @click.option("--verify", "then_verify", is_flag=True,
               help="Then build every original and refactored image and prove them equivalent (needs --refactor-to).")
@@ -405,8 +407,8 @@ def _print_verify(results, measured: dict) -> None:
 @JSON_OPT
 def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_dir: Path | None,
                    context: Path | None, registry: str, project: str, stack_base: str | None,
-                   force: bool, then_verify: bool, builder: str, network: str, allowed: tuple[str, ...],
-                   as_json: bool) -> None:
+                   renames: tuple[str, ...], force: bool, then_verify: bool, builder: str, network: str,
+                   allowed: tuple[str, ...], as_json: bool) -> None:
     """Turn Dockerfiles (or folders of them) into a family: shared prefixes become base images.
 
     A Dockerfile that cannot be imported is reported and the others go on (exit 2 only when
@@ -421,7 +423,12 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
         raise UserError(f"--project {project!r}: use lower-case letters, digits, '.', '_', '-' and '/'")
     if then_verify and refactor_dir is None:
         raise UserError("--verify builds what --refactor-to writes: give --refactor-to DIR too")
-    family = import_family(list(inputs), context=context, registry=registry.rstrip("/"), project=project)
+    bad = [r for r in renames if "=" not in r]
+    if bad:
+        raise UserError(f"--name {bad[0]}: write --name OLD=NEW")
+    names = dict(r.split("=", 1) for r in renames)
+    family = import_family(list(inputs), context=context, registry=registry.rstrip("/"), project=project,
+                           names=names)
     for error in family.errors:
         print(f"layerwise: error: {error}", file=sys.stderr)
     if not family.dockerfiles:

@@ -24,6 +24,7 @@ from ..plan import contexts
 from ..plan.model import Step, sha256_text
 from ..plan.planner import TreeNode, prefix_tree
 from .categories import CATEGORY_ORDER, rule_for
+from .naming import Candidate, choose_names
 
 IMPORT_RECIPE = "layerwise-import/1"
 _DOCKERFILE_NAME = re.compile(r"^(Dockerfile([.-].+)?|.+\.[Dd]ockerfile)$")
@@ -88,7 +89,7 @@ def find_dockerfiles(inputs: list[Path]) -> list[Path]:
             found.append(item)
         else:
             raise UserError("no such file or folder; give Dockerfiles or folders holding them", item)
-    out = list(dict.fromkeys(p.resolve() for p in found))
+    out = sorted(set(p.resolve() for p in found))   # the same family whatever order they come in
     if not out:
         raise UserError("no Dockerfile found (looked for Dockerfile, Dockerfile.*, *.Dockerfile)",
                         inputs[0] if inputs else None)
@@ -359,7 +360,7 @@ def in_category_order(chain: list[Step]) -> list[Step]:
 
 @dataclass(frozen=True)
 class BaseImage:
-    name: str                      # repository path: "<project>/<stage>-<8 hex>"
+    name: str                      # repository path: "<project>/<name>" (see `naming`)
     ref: str                       # registry/name:lw-<16 hex>
     parent: str | None             # name of the base below it, or None (built on `from_ref`)
     from_ref: str                  # what its FROM names
@@ -368,6 +369,21 @@ class BaseImage:
     fingerprint: str
     context: Path | None           # the context its COPY sources are read from, if any
     buildable: bool                # False when a COPY of it was compared by text only
+    app: str | None = None         # the app it is: its steps are that app's whole final stage
+
+
+@dataclass(frozen=True)
+class Move:
+    """A step that creates no layer, moved up past steps that do not read it, so that it does
+    not cut the prefix it stood in (see `commuting`)."""
+
+    stage: int                     # the stage it belongs to
+    instruction: str
+    past: tuple[str, ...]          # the steps it now comes after (it came before them)
+    base: str                      # the base whose end it now follows
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "instruction": self.instruction, "past": list(self.past), "base": self.base}
 
 
 @dataclass(frozen=True)
@@ -377,6 +393,14 @@ class Refactored:
     source: Dockerfile
     stage_bases: dict[int, str] = field(default_factory=dict)    # stage index -> base name
     remaining: dict[int, tuple[Step, ...]] = field(default_factory=dict)
+    moves: tuple[Move, ...] = ()
+
+    @property
+    def image(self) -> str | None:
+        """The base this app is, when its whole final stage is that base's steps: it has no
+        image of its own (one that is only `FROM` the base would be an alias)."""
+        last = len(self.source.stages) - 1
+        return self.stage_bases[last] if last in self.stage_bases and not self.remaining[last] else None
 
     @property
     def bases(self) -> tuple[str, ...]:
@@ -437,14 +461,26 @@ def read_all(paths: list[Path], context: Path | None = None) -> tuple[list[Docke
 
 
 def extract(docs: list[Dockerfile], *, registry: str, project: str,
-            errors: list[UserError] = ()) -> Family:
-    """Cut the prefix tree of every stage of every Dockerfile into base images."""
+            errors: list[UserError] = (), names: dict[str, str] | None = None) -> Family:
+    """Cut the prefix tree of every stage of every Dockerfile into base images. `names`: the
+    `--name OLD=NEW` overrides of the names `naming` chooses."""
     chains = {f"{d.name}#{i}": categorize(d.chain(i)) for d in docs for i in range(len(d.stages))}
     nodes, paths = prefix_tree(chains)
     cuts = _cut_points(nodes)
+    # An app whose whole final stage is a base's steps is that base (the node its chain ends at).
+    is_app: dict[int, str] = {}
+    for d in sorted(docs, key=lambda d: d.name, reverse=True):   # the first name wins
+        last = len(d.stages) - 1
+        path = paths[f"{d.name}#{last}"]
+        if path[-1] in cuts and len(path) - 1 >= d.own_start(last):
+            is_app[path[-1]] = d.name
+    runs = {n: _base_run(nodes, n, cuts) for n in cuts}
+    chosen = choose_names([_candidate(nodes, n, runs[n], docs, paths, is_app.get(n)) for n in sorted(cuts)],
+                          {d.name for d in docs}, names)
     by_node: dict[int, BaseImage] = {}
     for n in sorted(cuts):   # a node's index is larger than its parent's: parents first
-        by_node[n] = _base_image(nodes, n, cuts, by_node, docs, paths, registry, project)
+        by_node[n] = _base_image(nodes, n, runs[n], by_node, docs, registry, f"{project}/{chosen[n]}",
+                                 is_app.get(n))
     refactored = []
     for d in docs:
         stage_bases, remaining = {}, {}
@@ -483,11 +519,28 @@ def _cut_points(nodes: list[TreeNode]) -> set[int]:
     return cuts
 
 
-def _base_image(nodes, n, cuts, by_node, docs, paths, registry, project) -> BaseImage:
+def _base_run(nodes: list[TreeNode], n: int, cuts: set[int]) -> list[int]:
+    """The tree nodes a base holds: from above the base below it (or the chain's FROM) up to `n`."""
     run = [n]
     while nodes[run[-1]].parent is not None and nodes[run[-1]].parent not in cuts:
         run.append(nodes[run[-1]].parent)
-    run.reverse()
+    return run[::-1]
+
+
+def _candidate(nodes, n, run, docs, paths, app: str | None) -> Candidate:
+    root = n
+    while nodes[root].parent is not None:
+        root = nodes[root].parent
+    first = min(nodes[n].apps)
+    doc = next(d for d in docs if d.name == first.split("#")[0])
+    stage = _stage_at(doc, int(first.split("#")[1]), paths[first].index(n))
+    top = [nodes[i].step for i in run if nodes[i].step.creates_layer]
+    return Candidate(key=n, app=app, from_image=nodes[root].step.instruction.split()[-1], stage=stage.name,
+                     runtime=stage.name is None and len(doc.stages) > 1 and stage.index == len(doc.stages) - 1,
+                     users=tuple(sorted(_dockerfiles(nodes[n]))), category=top[-1].category if top else "config")
+
+
+def _base_image(nodes, n, run, by_node, docs, registry, name, app) -> BaseImage:
     below = nodes[run[0]].parent
     parent = by_node[below] if below is not None else None
     if parent is None:   # run[0] is the chain's FROM
@@ -498,16 +551,12 @@ def _base_image(nodes, n, cuts, by_node, docs, paths, registry, project) -> Base
     fingerprint = sha256_text(IMPORT_RECIPE, parent.fingerprint if parent else "base:" + from_ref,
                               *(s.identity for s in steps))
     users = sorted(_dockerfiles(nodes[n]))
-    first = min(nodes[n].apps)
-    doc = next(d for d in docs if d.name == first.split("#")[0])
-    stage = _stage_at(doc, int(first.split("#")[1]), paths[first].index(n))
-    label = re.sub(r"[^a-z0-9]+", "-", stage.name or "base").strip("-") or "base"
-    name = f"{project}/{label}-{fingerprint[:8]}"
+    doc = next(d for d in docs if d.name == min(nodes[n].apps).split("#")[0])
     present = all(s.context_digest for s in steps if s.keyword in ("COPY", "ADD"))
     return BaseImage(name=name, ref=f"{registry}/{name}:lw-{fingerprint[:16]}",
                      parent=parent.name if parent else None, from_ref=from_ref, steps=steps,
                      used_by=tuple(users), fingerprint=fingerprint,
-                     context=doc.context, buildable=present)
+                     context=doc.context, buildable=present, app=app)
 
 
 def _stage_at(doc: Dockerfile, index: int, position: int) -> Stage:
@@ -518,11 +567,19 @@ def _stage_at(doc: Dockerfile, index: int, position: int) -> Stage:
 
 
 def import_family(inputs: list[Path], *, context: Path | None = None, registry: str = "localhost:5000",
-                  project: str = "imported") -> Family:
+                  project: str = "imported", names: dict[str, str] | None = None) -> Family:
     if context is not None and not context.is_dir():
         raise UserError("the build context given with --context is not a folder", context)
     docs, errors = read_all(find_dockerfiles(inputs), context)
-    return extract(docs, registry=registry, project=project, errors=errors)
+    return extract(docs, registry=registry, project=project, errors=errors, names=names)
+
+
+def _own_categories(item: Refactored) -> list[str]:
+    """The categories of the layers an app's final stage adds on top of its base (or its FROM)."""
+    last = len(item.source.stages) - 1
+    own = (item.remaining[last] if last in item.stage_bases    # tree steps: categorized already
+           else categorize(item.source.chain(last))[item.source.own_start(last):])
+    return list(dict.fromkeys(s.category for s in own if s.creates_layer))
 
 
 def summary(family: Family) -> dict:
@@ -536,7 +593,8 @@ def summary(family: Family) -> dict:
         bases.append({"name": b.name, "ref": b.ref, "from": b.from_ref, "parent": b.parent,
                       "steps": len(b.steps), "layers": len(layers), "used_by": list(b.used_by),
                       "known_bytes": sum(known), "unknown_layers": len(layers) - len(known),
-                      "buildable": b.buildable})
+                      "buildable": b.buildable, "app": b.app,
+                      "categories": list(dict.fromkeys(s.category for s in layers))})
     def extra(b: dict, key: str) -> int:
         return b[key] * (len(b["used_by"]) - 1)
     return {
@@ -553,7 +611,10 @@ def summary(family: Family) -> dict:
                   "bases": list(r.bases),
                   "remaining_steps": sum(len(v) for v in r.remaining.values())
                   + sum(len(s.steps) for i, s in enumerate(r.source.stages) if i not in r.remaining),
-                  "text_only_lines": list(r.source.text_only), "unbuildable": r.source.unbuildable}
+                  "text_only_lines": list(r.source.text_only), "unbuildable": r.source.unbuildable,
+                  "image": r.image, "moves": [m.to_dict() for m in r.moves],
+                  "categories": _own_categories(r)}
                  for r in family.refactored],
+        "moves": sum(len(r.moves) for r in family.refactored),
         "errors": [str(e) for e in family.errors],
     }
