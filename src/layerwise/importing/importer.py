@@ -24,6 +24,7 @@ from ..plan import contexts
 from ..plan.model import Step, sha256_text
 from ..plan.planner import TreeNode, prefix_tree
 from .categories import CATEGORY_ORDER, rule_for
+from .commuting import MOVABLE, independent, sink
 from .naming import Candidate, choose_names
 
 IMPORT_RECIPE = "layerwise-import/1"
@@ -374,16 +375,19 @@ class BaseImage:
 
 @dataclass(frozen=True)
 class Move:
-    """A step that creates no layer, moved up past steps that do not read it, so that it does
-    not cut the prefix it stood in (see `commuting`)."""
+    """A step that creates no layer, moved past steps it is independent of (see `commuting`):
+    down, so that it no longer cuts a shared prefix, or up to the end of the base holding that
+    prefix, so that the base holds it for every app."""
 
     stage: int                     # the stage it belongs to
     instruction: str
-    past: tuple[str, ...]          # the steps it now comes after (it came before them)
-    base: str                      # the base whose end it now follows
+    past: tuple[str, ...]          # the steps it moved past
+    base: str                      # the base the stage now starts FROM
+    direction: str = "down"        # down (now after `past`) or up (now before them)
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "instruction": self.instruction, "past": list(self.past), "base": self.base}
+        return {"stage": self.stage, "instruction": self.instruction, "past": list(self.past), "base": self.base,
+                "direction": self.direction}
 
 
 @dataclass(frozen=True)
@@ -462,11 +466,17 @@ def read_all(paths: list[Path], context: Path | None = None) -> tuple[list[Docke
 
 def extract(docs: list[Dockerfile], *, registry: str, project: str,
             errors: list[UserError] = (), names: dict[str, str] | None = None) -> Family:
-    """Cut the prefix tree of every stage of every Dockerfile into base images. `names`: the
-    `--name OLD=NEW` overrides of the names `naming` chooses."""
+    """Cut the prefix tree of every stage of every Dockerfile into base images. The tree is built
+    on each stage's steps with the movable ones moved down (`commuting.sink`), so a LABEL or ENV
+    written in another place does not cut a shared prefix. `names`: `--name OLD=NEW` overrides."""
     chains = {f"{d.name}#{i}": categorize(d.chain(i)) for d in docs for i in range(len(d.stages))}
-    nodes, paths = prefix_tree(chains)
-    cuts = _cut_points(nodes)
+    orders = {f"{d.name}#{i}": _sunk_order(d, i, chains[f"{d.name}#{i}"]) for d in docs for i in range(len(d.stages))}
+    stages = {f"{d.name}#{i}": _stage_spans(d, i) for d in docs for i in range(len(d.stages))}
+    for _ in range(100):   # each round moves steps up only: it ends (the bound is a safety net)
+        nodes, paths = prefix_tree({key: [chains[key][j] for j in orders[key]] for key in chains})
+        cuts = _cut_points(nodes)
+        if not _hoist(nodes, paths, cuts, chains, orders, stages):
+            break
     # An app whose whole final stage is a base's steps is that base (the node its chain ends at).
     is_app: dict[int, str] = {}
     for d in sorted(docs, key=lambda d: d.name, reverse=True):   # the first name wins
@@ -477,22 +487,124 @@ def extract(docs: list[Dockerfile], *, registry: str, project: str,
     runs = {n: _base_run(nodes, n, cuts) for n in cuts}
     chosen = choose_names([_candidate(nodes, n, runs[n], docs, paths, is_app.get(n)) for n in sorted(cuts)],
                           {d.name for d in docs}, names)
+    # Each base in the order its users wrote its steps, when they all wrote the same order (no move).
+    as_written = {n: _written_order(nodes, n, runs[n], orders) for n in cuts}
     by_node: dict[int, BaseImage] = {}
     for n in sorted(cuts):   # a node's index is larger than its parent's: parents first
-        by_node[n] = _base_image(nodes, n, runs[n], by_node, docs, registry, f"{project}/{chosen[n]}",
-                                 is_app.get(n))
-    refactored = []
-    for d in docs:
-        stage_bases, remaining = {}, {}
-        for i in range(len(d.stages)):
-            path = paths[f"{d.name}#{i}"]
-            deepest = max((pos for pos, n in enumerate(path) if n in cuts), default=None)
-            if deepest is not None and deepest >= d.own_start(i):
-                stage_bases[i] = by_node[path[deepest]].name
-                remaining[i] = tuple(nodes[n].step for n in path[deepest + 1:])
-        refactored.append(Refactored(d, stage_bases, remaining))
+        run = [runs[n][0]] + [runs[n][1:][k] for k in as_written[n]] if nodes[runs[n][0]].parent is None \
+            else [runs[n][k] for k in as_written[n]]
+        by_node[n] = _base_image(nodes, n, run, by_node, docs, registry, f"{project}/{chosen[n]}", is_app.get(n))
+    refactored = [_refactor(d, chains, orders, paths, cuts, runs, as_written, by_node) for d in docs]
     return Family(tuple(docs), tuple(by_node[n] for n in sorted(by_node)), tuple(refactored),
                   tuple(errors), registry, project)
+
+
+def _sunk_order(doc: Dockerfile, index: int, chain: list[Step]) -> list[int]:
+    """Positions of `chain` (stage `index`'s) in the order the prefix tree is built on: each stage's
+    own steps sunk apart (a stage's steps never leave it)."""
+    stage = doc.stages[index]
+    below = _sunk_order(doc, stage.parent, chain) if stage.parent is not None else [0]
+    start = doc.own_start(index)
+    return below + [start + k for k in sink(chain[start:start + len(stage.steps)])]
+
+
+def _stage_spans(doc: Dockerfile, index: int) -> list[tuple[int, int]]:
+    """[start, end) of each stage's own steps along stage `index`'s chain, the FROM first."""
+    stage = doc.stages[index]
+    below = _stage_spans(doc, stage.parent) if stage.parent is not None else [(0, 1)]
+    start = doc.own_start(index)
+    return below + [(start, start + len(stage.steps))]
+
+
+def _hoist(nodes, paths, cuts, chains, orders, stages) -> bool:
+    """Movable steps every user of a base has just below it (sunk there, but free to come back up)
+    are moved up to the base's end, so the base holds them: the end of the shared prefix. Returns
+    whether any moved (the tree must then be built again)."""
+    changed: set[str] = set()
+    for n in sorted(cuts):
+        users = sorted(nodes[n].apps)
+        if changed & set(users):
+            continue
+        at = paths[users[0]].index(n)
+        found: dict[str, list[int]] = {}
+        for u in users:
+            end = next(b for a, b in stages[u] if a <= at < b)
+            steps = [chains[u][j] for j in orders[u]]
+            found[u] = [q for q in range(at + 1, end) if steps[q].keyword in MOVABLE and all(
+                independent(steps[q], steps[r]) for r in range(at + 1, q) if steps[r].keyword not in MOVABLE)]
+        first = [chains[users[0]][orders[users[0]][q]].identity for q in found[users[0]]]
+        common = [x for x in dict.fromkeys(first)
+                  if all(x in {chains[u][orders[u][q]].identity for q in found[u]} for u in users)]
+        if not common:
+            continue
+        moved = {}
+        for u in users:
+            picked = []
+            for x in common:   # the first available step of that identity, in order
+                q = next(q for q in found[u] if chains[u][orders[u][q]].identity == x and q not in picked)
+                picked.append(q)
+            steps = [chains[u][j] for j in orders[u]]
+            if picked != sorted(picked) or not all(
+                    independent(steps[q], steps[r]) for q in picked for r in range(at + 1, q) if r not in picked):
+                break
+            moved[u] = picked
+        else:
+            for u, picked in moved.items():
+                rest = [orders[u][q] for q in range(at + 1, len(orders[u])) if q not in picked]
+                orders[u] = orders[u][:at + 1] + [orders[u][q] for q in picked] + rest
+            changed |= set(users)
+    return bool(changed)
+
+
+def _written_order(nodes: list[TreeNode], n: int, run: list[int], orders: dict[str, list[int]]) -> list[int]:
+    """The order (indices into the base's steps, its FROM left out) to write a base in: the order its
+    users wrote them when they agree (nothing moves), else the tree's (movable steps moved down)."""
+    steps = run[1:] if nodes[run[0]].parent is None else run
+    first = len(_path_to(nodes, steps[0])) - 1 if steps else 0
+    written = {tuple(sorted(range(len(steps)), key=lambda k: orders[u][first + k])) for u in nodes[n].apps}
+    return list(written.pop()) if len(written) == 1 else list(range(len(steps)))
+
+
+def _path_to(nodes: list[TreeNode], n: int) -> list[int]:
+    path = [n]
+    while nodes[path[-1]].parent is not None:
+        path.append(nodes[path[-1]].parent)
+    return path[::-1]
+
+
+def _refactor(d: Dockerfile, chains, orders, paths, cuts, runs, as_written, by_node) -> Refactored:
+    """Each stage that begins with a base's steps: FROM the deepest such base, then the stage's other
+    steps in the order written; the movable steps that now follow a base's steps they preceded are
+    the stage's moves."""
+    stage_bases, remaining, moves = {}, {}, []
+    for i in range(len(d.stages)):
+        key = f"{d.name}#{i}"
+        chain, order, path = chains[key], orders[key], paths[key]
+        deepest = max((pos for pos, n in enumerate(path) if n in cuts), default=None)
+        if deepest is None or deepest < d.own_start(i):
+            continue
+        stage_bases[i] = by_node[path[deepest]].name
+        in_bases = set(order[:deepest + 1])
+        rest = [j for j in range(len(chain)) if j not in in_bases]
+        remaining[i] = tuple(chain[j] for j in rest)
+        built = [0]   # the chain as rebuilt, by original position: each base as written, then the rest
+        for n in (n for n in path[:deepest + 1] if n in cuts):
+            start = max(path.index(runs[n][0]), 1)   # a base's steps, its FROM left out
+            segment = order[start:path.index(n) + 1]
+            built += [segment[k] for k in as_written[n]]
+        built += rest
+        where = {j: k for k, j in enumerate(built)}
+        for j in range(d.own_start(i), len(chain)):
+            if chain[j].keyword not in MOVABLE:
+                continue
+            # Steps it now follows though it came first (moved down), or now precedes (moved up);
+            # two movable steps that changed places count once, for the one now first.
+            down = [x for x in range(j + 1, len(chain)) if where[x] < where[j] and chain[x].keyword not in MOVABLE]
+            up = [x for x in range(d.own_start(i), j) if where[x] > where[j]]
+            if down or up:
+                moves.append(Move(i, chain[j].instruction, tuple(chain[x].instruction for x in down or up),
+                                  stage_bases[i], "down" if down else "up"))
+    return Refactored(d, stage_bases, remaining, tuple(moves))
 
 
 def _dockerfiles(node: TreeNode) -> frozenset[str]:
