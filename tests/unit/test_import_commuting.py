@@ -1,0 +1,140 @@
+"""Steps that create no layer and commute with their neighbours (importing/commuting.py), and what
+import does with them: shared prefixes no longer cut by a LABEL, every move listed, and the
+rewritten Dockerfiles the same builds as the originals (checked on every corpus family)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import CORPORA, run_cli
+from layerwise.dockerfiles import parse_instructions
+from layerwise.importing.commuting import independent, sink
+from layerwise.importing.importer import import_family
+from layerwise.plan.model import Step
+
+SETS = sorted(p.name for p in CORPORA.iterdir() if p.is_dir() and p.name != "buildkit_parser_testfiles") \
+    if CORPORA.is_dir() else []
+
+
+def step(text: str) -> Step:
+    return Step(instruction=parse_instructions(text)[0].text, category="")
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(("a", "b", "swap"), [
+    ("LABEL maintainer=me", "RUN apt-get install -y curl", True),
+    ("EXPOSE 80", "COPY . /app", True),
+    ("STOPSIGNAL SIGTERM", "RUN make", True),
+    ("LABEL a=1", "LABEL b=2", True),
+    ("LABEL a=1", "LABEL a=2", False),                 # the last one wins
+    ("ENV A=1", "RUN make", False),                     # a RUN sees its whole environment
+    ("ARG V=1", "RUN make", False),
+    ("ENV A=1", "COPY . /app", True),
+    ("ENV DEST=/app", "COPY . $DEST", False),           # the COPY names it
+    ("ENV A=1", "LABEL version=${A}", False),
+    ("ENV A=1", "ENV A=2", False),
+    ("USER app", "COPY . /app", True),                  # COPY's files are root's whatever USER says
+    ("USER app", "RUN id", False),
+    ("USER app", "WORKDIR /home/app", False),           # BuildKit creates a WORKDIR owned by USER
+    ("WORKDIR /app", "COPY . .", False),                # relative destinations
+    ("WORKDIR /app", "LABEL a=1", True),
+    ("WORKDIR a", "WORKDIR b", False),
+    ("SHELL [\"/bin/bash\", \"-c\"]", "CMD echo hi", False),   # a shell-form CMD takes the SHELL
+    ("SHELL [\"/bin/bash\", \"-c\"]", "COPY a /a", True),
+    ("LABEL a=1", "VOLUME /data", False),
+    ("RUN a", "COPY b /b", False),                      # two layers: never swapped here
+])
+def test_independent(a, b, swap):
+    assert independent(step(a), step(b)) is swap
+    assert independent(step(b), step(a)) is swap       # a symmetric relation
+
+
+def test_sink_moves_movable_steps_down_and_keeps_their_order():
+    steps = [step(t) for t in ("LABEL a=1", "LABEL b=2", "ENV X=1", "RUN apt-get update", "COPY . /app",
+                               "USER app", "RUN make", "EXPOSE 80", "CMD run")]
+    assert [steps[i].instruction for i in sink(steps)] == [
+        "ENV X=1", "RUN apt-get update", "COPY . /app", "USER app", "RUN make", "CMD run",
+        "LABEL a=1", "LABEL b=2", "EXPOSE 80"]
+    fixed = [step(t) for t in ("RUN a", "ENV A=1", "RUN b")]
+    assert sink(fixed) == [0, 1, 2]
+
+
+def test_a_label_before_or_after_a_shared_run_no_longer_cuts_the_prefix(tmp_path):
+    """The issue's case: LABEL above the shared RUN in one Dockerfile, below it in the other."""
+    write(tmp_path, {
+        "a/Dockerfile": "FROM os:1\nLABEL maintainer=team\nRUN apt-get install -y curl\nRUN setup\nRUN make a\n",
+        "b/Dockerfile": "FROM os:1\nRUN apt-get install -y curl\nLABEL maintainer=team\nRUN setup\nRUN make b\n"})
+    family = import_family([tmp_path])
+    (base,) = family.bases
+    assert [s.instruction for s in base.steps] == [
+        "RUN apt-get install -y curl", "RUN setup", "LABEL maintainer=team"]
+    moves = {r.source.name: [m.to_dict() for m in r.moves] for r in family.refactored}
+    assert moves == {
+        "a": [{"stage": 0, "instruction": "LABEL maintainer=team", "past": ["RUN apt-get install -y curl", "RUN setup"],
+               "base": base.name, "direction": "down"}],
+        "b": [{"stage": 0, "instruction": "LABEL maintainer=team", "past": ["RUN setup"], "base": base.name,
+               "direction": "down"}]}
+    r = run_cli("import", str(tmp_path), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["moves"] == 2
+    text = run_cli("import", str(tmp_path)).stdout
+    assert "LABEL maintainer=team" in text and "moved" in text
+
+
+def test_nothing_moves_where_the_users_agree(tmp_path):
+    """A LABEL at the top of every Dockerfile stays there: the base keeps the order its users wrote."""
+    write(tmp_path, {"a/Dockerfile": "FROM os:1\nLABEL maintainer=team\nRUN setup\nRUN a\n",
+                     "b/Dockerfile": "FROM os:1\nLABEL maintainer=team\nRUN setup\nRUN b\n"})
+    family = import_family([tmp_path])
+    assert [s.instruction for s in family.bases[0].steps] == ["LABEL maintainer=team", "RUN setup"]
+    assert not any(r.moves for r in family.refactored)
+
+
+def _rebuilt(family, item, index: int) -> list[Step]:
+    """The chain a refactored stage builds: its bases' steps (recursively) and what remains."""
+    if index not in item.stage_bases:
+        return item.source.chain(index)
+    below, name = [], item.stage_bases[index]
+    while name:
+        base = family.base(name)
+        below = list(base.steps) + below
+        name = base.parent
+    return below + list(item.remaining[index])
+
+
+@pytest.mark.parametrize("corpus", SETS)
+def test_every_rewritten_stage_builds_what_its_original_built(corpus):
+    """Per stage of every Dockerfile: the rewritten chain holds the same steps, and every pair of
+    steps whose order changed is a pair `independent` allows to swap (so the image is the same)."""
+    family = import_family([CORPORA / corpus])
+    checked = 0
+    for item in family.refactored:
+        for index in item.stage_bases:
+            original = item.source.chain(index)[1:]
+            rebuilt = _rebuilt(family, item, index)
+            assert Counter(s.identity for s in rebuilt) == Counter(s.identity for s in original)
+            seen: Counter = Counter()
+            position = {}
+            for k, s in enumerate(rebuilt):   # the n-th copy of a step to the n-th copy
+                position[(s.identity, seen[s.identity])] = k
+                seen[s.identity] += 1
+            seen.clear()
+            where = []
+            for s in original:
+                where.append(position[(s.identity, seen[s.identity])])
+                seen[s.identity] += 1
+            for i in range(len(original)):
+                for j in range(i + 1, len(original)):
+                    if where[i] > where[j]:
+                        assert independent(original[i], original[j]), (item.source.name, original[i], original[j])
+            checked += 1
+    assert checked
