@@ -557,12 +557,13 @@ def _hoist(nodes, paths, cuts, chains, orders, stages) -> bool:
 
 
 def _written_order(nodes: list[TreeNode], n: int, run: list[int], orders: dict[str, list[int]]) -> list[int]:
-    """The order (indices into the base's steps, its FROM left out) to write a base in: the order its
-    users wrote them when they agree (nothing moves), else the tree's (movable steps moved down)."""
+    """The order (indices into the base's steps, its FROM left out) to write a base in: the one most
+    of its users wrote (the fewest moves; ties: the first such order). Every user's order of these
+    steps builds the same image, since they differ from the tree's only by independent swaps."""
     steps = run[1:] if nodes[run[0]].parent is None else run
     first = len(_path_to(nodes, steps[0])) - 1 if steps else 0
-    written = {tuple(sorted(range(len(steps)), key=lambda k: orders[u][first + k])) for u in nodes[n].apps}
-    return list(written.pop()) if len(written) == 1 else list(range(len(steps)))
+    written = Counter(tuple(sorted(range(len(steps)), key=lambda k: orders[u][first + k])) for u in nodes[n].apps)
+    return list(min(written, key=lambda order: (-written[order], order)))
 
 
 def _path_to(nodes: list[TreeNode], n: int) -> list[int]:
