@@ -138,3 +138,40 @@ def test_every_rewritten_stage_builds_what_its_original_built(corpus):
                         assert independent(original[i], original[j]), (item.source.name, original[i], original[j])
             checked += 1
     assert checked
+
+
+@pytest.mark.parametrize(("a", "b", "may"), [
+    ("COPY a.txt /opt/a/", "COPY b.txt /srv/b/", True),
+    ("COPY a.txt /opt/", "COPY b.txt /opt/b/", False),       # one inside the other
+    ("COPY a.txt rel/", "COPY b.txt /srv/", False),         # relative: depends on WORKDIR
+    ("RUN apt-get install -y curl", "RUN apt-get install -y git", True),
+    ("RUN apt-get install -y curl", "RUN pip install numpy", False),
+    ("RUN make", "RUN make install", False),
+])
+def test_layer_swaps_that_may_be_proposed(a, b, may):
+    from layerwise.importing.categories import rule_for
+    from layerwise.importing.commuting import may_swap_layers
+
+    def cat(t):
+        ins = parse_instructions(t)[0]
+        rule = rule_for("RUN", command=" ".join(ins.args)) if ins.keyword == "RUN" else None
+        return Step(instruction=ins.text, category=rule.category if rule else "code")
+    assert may_swap_layers(cat(a), cat(b)) is may
+
+
+def test_two_copies_in_the_other_order_are_proposed_not_applied(tmp_path):
+    files = {"a/Dockerfile": "FROM os:1\nRUN setup\nCOPY x.txt /opt/x/\nCOPY y.txt /opt/y/\nRUN a\n",
+             "b/Dockerfile": "FROM os:1\nRUN setup\nCOPY x.txt /opt/x/\nCOPY y.txt /opt/y/\nRUN b\n",
+             "c/Dockerfile": "FROM os:1\nRUN setup\nCOPY y.txt /opt/y/\nCOPY x.txt /opt/x/\nRUN c\n"}
+    for app in "abc":
+        files[f"{app}/x.txt"], files[f"{app}/y.txt"] = "x" * 100, "y" * 20
+    write(tmp_path, files)
+    family = import_family([tmp_path])
+    (swap,) = family.swaps
+    assert swap.to_dict() == {"after": "RUN setup", "order": ["COPY x.txt /opt/x/", "COPY y.txt /opt/y/"],
+                              "apps": ["c"], "others": ["a", "b"], "known_bytes": 120, "unknown_layers": 0}
+    # Proposed only: c still builds its COPYs in its own order, after the shared RUN.
+    c = next(r for r in family.refactored if r.source.name == "c")
+    assert [s.instruction for s in c.remaining[0]][:2] == ["COPY y.txt /opt/y/", "COPY x.txt /opt/x/"]
+    text = run_cli("import", str(tmp_path)).stdout
+    assert "layer swaps proposed" in text and "120 B" in text

@@ -93,3 +93,31 @@ def sink(steps: tuple[Step, ...] | list[Step]) -> list[int]:
             order[at:end + 1] = passed + [i]
             at = end
     return order
+
+
+# ----------------------------------------------------------------------------- layer swaps: proposed only
+
+def may_swap_layers(a: Step, b: Step) -> bool:
+    """Two layer steps whose order *may* not matter: two COPY/ADD of the build context to unrelated
+    absolute paths (neither inside the other), or two installs by the same package manager. Not
+    proven (a RUN can read anything): import only proposes such swaps."""
+    if a.keyword in ("COPY", "ADD") and b.keyword in ("COPY", "ADD"):
+        da, db = _destination(a), _destination(b)
+        return bool(da and db) and not (da.startswith(db) or db.startswith(da))
+    if a.keyword == b.keyword == "RUN" and a.category in ("tools", "library") and a.category == b.category:
+        ra, rb = _rule_of(a), _rule_of(b)
+        return ra is not None and ra == rb
+    return False
+
+
+def _destination(step: Step) -> str | None:
+    ins = _parsed(step.instruction)
+    if any(f.startswith("--from") for f in ins.flags) or not ins.copy_sources or "$" in step.instruction:
+        return None
+    dest = ins.args[-1]
+    return dest.rstrip("/") + "/" if dest.startswith("/") else None
+
+
+def _rule_of(step: Step):
+    from .categories import rule_for
+    return rule_for("RUN", command=" ".join(_parsed(step.instruction).args))

@@ -24,7 +24,7 @@ from ..plan import contexts
 from ..plan.model import Step, sha256_text
 from ..plan.planner import TreeNode, prefix_tree
 from .categories import CATEGORY_ORDER, rule_for
-from .commuting import MOVABLE, independent, sink
+from .commuting import MOVABLE, independent, may_swap_layers, sink
 from .naming import Candidate, choose_names
 
 IMPORT_RECIPE = "layerwise-import/1"
@@ -391,6 +391,24 @@ class Move:
 
 
 @dataclass(frozen=True)
+class Swap:
+    """Two layer steps that some apps write in one order and others in the other, right after a
+    shared step: swapped in `apps`, they would be shared too. Only proposed: that the swap keeps
+    the image is not proven (see `commuting.may_swap_layers`)."""
+
+    after: str                     # the last step the apps share now
+    order: tuple[str, str]         # the order `others` write them in (the one proposed)
+    apps: tuple[str, ...]          # who would swap them
+    others: tuple[str, ...]
+    known_bytes: int               # what the swapped steps copy, when known
+    unknown_layers: int            # RUN output (or COPY without its context): sized once built
+
+    def to_dict(self) -> dict:
+        return {"after": self.after, "order": list(self.order), "apps": list(self.apps), "others": list(self.others),
+                "known_bytes": self.known_bytes, "unknown_layers": self.unknown_layers}
+
+
+@dataclass(frozen=True)
 class Refactored:
     """One Dockerfile rewritten: per stage either unchanged or FROM a base plus what remains."""
 
@@ -443,6 +461,7 @@ class Family:
     errors: tuple[UserError, ...]         # Dockerfiles that could not be imported
     registry: str
     project: str
+    swaps: tuple[Swap, ...] = ()           # layer swaps that would share more: proposed, not applied
 
     def base(self, name: str) -> BaseImage:
         if not hasattr(self, "_by_name"):   # one dict, not a scan per lookup: thousands of bases
@@ -496,7 +515,31 @@ def extract(docs: list[Dockerfile], *, registry: str, project: str,
         by_node[n] = _base_image(nodes, n, run, by_node, docs, registry, f"{project}/{chosen[n]}", is_app.get(n))
     refactored = [_refactor(d, chains, orders, paths, cuts, runs, as_written, by_node) for d in docs]
     return Family(tuple(docs), tuple(by_node[n] for n in sorted(by_node)), tuple(refactored),
-                  tuple(errors), registry, project)
+                  tuple(errors), registry, project, _proposed_swaps(nodes))
+
+
+def _proposed_swaps(nodes: list[TreeNode]) -> tuple[Swap, ...]:
+    """Where the tree branches into X then Y for some apps and Y then X for others, X and Y layer
+    steps that `may_swap_layers`: a proposal that the fewer apps swap them (ties: the later order)."""
+    out = []
+    for node in nodes:
+        kids = [nodes[c] for c in node.children]
+        for i, a in enumerate(kids):
+            for b in kids[i + 1:]:
+                if not (a.step.creates_layer and b.step.creates_layer and may_swap_layers(a.step, b.step)):
+                    continue
+                ab = next((nodes[c] for c in a.children if nodes[c].step.identity == b.step.identity), None)
+                ba = next((nodes[c] for c in b.children if nodes[c].step.identity == a.step.identity), None)
+                if ab is None or ba is None:
+                    continue
+                first, second = sorted([(ab, a, b), (ba, b, a)],
+                                       key=lambda t: (len(_dockerfiles(t[0])), t[1].step.instruction))
+                steps = (second[1].step, second[2].step)
+                known = [s.size for s in steps if s.size is not None]
+                out.append(Swap(node.step.instruction, (steps[0].instruction, steps[1].instruction),
+                                tuple(sorted(_dockerfiles(first[0]))), tuple(sorted(_dockerfiles(second[0]))),
+                                sum(known), len(steps) - len(known)))
+    return tuple(out)
 
 
 def _sunk_order(doc: Dockerfile, index: int, chain: list[Step]) -> list[int]:
@@ -729,5 +772,6 @@ def summary(family: Family) -> dict:
                   "categories": _own_categories(r)}
                  for r in family.refactored],
         "moves": sum(len(r.moves) for r in family.refactored),
+        "proposed_swaps": [s.to_dict() for s in family.swaps],
         "errors": [str(e) for e in family.errors],
     }
