@@ -65,3 +65,41 @@ def test_moved_steps_and_an_app_that_is_a_base_verify_and_build(services, namesp
     built = json.loads(r.stdout)
     assert built["counts"]["built"] == 3
     assert sorted(i["key"] for i in built["images"]) == [f"{project}/a", f"{project}/b", f"{project}/foundation"]
+
+
+def _copies(root, first: str, second: str, link: bool) -> None:
+    """Three apps copying two folders after a shared RUN; b in the other order. With `link`,
+    /opt/y is a symlink to /opt/x and both folders hold f.txt: then the order decides which f.txt
+    stays, and the swap must not be applied."""
+    setup = "RUN mkdir -p /opt/x" + (" && ln -s /opt/x /opt/y" if link else " /opt/y") + "\n"
+    for app in ("a", "b", "c"):
+        order = (second, first) if app == "b" else (first, second)
+        text = f"FROM {BASE}\n{setup}" + "".join(order) + f"RUN echo {app} > /{app}.txt\n"
+        (root / app / "x").mkdir(parents=True)
+        (root / app / "y").mkdir()
+        (root / app / "Dockerfile").write_text(text)
+        (root / app / "x/f.txt").write_text("from x\n")
+        (root / app / "y/f.txt").write_text("from y\n")
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["unrelated-paths", "same-folder-through-a-symlink"])
+def test_reorder_is_kept_only_when_verify_proves_it(services, namespace, tmp_path, link):
+    src = tmp_path / "src"
+    _copies(src, "COPY x/ /opt/x/\n", "COPY y/ /opt/y/\n", link)
+    out = tmp_path / "family"
+    r = run_cli("import", str(src), "--refactor-to", str(out), "--project", f"import-names-{namespace}",
+                "--reorder", "--json")
+    doc = json.loads(r.stdout)
+    if not link:
+        assert r.returncode == 0, r.stdout + r.stderr
+        (swap,) = doc["applied_swaps"]
+        assert swap["apps"] == ["b"] and swap["order"] == ["COPY x/ /opt/x/", "COPY y/ /opt/y/"]
+        assert doc["bases"][0]["layers"] == 3 and doc["reorder_note"] is None
+        moved = {m["instruction"]: m["direction"] for a in doc["apps"] for m in a["moves"]}
+        assert moved == {"COPY x/ /opt/x/": "swapped"}
+    else:   # the order mattered: verify saw it, the folder is written without the swap
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "not applied" in doc["reorder_note"] and doc["applied_swaps"] == []
+        assert doc["bases"][0]["layers"] == 1 and doc["proposed_swaps"]
+    r = run_cli("verify", "--against", str(out), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -175,3 +175,21 @@ def test_two_copies_in_the_other_order_are_proposed_not_applied(tmp_path):
     assert [s.instruction for s in c.remaining[0]][:2] == ["COPY y.txt /opt/y/", "COPY x.txt /opt/x/"]
     text = run_cli("import", str(tmp_path)).stdout
     assert "layer swaps proposed" in text and "120 B" in text
+
+
+def test_reorder_applies_the_swap_and_lists_it_as_moves(tmp_path):
+    files = {"a/Dockerfile": "FROM os:1\nRUN setup\nCOPY x.txt /opt/x/\nCOPY y.txt /opt/y/\nRUN a\n",
+             "b/Dockerfile": "FROM os:1\nRUN setup\nCOPY y.txt /opt/y/\nCOPY x.txt /opt/x/\nRUN b\n",
+             "c/Dockerfile": "FROM os:1\nRUN setup\nCOPY x.txt /opt/x/\nCOPY y.txt /opt/y/\nRUN c\n"}
+    for app in "abc":
+        files[f"{app}/x.txt"], files[f"{app}/y.txt"] = "x", "y"
+    write(tmp_path, files)
+    family = import_family([tmp_path], reorder=True)
+    assert family.reordered and [w.apps for w in family.swaps] == [("b",)]
+    (base,) = family.bases
+    assert [s.instruction for s in base.steps] == ["RUN setup", "COPY x.txt /opt/x/", "COPY y.txt /opt/y/"]
+    b = next(r for r in family.refactored if r.source.name == "b")
+    assert [(m.instruction, m.direction) for m in b.moves] == [("COPY x.txt /opt/x/", "swapped")]
+    # Without a refactored folder to verify, --reorder is refused before anything is done.
+    r = run_cli("import", str(tmp_path), "--reorder")
+    assert r.returncode == 2 and "--refactor-to" in r.stderr

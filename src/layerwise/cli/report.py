@@ -551,11 +551,12 @@ def import_tables(doc: dict) -> list:
         built_on = f"is {a['image']}" if a.get("image") else ", ".join(a["bases"]) or "[dim]its own FROMs[/]"
         apps.add_row(a["name"], str(a["stages"]), built_on, str(a["remaining_steps"]),
                      ", ".join(a.get("categories", ())), "; ".join(notes))
-    swaps = Table(title="layer swaps proposed (not applied: that the order does not matter is not proven)",
+    swaps = Table(title="layer swaps applied (verify proved the swapped apps equal)" if doc.get("applied_swaps")
+                  else "layer swaps proposed (not applied: that the order does not matter is not proven)",
                   title_justify="left")
     for col in ("after", "order", "apps that would swap", "with", "known size"):
         swaps.add_column(col)
-    for w in doc.get("proposed_swaps", ()):
+    for w in doc.get("applied_swaps") or doc.get("proposed_swaps", ()):
         size = format_size(w["known_bytes"]) + (f" + {w['unknown_layers']} RUN" if w["unknown_layers"] else "")
         swaps.add_row(w["after"][:40], " → ".join(t[:40] for t in w["order"]), ", ".join(w["apps"]),
                       ", ".join(w["others"]), size)

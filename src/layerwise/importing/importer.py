@@ -402,6 +402,8 @@ class Swap:
     others: tuple[str, ...]
     known_bytes: int               # what the swapped steps copy, when known
     unknown_layers: int            # RUN output (or COPY without its context): sized once built
+    keys: tuple[str, ...] = ()     # the chains (app#stage) that would swap them
+    at: int = 0                    # the position of the first of the two in those chains
 
     def to_dict(self) -> dict:
         return {"after": self.after, "order": list(self.order), "apps": list(self.apps), "others": list(self.others),
@@ -461,7 +463,8 @@ class Family:
     errors: tuple[UserError, ...]         # Dockerfiles that could not be imported
     registry: str
     project: str
-    swaps: tuple[Swap, ...] = ()           # layer swaps that would share more: proposed, not applied
+    swaps: tuple[Swap, ...] = ()           # layer swaps that would share more: proposed, or applied
+    reordered: bool = False                # True: `swaps` were applied (import --reorder)
 
     def base(self, name: str) -> BaseImage:
         if not hasattr(self, "_by_name"):   # one dict, not a scan per lookup: thousands of bases
@@ -484,18 +487,23 @@ def read_all(paths: list[Path], context: Path | None = None) -> tuple[list[Docke
 
 
 def extract(docs: list[Dockerfile], *, registry: str, project: str,
-            errors: list[UserError] = (), names: dict[str, str] | None = None) -> Family:
+            errors: list[UserError] = (), names: dict[str, str] | None = None, reorder: bool = False) -> Family:
     """Cut the prefix tree of every stage of every Dockerfile into base images. The tree is built
     on each stage's steps with the movable ones moved down (`commuting.sink`), so a LABEL or ENV
     written in another place does not cut a shared prefix. `names`: `--name OLD=NEW` overrides."""
     chains = {f"{d.name}#{i}": categorize(d.chain(i)) for d in docs for i in range(len(d.stages))}
     orders = {f"{d.name}#{i}": _sunk_order(d, i, chains[f"{d.name}#{i}"]) for d in docs for i in range(len(d.stages))}
     stages = {f"{d.name}#{i}": _stage_spans(d, i) for d in docs for i in range(len(d.stages))}
-    for _ in range(100):   # each round moves steps up only: it ends (the bound is a safety net)
+    applied: list[Swap] = []
+    for _ in range(100):   # each round moves steps up or swaps a pair for good: it ends (the bound is a safety net)
         nodes, paths = prefix_tree({key: [chains[key][j] for j in orders[key]] for key in chains})
         cuts = _cut_points(nodes)
-        if not _hoist(nodes, paths, cuts, chains, orders, stages):
+        if _hoist(nodes, paths, cuts, chains, orders, stages):
+            continue
+        done = [w for w in _proposed_swaps(nodes) if reorder and _swap(w, orders, stages)]
+        if not done:
             break
+        applied += done
     # An app whose whole final stage is a base's steps is that base (the node its chain ends at).
     is_app: dict[int, str] = {}
     for d in sorted(docs, key=lambda d: d.name, reverse=True):   # the first name wins
@@ -515,14 +523,27 @@ def extract(docs: list[Dockerfile], *, registry: str, project: str,
         by_node[n] = _base_image(nodes, n, run, by_node, docs, registry, f"{project}/{chosen[n]}", is_app.get(n))
     refactored = [_refactor(d, chains, orders, paths, cuts, runs, as_written, by_node) for d in docs]
     return Family(tuple(docs), tuple(by_node[n] for n in sorted(by_node)), tuple(refactored),
-                  tuple(errors), registry, project, _proposed_swaps(nodes))
+                  tuple(errors), registry, project, tuple(applied) if reorder else _proposed_swaps(nodes), reorder)
+
+
+def _swap(swap: Swap, orders: dict[str, list[int]], stages: dict[str, list[tuple[int, int]]]) -> bool:
+    """Swap the two steps in the chains of `swap.keys` (only where both are one stage's own steps)."""
+    keys = [k for k in swap.keys if any(a <= swap.at and swap.at + 1 < b for a, b in stages[k])]
+    if len(keys) != len(swap.keys):
+        return False
+    for key in keys:
+        orders[key][swap.at], orders[key][swap.at + 1] = orders[key][swap.at + 1], orders[key][swap.at]
+    return True
 
 
 def _proposed_swaps(nodes: list[TreeNode]) -> tuple[Swap, ...]:
     """Where the tree branches into X then Y for some apps and Y then X for others, X and Y layer
     steps that `may_swap_layers`: a proposal that the fewer apps swap them (ties: the later order)."""
     out = []
-    for node in nodes:
+    depth = {}
+    for n, node in enumerate(nodes):   # parents come first
+        depth[n] = depth[node.parent] + 1 if node.parent is not None else 0
+    for n, node in enumerate(nodes):
         kids = [nodes[c] for c in node.children]
         for i, a in enumerate(kids):
             for b in kids[i + 1:]:
@@ -538,7 +559,7 @@ def _proposed_swaps(nodes: list[TreeNode]) -> tuple[Swap, ...]:
                 known = [s.size for s in steps if s.size is not None]
                 out.append(Swap(node.step.instruction, (steps[0].instruction, steps[1].instruction),
                                 tuple(sorted(_dockerfiles(first[0]))), tuple(sorted(_dockerfiles(second[0]))),
-                                sum(known), len(steps) - len(known)))
+                                sum(known), len(steps) - len(known), tuple(sorted(first[0].apps)), depth[n] + 1))
     return tuple(out)
 
 
@@ -639,7 +660,12 @@ def _refactor(d: Dockerfile, chains, orders, paths, cuts, runs, as_written, by_n
         built += rest
         where = {j: k for k, j in enumerate(built)}
         for j in range(d.own_start(i), len(chain)):
-            if chain[j].keyword not in MOVABLE:
+            if chain[j].keyword not in MOVABLE:   # a layer step moves only in a swap (--reorder)
+                swapped = [x for x in range(d.own_start(i), j)
+                           if where[x] > where[j] and chain[x].keyword not in MOVABLE]
+                if swapped:
+                    moves.append(Move(i, chain[j].instruction, tuple(chain[x].instruction for x in swapped),
+                                      stage_bases[i], "swapped"))
                 continue
             # Steps it now follows though it came first (moved down), or now precedes (moved up);
             # two movable steps that changed places count once, for the one now first.
@@ -723,11 +749,11 @@ def _stage_at(doc: Dockerfile, index: int, position: int) -> Stage:
 
 
 def import_family(inputs: list[Path], *, context: Path | None = None, registry: str = "localhost:5000",
-                  project: str = "imported", names: dict[str, str] | None = None) -> Family:
+                  project: str = "imported", names: dict[str, str] | None = None, reorder: bool = False) -> Family:
     if context is not None and not context.is_dir():
         raise UserError("the build context given with --context is not a folder", context)
     docs, errors = read_all(find_dockerfiles(inputs), context)
-    return extract(docs, registry=registry, project=project, errors=errors, names=names)
+    return extract(docs, registry=registry, project=project, errors=errors, names=names, reorder=reorder)
 
 
 def _own_categories(item: Refactored) -> list[str]:
@@ -772,6 +798,7 @@ def summary(family: Family) -> dict:
                   "categories": _own_categories(r)}
                  for r in family.refactored],
         "moves": sum(len(r.moves) for r in family.refactored),
-        "proposed_swaps": [s.to_dict() for s in family.swaps],
+        "proposed_swaps": [] if family.reordered else [s.to_dict() for s in family.swaps],
+        "applied_swaps": [s.to_dict() for s in family.swaps] if family.reordered else [],
         "errors": [str(e) for e in family.errors],
     }
