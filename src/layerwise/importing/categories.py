@@ -8,6 +8,7 @@ without a layer from the layer above it. Edit the table, not the code, to teach 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=65536)   # families repeat the same instructions thousands of times
 def rule_for(keyword: str, command: str = "", sources: tuple[str, ...] = (), destination: str = "",
              size: int | None = None) -> Rule | None:
     """The first rule of the table that says what this instruction is, or None."""

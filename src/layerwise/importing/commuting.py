@@ -20,6 +20,7 @@ import functools
 
 from ..dockerfiles import VARIABLE, parse_instructions
 from ..plan.model import Step
+from .categories import rule_for
 
 MOVABLE = frozenset({"LABEL", "EXPOSE", "STOPSIGNAL", "MAINTAINER", "ENV", "ARG", "SHELL", "USER", "WORKDIR"})
 # What a movable step may be swapped with at all (others, such as ONBUILD and VOLUME, keep their place).
@@ -105,7 +106,7 @@ def may_swap_layers(a: Step, b: Step) -> bool:
         da, db = _destination(a), _destination(b)
         return bool(da and db) and not (da.startswith(db) or db.startswith(da))
     if a.keyword == b.keyword == "RUN" and a.category in ("tools", "library") and a.category == b.category:
-        ra, rb = _rule_of(a), _rule_of(b)
+        ra, rb = _rule_of(a.instruction), _rule_of(b.instruction)
         return ra is not None and ra == rb
     return False
 
@@ -118,6 +119,6 @@ def _destination(step: Step) -> str | None:
     return dest.rstrip("/") + "/" if dest.startswith("/") else None
 
 
-def _rule_of(step: Step):
-    from .categories import rule_for
-    return rule_for("RUN", command=" ".join(_parsed(step.instruction).args))
+@functools.lru_cache(maxsize=65536)
+def _rule_of(text: str):
+    return rule_for("RUN", command=" ".join(_parsed(text).args))
