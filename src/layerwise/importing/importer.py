@@ -490,7 +490,9 @@ def extract(docs: list[Dockerfile], *, registry: str, project: str,
             errors: list[UserError] = (), names: dict[str, str] | None = None, reorder: bool = False) -> Family:
     """Cut the prefix tree of every stage of every Dockerfile into base images. The tree is built
     on each stage's steps with the movable ones moved down (`commuting.sink`), so a LABEL or ENV
-    written in another place does not cut a shared prefix. `names`: `--name OLD=NEW` overrides."""
+    written in another place does not cut a shared prefix; then those every user of a base has just
+    below it move up to its end (`_hoist`). `names`: `--name OLD=NEW` overrides. `reorder`: apply
+    the layer swaps otherwise only proposed (`Family.swaps` then lists those applied)."""
     chains = {f"{d.name}#{i}": categorize(d.chain(i)) for d in docs for i in range(len(d.stages))}
     orders = {f"{d.name}#{i}": _sunk_order(d, i, chains[f"{d.name}#{i}"]) for d in docs for i in range(len(d.stages))}
     stages = {f"{d.name}#{i}": _stage_spans(d, i) for d in docs for i in range(len(d.stages))}
@@ -514,12 +516,12 @@ def extract(docs: list[Dockerfile], *, registry: str, project: str,
     runs = {n: _base_run(nodes, n, cuts) for n in cuts}
     chosen = choose_names([_candidate(nodes, n, runs[n], docs, paths, is_app.get(n)) for n in sorted(cuts)],
                           {d.name for d in docs}, names)
-    # Each base in the order its users wrote its steps, when they all wrote the same order (no move).
+    # Each base in the order most of its users wrote its steps (the fewest moves).
     as_written = {n: _written_order(nodes, n, runs[n], orders) for n in cuts}
     by_node: dict[int, BaseImage] = {}
     for n in sorted(cuts):   # a node's index is larger than its parent's: parents first
-        run = [runs[n][0]] + [runs[n][1:][k] for k in as_written[n]] if nodes[runs[n][0]].parent is None \
-            else [runs[n][k] for k in as_written[n]]
+        head, steps = (runs[n][:1], runs[n][1:]) if nodes[runs[n][0]].parent is None else ([], runs[n])
+        run = head + [steps[k] for k in as_written[n]]
         by_node[n] = _base_image(nodes, n, run, by_node, docs, registry, f"{project}/{chosen[n]}", is_app.get(n))
     refactored = [_refactor(d, chains, orders, paths, cuts, runs, as_written, by_node) for d in docs]
     return Family(tuple(docs), tuple(by_node[n] for n in sorted(by_node)), tuple(refactored),
@@ -639,8 +641,8 @@ def _path_to(nodes: list[TreeNode], n: int) -> list[int]:
 
 def _refactor(d: Dockerfile, chains, orders, paths, cuts, runs, as_written, by_node) -> Refactored:
     """Each stage that begins with a base's steps: FROM the deepest such base, then the stage's other
-    steps in the order written; the movable steps that now follow a base's steps they preceded are
-    the stage's moves."""
+    steps in the order written. Its moves: each movable step that now stands on the other side of a
+    step than it was written (down or up), and with --reorder each layer step swapped."""
     stage_bases, remaining, moves = {}, {}, []
     for i in range(len(d.stages)):
         key = f"{d.name}#{i}"
