@@ -157,7 +157,9 @@ def test_syntax_and_heredoc_import_but_are_marked_unbuildable(tmp_path):
     out = write_refactored(family, tmp_path / "out")
     apps = {a["name"]: a for a in json.loads((out / "import.json").read_text())["apps"]}
     assert "syntax" in apps["s"]["unbuildable"]
-    assert "# syntax=" not in (out / "apps/s/Dockerfile").read_text()
+    # s is the shared `RUN x` and nothing more: it is that base, written once, without its directive.
+    assert apps["s"]["image"] == family.bases[0].name == "imported/s" and not (out / "apps/s").exists()
+    assert "# syntax=" not in (out / apps["s"]["dockerfile"]).read_text()
 
 
 # ----------------------------------------------------------------------------- identity

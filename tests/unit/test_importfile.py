@@ -29,7 +29,8 @@ def test_a_description_round_trips_with_paths_resolved_against_its_folder(tmp_pa
     doc = json.loads(text)
     assert doc["schema"] == IMPORT_SCHEMA and list(doc) == sorted(doc)           # keys sorted, as every output
     assert doc["apps"][1] == {"name": "b", "original": "../src/b/Dockerfile", "context": None,
-                              "dockerfile": "apps/b/Dockerfile", "bases": ["p/tools"], "unbuildable": "a heredoc"}
+                              "dockerfile": "apps/b/Dockerfile", "bases": ["p/tools"], "unbuildable": "a heredoc",
+                              "image": None, "moves": []}
 
     read = load_import(root)
     here = root.resolve()

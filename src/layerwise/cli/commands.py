@@ -398,6 +398,11 @@ def _print_verify(results, measured: dict) -> None:
 @click.option("--registry", default="localhost:5000", show_default=True, help="Registry the base images are named for.")
 @click.option("--project", default="imported", show_default=True, help="Prefix of the base images' names.")
 @click.option("--base", "stack_base", help="With -o: the FROM image of the apps to put in the stack file.")
+@click.option("--name", "renames", multiple=True, metavar="OLD=NEW",
+              help="Call the base image import names OLD (e.g. go-builder) NEW instead (repeatable).")
+@click.option("--reorder", is_flag=True,
+              help="Apply the proposed layer swaps, kept only if verify proves the swapped apps equal (needs "
+                   "--refactor-to).")
 @click.option("--force", is_flag=True, help="Replace a --refactor-to folder that is not a layerwise output.")
 @click.option("--verify", "then_verify", is_flag=True,
               help="Then build every original and refactored image and prove them equivalent (needs --refactor-to).")
@@ -405,8 +410,8 @@ def _print_verify(results, measured: dict) -> None:
 @JSON_OPT
 def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_dir: Path | None,
                    context: Path | None, registry: str, project: str, stack_base: str | None,
-                   force: bool, then_verify: bool, builder: str, network: str, allowed: tuple[str, ...],
-                   as_json: bool) -> None:
+                   renames: tuple[str, ...], reorder: bool, force: bool, then_verify: bool, builder: str, network: str,
+                   allowed: tuple[str, ...], as_json: bool) -> None:
     """Turn Dockerfiles (or folders of them) into a family: shared prefixes become base images.
 
     A Dockerfile that cannot be imported is reported and the others go on (exit 2 only when
@@ -419,9 +424,15 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
     from .report import console, import_summary_line, import_tables
     if not re.match(REPOSITORY, project):
         raise UserError(f"--project {project!r}: use lower-case letters, digits, '.', '_', '-' and '/'")
-    if then_verify and refactor_dir is None:
-        raise UserError("--verify builds what --refactor-to writes: give --refactor-to DIR too")
-    family = import_family(list(inputs), context=context, registry=registry.rstrip("/"), project=project)
+    if (then_verify or reorder) and refactor_dir is None:
+        raise UserError(f"--{'verify' if then_verify else 'reorder'} builds what --refactor-to writes: "
+                        "give --refactor-to DIR too")
+    bad = [r for r in renames if "=" not in r]
+    if bad:
+        raise UserError(f"--name {bad[0]}: write --name OLD=NEW")
+    names = dict(r.split("=", 1) for r in renames)
+    family = import_family(list(inputs), context=context, registry=registry.rstrip("/"), project=project,
+                           names=names, reorder=reorder)
     for error in family.errors:
         print(f"layerwise: error: {error}", file=sys.stderr)
     if not family.dockerfiles:
@@ -432,11 +443,22 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
         write_atomically(stack_path, text)
     if refactor_dir is not None:
         write_refactored(family, refactor_dir, force=force)
+    reorder_note = None
+    if reorder and family.swaps:   # applied for good only once verify proves the swapped apps equal
+        swapped = sorted({a for w in family.swaps for a in w.apps})
+        checked, _ = _verify(refactor_dir, swapped, False, as_json, _build_options(builder, network), allowed)
+        if not all(r.equivalent for r in checked):
+            family = import_family(list(inputs), context=context, registry=registry.rstrip("/"), project=project,
+                                   names=names)
+            write_refactored(family, refactor_dir)
+            reorder_note = ("--reorder: verify found the swapped apps different (or could not build them); "
+                            "the swaps were not applied")
     doc = summary(family)
+    doc["reorder_note"] = reorder_note
     doc["stack_file_notes"] = notes
     results, measured = (_verify(refactor_dir, None, False, as_json, _build_options(builder, network), allowed)
                          if then_verify else (None, {}))
-    code = 0 if results is None or all(r.equivalent for r in results) else 1
+    code = 0 if (results is None or all(r.equivalent for r in results)) and not reorder_note else 1
     if as_json:
         if results is not None:
             from ..importing.verify import verify_dict
@@ -447,6 +469,8 @@ def import_command(inputs: tuple[Path, ...], stack_path: Path | None, refactor_d
     for table in import_tables(doc):
         out.print(table)
     out.print(import_summary_line(doc))
+    if reorder_note:
+        out.print(reorder_note)
     if stack_path is not None:
         left_out = f"; {len(notes)} Dockerfiles left out, each with the reason at its top" if notes else ""
         out.print(f"wrote {stack_path}: {len(family.dockerfiles) - len(notes)} apps{left_out}")

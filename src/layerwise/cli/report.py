@@ -519,18 +519,26 @@ def import_tables(doc: dict) -> list:
     """Tables for `layerwise import`: the bases extracted, then every app and what it keeps."""
     bases = Table(title="base images extracted", title_justify="left")
     for col, just in (("base", "left"), ("FROM", "left"), ("steps", "right"), ("layers", "right"),
-                      ("used by", "left"), ("known size", "right")):
+                      ("categories", "left"), ("used by", "left"), ("known size", "right")):
         bases.add_column(col, justify=just)
     for b in doc["bases"]:
         size = format_size(b["known_bytes"]) + (f" + {b['unknown_layers']} RUN" if b["unknown_layers"] else "")
         users = ", ".join(b["used_by"])
         bases.add_row(b["name"], (b["parent"] or b["from"])[:48], str(b["steps"]), str(b["layers"]),
+                      ", ".join(b.get("categories", ())),
                       users if len(users) <= 60 else f"{len(b['used_by'])} apps: {users[:50]}…", size)
     apps = Table(title="apps", title_justify="left")
     for col, just in (("app", "left"), ("stages", "right"), ("built on", "left"), ("own steps", "right"),
-                      ("notes", "left")):
+                      ("categories", "left"), ("notes", "left")):
         apps.add_column(col, justify=just)
+    moves = Table(title="steps moved (they create no layer and nothing between reads them)", title_justify="left")
+    for col in ("app", "step", "moved", "past", "now in"):
+        moves.add_column(col)
     for a in doc["apps"]:
+        for m in a.get("moves", ()):
+            past = "; ".join(p if len(p) <= 40 else p[:39] + "…" for p in m["past"][:3])
+            moves.add_row(a["name"], m["instruction"][:50], m["direction"],
+                          past + (f" (+{len(m['past']) - 3})" if len(m["past"]) > 3 else ""), m["base"])
         notes = []
         if a["text_only_lines"]:
             notes.append(f"{len(a['text_only_lines'])} COPY/ADD compared by text (no context)")
@@ -538,9 +546,21 @@ def import_tables(doc: dict) -> list:
             notes.append(f"context: {a['context_note']}")
         if a["unbuildable"]:
             notes.append(f"cannot be built here: {a['unbuildable']}")
-        apps.add_row(a["name"], str(a["stages"]), ", ".join(a["bases"]) or "[dim]its own FROMs[/]",
-                     str(a["remaining_steps"]), "; ".join(notes))
-    return [bases, apps]
+        if a.get("moves"):
+            notes.append(f"{len(a['moves'])} steps moved")
+        built_on = f"is {a['image']}" if a.get("image") else ", ".join(a["bases"]) or "[dim]its own FROMs[/]"
+        apps.add_row(a["name"], str(a["stages"]), built_on, str(a["remaining_steps"]),
+                     ", ".join(a.get("categories", ())), "; ".join(notes))
+    swaps = Table(title="layer swaps applied (verify proved the swapped apps equal)" if doc.get("applied_swaps")
+                  else "layer swaps proposed (not applied: that the order does not matter is not proven)",
+                  title_justify="left")
+    for col in ("after", "order", "apps that would swap", "with", "known size"):
+        swaps.add_column(col)
+    for w in doc.get("applied_swaps") or doc.get("proposed_swaps", ()):
+        size = format_size(w["known_bytes"]) + (f" + {w['unknown_layers']} RUN" if w["unknown_layers"] else "")
+        swaps.add_row(w["after"][:40], " → ".join(t[:40] for t in w["order"]), ", ".join(w["apps"]),
+                      ", ".join(w["others"]), size)
+    return [bases, apps] + [t for t in (moves, swaps) if t.row_count]
 
 
 def import_summary_line(doc: dict) -> str:
@@ -548,6 +568,7 @@ def import_summary_line(doc: dict) -> str:
     unknown_note = (f" known + {unknown} layers of unknown size (RUN output, or COPY without its context; "
                     "verify measures them)")
     saved = format_size(doc["known_bytes_saved"]) + (unknown_note if unknown else "")
+    moved = f", {doc['moves']} steps moved" if doc.get("moves") else ""
     return (f"{doc['images']} Dockerfiles ({doc['stages']} stages), {len(doc['bases'])} base images extracted, "
-            f"{doc['instructions_shared']} instructions shared ({doc['layers_shared']} layers); saved on a host "
-            f"running every app: {saved}")
+            f"{doc['instructions_shared']} instructions shared ({doc['layers_shared']} layers){moved}; saved on a "
+            f"host running every app: {saved}")

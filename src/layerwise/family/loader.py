@@ -82,6 +82,9 @@ def load_imported(folder: Path) -> ImportedFamily:
         dockerfiles[base.name] = _read(base.dockerfile, base.name, base.context, where)
         inputs[base.name] = BuildInput(base.dockerfile, base.context)
     for app in spec.apps:
+        if app.image:   # the app is one of the bases: no image of its own
+            apps[app.name] = app.image
+            continue
         key = f"{project}/{app.name}"
         dockerfiles[key] = _read(app.dockerfile, app.name, app.context, where)
         inputs[key] = BuildInput(app.dockerfile, app.context)
@@ -124,7 +127,7 @@ def import_plan(family: ImportedFamily, digests: dict[str, str]) -> Plan:
     key_of_ref = {b.ref: b.name for b in family.spec.bases}
     used_by = {b.name: set(b.used_by) for b in family.spec.bases}
     images: dict[str, ImageNode] = {}
-    keys = [b.name for b in family.spec.bases] + list(family.apps.values())   # bases parents first
+    keys = list(dict.fromkeys([b.name for b in family.spec.bases] + list(family.apps.values())))   # bases first
     for key in keys:
         doc = family.dockerfiles[key]
         chain = categorize(doc.chain(len(doc.stages) - 1))

@@ -23,16 +23,14 @@ from ..errors import UserError
 from ..plan import contexts
 from ..plan.model import Step, sha256_text
 from ..plan.planner import TreeNode, prefix_tree
+from .categories import CATEGORY_ORDER, rule_for
+from .commuting import MOVABLE, independent, may_swap_layers, sink
+from .naming import Candidate, choose_names
 
 IMPORT_RECIPE = "layerwise-import/1"
 _DOCKERFILE_NAME = re.compile(r"^(Dockerfile([.-].+)?|.+\.[Dd]ockerfile)$")
 _TEMPLATE_MARK = re.compile(r"\{\{|%%[A-Z_]+%%")
 
-# Category rules (documented in the README; the emitted stack file can be edited).
-_TOOLS = re.compile(r"\b(apt-get|apt|apk|yum|dnf|microdnf|zypper)\b")
-_LIBRARY = re.compile(r"\b(pip3?|pipenv|poetry|npm|yarn|pnpm|go mod|go get|dotnet restore|gem|bundle|"
-                      r"cargo fetch|composer)\b")
-CATEGORY_ORDER = ("os", "tools", "library", "code", "config")
 _GENERIC_FOLDERS = {"src", "docker", "build", "app", "dockerfiles"}
 
 
@@ -92,7 +90,7 @@ def find_dockerfiles(inputs: list[Path]) -> list[Path]:
             found.append(item)
         else:
             raise UserError("no such file or folder; give Dockerfiles or folders holding them", item)
-    out = list(dict.fromkeys(p.resolve() for p in found))
+    out = sorted(set(p.resolve() for p in found))   # the same family whatever order they come in
     if not out:
         raise UserError("no Dockerfile found (looked for Dockerfile, Dockerfile.*, *.Dockerfile)",
                         inputs[0] if inputs else None)
@@ -260,7 +258,7 @@ def _step(ins: Instruction, args: dict, context: Path | None, ignore, stages: li
         digest, sources, size, source = files.digest, tuple(rels), files.size, "context"
     if not ins.creates_layer:
         size, source = 0, "empty"
-    return Step(instruction=text, category=raw_category(ins), context_digest=digest, sources=sources,
+    return Step(instruction=text, category=raw_category(ins, size), context_digest=digest, sources=sources,
                 size=size, size_source=source)
 
 
@@ -316,33 +314,28 @@ def _chain_digest(stages: list[Stage], stage: Stage) -> str:
     return sha256_text(*(s.identity for s in _stage_chain(stages, stage.index)))
 
 
-def raw_category(ins: Instruction) -> str | None:
-    """The category a step says by itself; None = like its neighbours (see `categorize`)."""
-    if ins.keyword == "RUN":
-        command = " ".join(ins.args)
-        if _TOOLS.search(command):
-            return "tools"
-        if _LIBRARY.search(command):
-            return "library"
-        return None
+def raw_category(ins: Instruction, size: int | None = None) -> str | None:
+    """The category a step says by itself (`categories.RULES`); None = like its neighbours."""
     if ins.keyword in ("COPY", "ADD"):
-        return "code"
-    return "config" if ins.keyword in ("ENV", "CMD", "ENTRYPOINT", "EXPOSE", "LABEL") else None
+        rule = rule_for(ins.keyword, sources=ins.copy_sources, destination=ins.args[-1] if ins.args else "",
+                        size=size)
+    else:
+        rule = rule_for(ins.keyword, command=" ".join(ins.args))
+    return rule.category if rule else None
 
 
 def categorize(chain: list[Step]) -> list[Step]:
-    """Categories along one chain, never going back in CATEGORY_ORDER (a stack file orders steps
-    by category, so this keeps the Dockerfile's order):
-    - FROM is os; a RUN installing system packages is tools, one fetching libraries is library;
-    - a COPY is code, unless the next RUN is a library one (manifests copied for it): library;
-    - any other RUN goes with the layer before it (tools at the start);
-    - a step that creates no layer (ENV, WORKDIR, …) goes with the next layer; after the last, config."""
+    """Categories along one chain, from content (`categories.RULES`) where a rule names the step:
+    - FROM is os; a RUN no rule names goes with the layer below it (tools at the start);
+    - a COPY of sources followed by a library RUN is library (what it copies is read by the install);
+    - a step that creates no layer (ENV, WORKDIR, …) goes with the next layer; after the last, config.
+    A stack file lists steps category by category: `in_category_order` makes them never go back."""
     cats: list[str] = ["os"] * len(chain)
     layers = [i for i, s in enumerate(chain) if s.creates_layer]
     previous = "tools"
     for i in layers:
         step = chain[i]
-        if step.keyword in ("COPY", "ADD"):
+        if step.keyword in ("COPY", "ADD") and step.category == "code":
             run = next((chain[j] for j in layers if j > i and chain[j].keyword == "RUN"), None)
             previous = "library" if run is not None and run.category == "library" else "code"
         else:
@@ -351,9 +344,15 @@ def categorize(chain: list[Step]) -> list[Step]:
     for i in range(1, len(chain)):
         if not chain[i].creates_layer:
             cats[i] = next((cats[j] for j in layers if j > i), "config")
+    return [replace(step, category=category) for step, category in zip(chain, cats)]
+
+
+def in_category_order(chain: list[Step]) -> list[Step]:
+    """The categories made to never go back in CATEGORY_ORDER (a stack file orders steps by
+    category, so this keeps the Dockerfile's order): a step below a later category joins it."""
     current, out = "os", []
-    for step, category in zip(chain, cats):
-        current = max(current, category, key=CATEGORY_ORDER.index)
+    for step in chain:
+        current = max(current, step.category, key=CATEGORY_ORDER.index)
         out.append(replace(step, category=current))
     return out
 
@@ -362,7 +361,7 @@ def categorize(chain: list[Step]) -> list[Step]:
 
 @dataclass(frozen=True)
 class BaseImage:
-    name: str                      # repository path: "<project>/<stage>-<8 hex>"
+    name: str                      # repository path: "<project>/<name>" (see `naming`)
     ref: str                       # registry/name:lw-<16 hex>
     parent: str | None             # name of the base below it, or None (built on `from_ref`)
     from_ref: str                  # what its FROM names
@@ -371,6 +370,44 @@ class BaseImage:
     fingerprint: str
     context: Path | None           # the context its COPY sources are read from, if any
     buildable: bool                # False when a COPY of it was compared by text only
+    app: str | None = None         # the app it is: its steps are that app's whole final stage
+
+
+@dataclass(frozen=True)
+class Move:
+    """A step that creates no layer, moved past steps it is independent of (see `commuting`):
+    down, so that it no longer cuts a shared prefix, or up to the end of the base holding that
+    prefix, so that the base holds it for every app."""
+
+    stage: int                     # the stage it belongs to
+    instruction: str
+    past: tuple[str, ...]          # the steps it moved past
+    base: str                      # the base the stage now starts FROM
+    direction: str = "down"        # down (now after `past`) or up (now before them)
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "instruction": self.instruction, "past": list(self.past), "base": self.base,
+                "direction": self.direction}
+
+
+@dataclass(frozen=True)
+class Swap:
+    """Two layer steps that some apps write in one order and others in the other, right after a
+    shared step: swapped in `apps`, they would be shared too. Only proposed: that the swap keeps
+    the image is not proven (see `commuting.may_swap_layers`)."""
+
+    after: str                     # the last step the apps share now
+    order: tuple[str, str]         # the order `others` write them in (the one proposed)
+    apps: tuple[str, ...]          # who would swap them
+    others: tuple[str, ...]
+    known_bytes: int               # what the swapped steps copy, when known
+    unknown_layers: int            # RUN output (or COPY without its context): sized once built
+    keys: tuple[str, ...] = ()     # the chains (app#stage) that would swap them
+    at: int = 0                    # the position of the first of the two in those chains
+
+    def to_dict(self) -> dict:
+        return {"after": self.after, "order": list(self.order), "apps": list(self.apps), "others": list(self.others),
+                "known_bytes": self.known_bytes, "unknown_layers": self.unknown_layers}
 
 
 @dataclass(frozen=True)
@@ -380,6 +417,14 @@ class Refactored:
     source: Dockerfile
     stage_bases: dict[int, str] = field(default_factory=dict)    # stage index -> base name
     remaining: dict[int, tuple[Step, ...]] = field(default_factory=dict)
+    moves: tuple[Move, ...] = ()
+
+    @property
+    def image(self) -> str | None:
+        """The base this app is, when its whole final stage is that base's steps: it has no
+        image of its own (one that is only `FROM` the base would be an alias)."""
+        last = len(self.source.stages) - 1
+        return self.stage_bases[last] if last in self.stage_bases and not self.remaining[last] else None
 
     @property
     def bases(self) -> tuple[str, ...]:
@@ -418,6 +463,8 @@ class Family:
     errors: tuple[UserError, ...]         # Dockerfiles that could not be imported
     registry: str
     project: str
+    swaps: tuple[Swap, ...] = ()           # layer swaps that would share more: proposed, or applied
+    reordered: bool = False                # True: `swaps` were applied (import --reorder)
 
     def base(self, name: str) -> BaseImage:
         if not hasattr(self, "_by_name"):   # one dict, not a scan per lookup: thousands of bases
@@ -440,26 +487,196 @@ def read_all(paths: list[Path], context: Path | None = None) -> tuple[list[Docke
 
 
 def extract(docs: list[Dockerfile], *, registry: str, project: str,
-            errors: list[UserError] = ()) -> Family:
-    """Cut the prefix tree of every stage of every Dockerfile into base images."""
+            errors: list[UserError] = (), names: dict[str, str] | None = None, reorder: bool = False) -> Family:
+    """Cut the prefix tree of every stage of every Dockerfile into base images. The tree is built
+    on each stage's steps with the movable ones moved down (`commuting.sink`), so a LABEL or ENV
+    written in another place does not cut a shared prefix; then those every user of a base has just
+    below it move up to its end (`_hoist`). `names`: `--name OLD=NEW` overrides. `reorder`: apply
+    the layer swaps otherwise only proposed (`Family.swaps` then lists those applied)."""
     chains = {f"{d.name}#{i}": categorize(d.chain(i)) for d in docs for i in range(len(d.stages))}
-    nodes, paths = prefix_tree(chains)
-    cuts = _cut_points(nodes)
+    orders = {f"{d.name}#{i}": _sunk_order(d, i, chains[f"{d.name}#{i}"]) for d in docs for i in range(len(d.stages))}
+    stages = {f"{d.name}#{i}": _stage_spans(d, i) for d in docs for i in range(len(d.stages))}
+    applied: list[Swap] = []
+    for _ in range(100):   # each round moves steps up or swaps a pair for good: it ends (the bound is a safety net)
+        nodes, paths = prefix_tree({key: [chains[key][j] for j in orders[key]] for key in chains})
+        cuts = _cut_points(nodes)
+        if _hoist(nodes, paths, cuts, chains, orders, stages):
+            continue
+        done = [w for w in _proposed_swaps(nodes) if reorder and _swap(w, orders, stages)]
+        if not done:
+            break
+        applied += done
+    # An app whose whole final stage is a base's steps is that base (the node its chain ends at).
+    is_app: dict[int, str] = {}
+    for d in sorted(docs, key=lambda d: d.name, reverse=True):   # the first name wins
+        last = len(d.stages) - 1
+        path = paths[f"{d.name}#{last}"]
+        if path[-1] in cuts and len(path) - 1 >= d.own_start(last):
+            is_app[path[-1]] = d.name
+    runs = {n: _base_run(nodes, n, cuts) for n in cuts}
+    chosen = choose_names([_candidate(nodes, n, runs[n], docs, paths, is_app.get(n)) for n in sorted(cuts)],
+                          {d.name for d in docs}, names)
+    # Each base in the order most of its users wrote its steps (the fewest moves).
+    as_written = {n: _written_order(nodes, n, runs[n], orders) for n in cuts}
     by_node: dict[int, BaseImage] = {}
     for n in sorted(cuts):   # a node's index is larger than its parent's: parents first
-        by_node[n] = _base_image(nodes, n, cuts, by_node, docs, paths, registry, project)
-    refactored = []
-    for d in docs:
-        stage_bases, remaining = {}, {}
-        for i in range(len(d.stages)):
-            path = paths[f"{d.name}#{i}"]
-            deepest = max((pos for pos, n in enumerate(path) if n in cuts), default=None)
-            if deepest is not None and deepest >= d.own_start(i):
-                stage_bases[i] = by_node[path[deepest]].name
-                remaining[i] = tuple(nodes[n].step for n in path[deepest + 1:])
-        refactored.append(Refactored(d, stage_bases, remaining))
+        head, steps = (runs[n][:1], runs[n][1:]) if nodes[runs[n][0]].parent is None else ([], runs[n])
+        run = head + [steps[k] for k in as_written[n]]
+        by_node[n] = _base_image(nodes, n, run, by_node, docs, registry, f"{project}/{chosen[n]}", is_app.get(n))
+    refactored = [_refactor(d, chains, orders, paths, cuts, runs, as_written, by_node) for d in docs]
     return Family(tuple(docs), tuple(by_node[n] for n in sorted(by_node)), tuple(refactored),
-                  tuple(errors), registry, project)
+                  tuple(errors), registry, project, tuple(applied) if reorder else _proposed_swaps(nodes), reorder)
+
+
+def _swap(swap: Swap, orders: dict[str, list[int]], stages: dict[str, list[tuple[int, int]]]) -> bool:
+    """Swap the two steps in the chains of `swap.keys` (only where both are one stage's own steps)."""
+    keys = [k for k in swap.keys if any(a <= swap.at and swap.at + 1 < b for a, b in stages[k])]
+    if len(keys) != len(swap.keys):
+        return False
+    for key in keys:
+        orders[key][swap.at], orders[key][swap.at + 1] = orders[key][swap.at + 1], orders[key][swap.at]
+    return True
+
+
+def _proposed_swaps(nodes: list[TreeNode]) -> tuple[Swap, ...]:
+    """Where the tree branches into X then Y for some apps and Y then X for others, X and Y layer
+    steps that `may_swap_layers`: a proposal that the fewer apps swap them (ties: the later order)."""
+    out = []
+    depth = {}
+    for n, node in enumerate(nodes):   # parents come first
+        depth[n] = depth[node.parent] + 1 if node.parent is not None else 0
+    for n, node in enumerate(nodes):
+        kids = [nodes[c] for c in node.children]
+        for i, a in enumerate(kids):
+            for b in kids[i + 1:]:
+                if not (a.step.creates_layer and b.step.creates_layer and may_swap_layers(a.step, b.step)):
+                    continue
+                ab = next((nodes[c] for c in a.children if nodes[c].step.identity == b.step.identity), None)
+                ba = next((nodes[c] for c in b.children if nodes[c].step.identity == a.step.identity), None)
+                if ab is None or ba is None:
+                    continue
+                first, second = sorted([(ab, a, b), (ba, b, a)],
+                                       key=lambda t: (len(_dockerfiles(t[0])), t[1].step.instruction))
+                steps = (second[1].step, second[2].step)
+                known = [s.size for s in steps if s.size is not None]
+                out.append(Swap(node.step.instruction, (steps[0].instruction, steps[1].instruction),
+                                tuple(sorted(_dockerfiles(first[0]))), tuple(sorted(_dockerfiles(second[0]))),
+                                sum(known), len(steps) - len(known), tuple(sorted(first[0].apps)), depth[n] + 1))
+    return tuple(out)
+
+
+def _sunk_order(doc: Dockerfile, index: int, chain: list[Step]) -> list[int]:
+    """Positions of `chain` (stage `index`'s) in the order the prefix tree is built on: each stage's
+    own steps sunk apart (a stage's steps never leave it)."""
+    stage = doc.stages[index]
+    below = _sunk_order(doc, stage.parent, chain) if stage.parent is not None else [0]
+    start = doc.own_start(index)
+    return below + [start + k for k in sink(chain[start:start + len(stage.steps)])]
+
+
+def _stage_spans(doc: Dockerfile, index: int) -> list[tuple[int, int]]:
+    """[start, end) of each stage's own steps along stage `index`'s chain, the FROM first."""
+    stage = doc.stages[index]
+    below = _stage_spans(doc, stage.parent) if stage.parent is not None else [(0, 1)]
+    start = doc.own_start(index)
+    return below + [(start, start + len(stage.steps))]
+
+
+def _hoist(nodes, paths, cuts, chains, orders, stages) -> bool:
+    """Movable steps every user of a base has just below it (sunk there, but free to come back up)
+    are moved up to the base's end, so the base holds them: the end of the shared prefix. Returns
+    whether any moved (the tree must then be built again)."""
+    changed: set[str] = set()
+    for n in sorted(cuts):
+        users = sorted(nodes[n].apps)
+        if changed & set(users):
+            continue
+        at = paths[users[0]].index(n)
+        found: dict[str, list[int]] = {}
+        for u in users:
+            end = next(b for a, b in stages[u] if a <= at < b)
+            steps = [chains[u][j] for j in orders[u]]
+            found[u] = [q for q in range(at + 1, end) if steps[q].keyword in MOVABLE and all(
+                independent(steps[q], steps[r]) for r in range(at + 1, q) if steps[r].keyword not in MOVABLE)]
+        first = [chains[users[0]][orders[users[0]][q]].identity for q in found[users[0]]]
+        common = [x for x in dict.fromkeys(first)
+                  if all(x in {chains[u][orders[u][q]].identity for q in found[u]} for u in users)]
+        if not common:
+            continue
+        moved = {}
+        for u in users:
+            picked = []
+            for x in common:   # the first available step of that identity, in order
+                q = next(q for q in found[u] if chains[u][orders[u][q]].identity == x and q not in picked)
+                picked.append(q)
+            steps = [chains[u][j] for j in orders[u]]
+            if picked != sorted(picked) or not all(
+                    independent(steps[q], steps[r]) for q in picked for r in range(at + 1, q) if r not in picked):
+                break
+            moved[u] = picked
+        else:
+            for u, picked in moved.items():
+                rest = [orders[u][q] for q in range(at + 1, len(orders[u])) if q not in picked]
+                orders[u] = orders[u][:at + 1] + [orders[u][q] for q in picked] + rest
+            changed |= set(users)
+    return bool(changed)
+
+
+def _written_order(nodes: list[TreeNode], n: int, run: list[int], orders: dict[str, list[int]]) -> list[int]:
+    """The order (indices into the base's steps, its FROM left out) to write a base in: the one most
+    of its users wrote (the fewest moves; ties: the first such order). Every user's order of these
+    steps builds the same image, since they differ from the tree's only by independent swaps."""
+    steps = run[1:] if nodes[run[0]].parent is None else run
+    first = len(_path_to(nodes, steps[0])) - 1 if steps else 0
+    written = Counter(tuple(sorted(range(len(steps)), key=lambda k: orders[u][first + k])) for u in nodes[n].apps)
+    return list(min(written, key=lambda order: (-written[order], order)))
+
+
+def _path_to(nodes: list[TreeNode], n: int) -> list[int]:
+    path = [n]
+    while nodes[path[-1]].parent is not None:
+        path.append(nodes[path[-1]].parent)
+    return path[::-1]
+
+
+def _refactor(d: Dockerfile, chains, orders, paths, cuts, runs, as_written, by_node) -> Refactored:
+    """Each stage that begins with a base's steps: FROM the deepest such base, then the stage's other
+    steps in the order written. Its moves: each movable step that now stands on the other side of a
+    step than it was written (down or up), and with --reorder each layer step swapped."""
+    stage_bases, remaining, moves = {}, {}, []
+    for i in range(len(d.stages)):
+        key = f"{d.name}#{i}"
+        chain, order, path = chains[key], orders[key], paths[key]
+        deepest = max((pos for pos, n in enumerate(path) if n in cuts), default=None)
+        if deepest is None or deepest < d.own_start(i):
+            continue
+        stage_bases[i] = by_node[path[deepest]].name
+        in_bases = set(order[:deepest + 1])
+        rest = [j for j in range(len(chain)) if j not in in_bases]
+        remaining[i] = tuple(chain[j] for j in rest)
+        built = [0]   # the chain as rebuilt, by original position: each base as written, then the rest
+        for n in (n for n in path[:deepest + 1] if n in cuts):
+            start = max(path.index(runs[n][0]), 1)   # a base's steps, its FROM left out
+            segment = order[start:path.index(n) + 1]
+            built += [segment[k] for k in as_written[n]]
+        built += rest
+        where = {j: k for k, j in enumerate(built)}
+        for j in range(d.own_start(i), len(chain)):
+            if chain[j].keyword not in MOVABLE:   # a layer step moves only in a swap (--reorder)
+                swapped = [x for x in range(d.own_start(i), j)
+                           if where[x] > where[j] and chain[x].keyword not in MOVABLE]
+                if swapped:
+                    moves.append(Move(i, chain[j].instruction, tuple(chain[x].instruction for x in swapped),
+                                      stage_bases[i], "swapped"))
+                continue
+            # Steps it now follows though it came first (moved down), or now precedes (moved up);
+            # two movable steps that changed places count once, for the one now first.
+            down = [x for x in range(j + 1, len(chain)) if where[x] < where[j] and chain[x].keyword not in MOVABLE]
+            up = [x for x in range(d.own_start(i), j) if where[x] > where[j]]
+            if down or up:
+                moves.append(Move(i, chain[j].instruction, tuple(chain[x].instruction for x in down or up),
+                                  stage_bases[i], "down" if down else "up"))
+    return Refactored(d, stage_bases, remaining, tuple(moves))
 
 
 def _dockerfiles(node: TreeNode) -> frozenset[str]:
@@ -486,11 +703,28 @@ def _cut_points(nodes: list[TreeNode]) -> set[int]:
     return cuts
 
 
-def _base_image(nodes, n, cuts, by_node, docs, paths, registry, project) -> BaseImage:
+def _base_run(nodes: list[TreeNode], n: int, cuts: set[int]) -> list[int]:
+    """The tree nodes a base holds: from above the base below it (or the chain's FROM) up to `n`."""
     run = [n]
     while nodes[run[-1]].parent is not None and nodes[run[-1]].parent not in cuts:
         run.append(nodes[run[-1]].parent)
-    run.reverse()
+    return run[::-1]
+
+
+def _candidate(nodes, n, run, docs, paths, app: str | None) -> Candidate:
+    root = n
+    while nodes[root].parent is not None:
+        root = nodes[root].parent
+    first = min(nodes[n].apps)
+    doc = next(d for d in docs if d.name == first.split("#")[0])
+    stage = _stage_at(doc, int(first.split("#")[1]), paths[first].index(n))
+    top = [nodes[i].step for i in run if nodes[i].step.creates_layer]
+    return Candidate(key=n, app=app, from_image=nodes[root].step.instruction.split()[-1], stage=stage.name,
+                     runtime=stage.name is None and len(doc.stages) > 1 and stage.index == len(doc.stages) - 1,
+                     users=tuple(sorted(_dockerfiles(nodes[n]))), category=top[-1].category if top else "config")
+
+
+def _base_image(nodes, n, run, by_node, docs, registry, name, app) -> BaseImage:
     below = nodes[run[0]].parent
     parent = by_node[below] if below is not None else None
     if parent is None:   # run[0] is the chain's FROM
@@ -501,16 +735,12 @@ def _base_image(nodes, n, cuts, by_node, docs, paths, registry, project) -> Base
     fingerprint = sha256_text(IMPORT_RECIPE, parent.fingerprint if parent else "base:" + from_ref,
                               *(s.identity for s in steps))
     users = sorted(_dockerfiles(nodes[n]))
-    first = min(nodes[n].apps)
-    doc = next(d for d in docs if d.name == first.split("#")[0])
-    stage = _stage_at(doc, int(first.split("#")[1]), paths[first].index(n))
-    label = re.sub(r"[^a-z0-9]+", "-", stage.name or "base").strip("-") or "base"
-    name = f"{project}/{label}-{fingerprint[:8]}"
+    doc = next(d for d in docs if d.name == min(nodes[n].apps).split("#")[0])
     present = all(s.context_digest for s in steps if s.keyword in ("COPY", "ADD"))
     return BaseImage(name=name, ref=f"{registry}/{name}:lw-{fingerprint[:16]}",
                      parent=parent.name if parent else None, from_ref=from_ref, steps=steps,
                      used_by=tuple(users), fingerprint=fingerprint,
-                     context=doc.context, buildable=present)
+                     context=doc.context, buildable=present, app=app)
 
 
 def _stage_at(doc: Dockerfile, index: int, position: int) -> Stage:
@@ -521,11 +751,19 @@ def _stage_at(doc: Dockerfile, index: int, position: int) -> Stage:
 
 
 def import_family(inputs: list[Path], *, context: Path | None = None, registry: str = "localhost:5000",
-                  project: str = "imported") -> Family:
+                  project: str = "imported", names: dict[str, str] | None = None, reorder: bool = False) -> Family:
     if context is not None and not context.is_dir():
         raise UserError("the build context given with --context is not a folder", context)
     docs, errors = read_all(find_dockerfiles(inputs), context)
-    return extract(docs, registry=registry, project=project, errors=errors)
+    return extract(docs, registry=registry, project=project, errors=errors, names=names, reorder=reorder)
+
+
+def _own_categories(item: Refactored) -> list[str]:
+    """The categories of the layers an app's final stage adds on top of its base (or its FROM)."""
+    last = len(item.source.stages) - 1
+    own = (item.remaining[last] if last in item.stage_bases    # tree steps: categorized already
+           else categorize(item.source.chain(last))[item.source.own_start(last):])
+    return list(dict.fromkeys(s.category for s in own if s.creates_layer))
 
 
 def summary(family: Family) -> dict:
@@ -539,7 +777,8 @@ def summary(family: Family) -> dict:
         bases.append({"name": b.name, "ref": b.ref, "from": b.from_ref, "parent": b.parent,
                       "steps": len(b.steps), "layers": len(layers), "used_by": list(b.used_by),
                       "known_bytes": sum(known), "unknown_layers": len(layers) - len(known),
-                      "buildable": b.buildable})
+                      "buildable": b.buildable, "app": b.app,
+                      "categories": list(dict.fromkeys(s.category for s in layers))})
     def extra(b: dict, key: str) -> int:
         return b[key] * (len(b["used_by"]) - 1)
     return {
@@ -556,7 +795,12 @@ def summary(family: Family) -> dict:
                   "bases": list(r.bases),
                   "remaining_steps": sum(len(v) for v in r.remaining.values())
                   + sum(len(s.steps) for i, s in enumerate(r.source.stages) if i not in r.remaining),
-                  "text_only_lines": list(r.source.text_only), "unbuildable": r.source.unbuildable}
+                  "text_only_lines": list(r.source.text_only), "unbuildable": r.source.unbuildable,
+                  "image": r.image, "moves": [m.to_dict() for m in r.moves],
+                  "categories": _own_categories(r)}
                  for r in family.refactored],
+        "moves": sum(len(r.moves) for r in family.refactored),
+        "proposed_swaps": [] if family.reordered else [s.to_dict() for s in family.swaps],
+        "applied_swaps": [s.to_dict() for s in family.swaps] if family.reordered else [],
         "errors": [str(e) for e in family.errors],
     }

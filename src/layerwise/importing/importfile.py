@@ -29,10 +29,12 @@ class ImportedBase:
     context: Path | None            # None: the base copies nothing
     parent: str | None
     used_by: tuple[str, ...] = ()   # the apps built on it, directly or through a child base
+    steps: tuple[dict, ...] = ()    # informative: {instruction, category} per step (import writes it)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ref": self.ref, "dockerfile": str(self.dockerfile),
-                "context": _text_or_none(self.context), "parent": self.parent, "used_by": list(self.used_by)}
+                "context": _text_or_none(self.context), "parent": self.parent, "used_by": list(self.used_by),
+                "steps": list(self.steps)}
 
     @classmethod
     def from_dict(cls, b: dict, where: str, root: Path, path: Path) -> "ImportedBase":
@@ -52,10 +54,14 @@ class ImportedApp:
     dockerfile: Path                # the refactored Dockerfile
     bases: tuple[str, ...]
     unbuildable: str | None = None  # why the legacy builder cannot build the original, as import found
+    image: str | None = None        # the base this app is (its whole final stage): no image of its own;
+                                    # `dockerfile` is then that base's
+    moves: tuple[dict, ...] = ()    # informative: steps import moved (see importer.Move)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "original": str(self.original), "context": _text_or_none(self.context),
-                "dockerfile": str(self.dockerfile), "bases": list(self.bases), "unbuildable": self.unbuildable}
+                "dockerfile": str(self.dockerfile), "bases": list(self.bases), "unbuildable": self.unbuildable,
+                "image": self.image, "moves": list(self.moves)}
 
     @classmethod
     def from_dict(cls, a: dict, where: str, root: Path, path: Path) -> "ImportedApp":
@@ -65,7 +71,8 @@ class ImportedApp:
         unbuildable = a.get("unbuildable")
         return cls(_text(a, "name", where, path), _path(a, "original", where, root, path),
                    _path(a, "context", where, root, path, True), _path(a, "dockerfile", where, root, path),
-                   tuple(bases), unbuildable if isinstance(unbuildable, str) else None)
+                   tuple(bases), unbuildable if isinstance(unbuildable, str) else None,
+                   _text(a, "image", where, path, True))
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,6 @@ def _check_names(bases: tuple[ImportedBase, ...], apps: tuple[ImportedApp, ...],
         if a.name in names:
             raise UserError(f"app {a.name!r} is listed twice", path)
         names.add(a.name)
-        for name in a.bases:
+        for name in a.bases + ((a.image,) if a.image else ()):
             if name not in seen:
                 raise UserError(f"app {a.name!r} uses base {name!r}, which is not listed", path)

@@ -21,12 +21,9 @@ from ..atomic import replace_folder
 from ..dockerfiles import parse_instructions, render_dockerfile
 from ..errors import UserError
 from ..plan import contexts
-from .importer import CATEGORY_ORDER, BaseImage, Dockerfile, Family, Refactored, categorize, renumber_stages
+from .categories import CATEGORY_ORDER, CATEGORY_OWNERS
+from .importer import BaseImage, Dockerfile, Family, Refactored, categorize, in_category_order, renumber_stages
 from .importfile import IMPORT_FILE, ImportedApp, ImportedBase, ImportSet, is_import_output
-
-CATEGORY_OWNERS = {"tools": ("platform", 0.5), "library": ("platform", 2), "code": ("app-team", 20),
-                   "config": ("app-team", 10)}
-
 
 # ----------------------------------------------------------------------------- refactored folder
 
@@ -40,15 +37,24 @@ def base_context(base: BaseImage) -> str:
 
 def base_dockerfile(base: BaseImage) -> str:
     header = [f"base image {base.ref}, extracted by layerwise import",
+              *([f"the image of app {base.app} (its whole final stage)"] if base.app else []),
               f"used by: {', '.join(base.used_by)}"]
     return render_dockerfile(base.from_ref, [(s.category, s.instruction) for s in base.steps], header)
 
 
-def app_dockerfile(item: Refactored, family: Family) -> str:
+def relative(path: Path, folder: Path) -> Path:
+    """`path` as seen from `folder` (`../src/a/Dockerfile`): the same inputs and output moved to
+    another place give the same text."""
+    return Path(os.path.relpath(path.resolve(), folder.resolve()))
+
+
+def app_dockerfile(item: Refactored, family: Family, out: Path | None = None) -> str:
     """The original Dockerfile with each stage that begins with a base's steps starting FROM it,
-    and without the stages nothing uses any more (stage numbers in from= flags follow)."""
+    and without the stages nothing uses any more (stage numbers in from= flags follow). `out`: the
+    refactored folder, which the original's path is written relative to (else its name alone)."""
     doc = item.source
-    lines = [f"# {doc.name}: rewritten by layerwise import from {doc.path}"]
+    source = relative(doc.path, out) if out is not None else Path(doc.path.name)
+    lines = [f"# {doc.name}: rewritten by layerwise import from {source.as_posix()}"]
     lines += list(doc.global_args)
     kept = item.kept_stages()
     new_index = {old: new for new, old in enumerate(kept)}
@@ -64,16 +70,24 @@ def app_dockerfile(item: Refactored, family: Family) -> str:
     return "\n".join(lines) + "\n"
 
 
-def import_set(family: Family, root: Path) -> ImportSet:
-    """What import.json says of the refactored folder `root` (paths inside it relative to it)."""
+def import_set(family: Family, root: Path, out: Path | None = None) -> ImportSet:
+    """What import.json says of the refactored folder `root` (to be renamed `out`): every path
+    relative to it, so the file does not depend on where the inputs and the folder lie."""
+    out = out or root
     bases = tuple(ImportedBase(b.name, b.ref, Path(base_folder(b)) / "Dockerfile",
-                               Path(base_context(b)) if b.buildable else None, b.parent, tuple(b.used_by))
+                               Path(base_context(b)) if b.buildable else None, b.parent, tuple(b.used_by),
+                               tuple({"instruction": s.instruction, "category": s.category} for s in b.steps))
                   for b in family.bases)
-    apps = tuple(ImportedApp(r.source.name, r.source.path,
-                             r.source.context if r.source.context and not r.source.text_only else None,
-                             Path("apps") / r.source.name / "Dockerfile", tuple(r.bases), r.source.unbuildable)
-                 for r in family.refactored)
-    return ImportSet(root, bases, apps, family.registry, family.project)
+    apps = []
+    for r in family.refactored:
+        context = r.source.context if r.source.context and not r.source.text_only else None
+        # An app that is a base is built from the base's Dockerfile (verify compares it with its original).
+        folder = Path(base_folder(family.base(r.image))) if r.image else Path("apps") / r.source.name
+        dockerfile = folder / "Dockerfile"
+        apps.append(ImportedApp(r.source.name, relative(r.source.path, out),
+                                relative(context, out) if context else None, dockerfile, tuple(r.bases),
+                                r.source.unbuildable, r.image, tuple(m.to_dict() for m in r.moves)))
+    return ImportSet(root, bases, tuple(apps), family.registry, family.project)
 
 
 def bake_target(name: str) -> str:
@@ -84,8 +98,9 @@ def bake_target(name: str) -> str:
 def bake_file(family: Family, out: Path) -> str:
     """`docker buildx bake` for the family, run from the folder: a target per base and per app;
     `contexts` point each `FROM <base ref>` at the base's target, so bake builds bases first and
-    apps on them. Apps build with their original context and their Dockerfile here (absolute paths,
-    as import.json says them)."""
+    apps on them. Apps build with their original context and their Dockerfile here (paths relative
+    to the folder, as import.json says them; bake reads a dockerfile relative to its context); an app
+    that is a base is that base's target."""
     def target(base_name: str) -> str:
         return "base_" + bake_target(base_name.split("/", 1)[-1])
 
@@ -98,11 +113,14 @@ def bake_file(family: Family, out: Path) -> str:
         targets.append((target(b.name), {"context": base_context(b), "dockerfile": "../Dockerfile", "tag": b.ref},
                         uses))
     for r in family.refactored:
+        if r.image:
+            continue
         dockerfile = out / "apps" / r.source.name / "Dockerfile"
         context = r.source.context.resolve() if r.source.context else dockerfile.parent
         uses = {family.base(n).ref: "target:" + target(n) for n in r.bases}
         targets.append(("app_" + bake_target(r.source.name),
-                        {"context": str(context), "dockerfile": str(dockerfile),
+                        {"context": relative(context, out).as_posix(),
+                         "dockerfile": relative(dockerfile, context).as_posix(),
                          "tag": f"{family.registry}/{family.project}/{r.source.name}:latest"}, uses))
     lines = ["# written by layerwise import: run `docker buildx bake` in this folder",
              'group "default" {',
@@ -130,11 +148,13 @@ def _fill(family: Family, root: Path, out: Path) -> None:
                                            ignore)
         (folder / "Dockerfile").write_text(base_dockerfile(base))
     for item in family.refactored:
+        if item.image:   # the app is a base: no second image that is only FROM it
+            continue
         folder = root / "apps" / item.source.name
         folder.mkdir(parents=True)
-        (folder / "Dockerfile").write_text(app_dockerfile(item, family))
+        (folder / "Dockerfile").write_text(app_dockerfile(item, family, out))
     (root / "docker-bake.hcl").write_text(bake_file(family, out))
-    (root / IMPORT_FILE).write_text(import_set(family, root).to_json())
+    (root / IMPORT_FILE).write_text(import_set(family, root, out).to_json())
 
 
 def write_refactored(family: Family, out: Path, *, force: bool = False) -> Path:
@@ -147,7 +167,7 @@ def write_refactored(family: Family, out: Path, *, force: bool = False) -> Path:
 
 def _stack_chain(doc: Dockerfile) -> tuple[str | None, list, str | None]:
     """The final stage as (base image, steps) for a stack file, or why it cannot be one."""
-    chain = categorize(doc.chain(len(doc.stages) - 1))
+    chain = in_category_order(categorize(doc.chain(len(doc.stages) - 1)))
     if any((s.context_digest or "").startswith("stage:") for s in chain):
         return None, [], "copies from another stage (multi-stage builds need the refactored folder)"
     words = chain[0].instruction.split()[1:]
