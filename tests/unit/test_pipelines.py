@@ -185,6 +185,16 @@ def test_an_imported_corpus_family_becomes_repositories_too(tmp_path):
     platform = yaml.safe_load((tmp_path / "r/platform/.gitlab-ci.yml").read_text())
     triggers = [k for k in platform if k.startswith("trigger:app-team:")]
     assert triggers and len(app_team["bases"]) > 1
+    # Its pipelines lint as the seed's do.
+    generate(tmp_path / "imp", tmp_path / "gh", "monorepo", "github")
+    workflows = sorted((tmp_path / "gh/.github/workflows").glob("*.yml"))
+    assert len(workflows) == len(json.loads((tmp_path / "gh/import.json").read_text())["bases"])
+    done = subprocess.run([tool("actionlint"), "-no-color", *map(str, workflows)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+    gitlab = [tmp_path / "r/platform/.gitlab-ci.yml", tmp_path / "r/app-team/.gitlab-ci.yml"]
+    done = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci", *map(str, gitlab)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
 
 
 # -- bad input: one error line, exit 2, nothing written

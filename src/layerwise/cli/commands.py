@@ -187,7 +187,7 @@ def affected(stack: Path, changed: tuple[str, ...], as_json: bool) -> None:
     from .report import console
     out = console()
     for a in found:
-        out.print(f"{a.key:<36} {a.owner:<12} {'; '.join(a.reasons)}", highlight=False, markup=False)
+        out.print(f"{a.key:<36} {a.owner:<12} {'; '.join(a.reasons)}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"{len(found)} of {len(the_plan.images)} images to rebuild, in this order", highlight=False)
 
 
