@@ -136,12 +136,13 @@ def plan(stack: Path, steps: bool | None, form: str, svg_path: Path | None, as_j
 @click.option("--force", is_flag=True, help="Replace a folder that is not a layerwise output.")
 @click.option("--layout", type=click.Choice(["per-team", "monorepo"]),
               help="Write git repositories with CI pipelines: one per owner, or one for the family.")
-@click.option("--ci", type=click.Choice(["gitlab", "github"]), default="gitlab", show_default=True,
-              help="With --layout: the CI system the pipelines are written for.")
+@click.option("--ci", type=click.Choice(["gitlab", "github"]),
+              help="With --layout: the CI system the pipelines are written for (default gitlab).")
 @click.option("--namespace", help="With --layout: the GitLab group or GitHub owner of the repositories "
               "(default: the family's project).")
 @_acyclic
-def generate(stack: Path, output: Path, force: bool, layout: str | None, ci: str, namespace: str | None) -> None:
+def generate(stack: Path, output: Path, force: bool, layout: str | None, ci: str | None,
+             namespace: str | None) -> None:
     """Write one folder per image (Dockerfile + context), plan.json, docker-bake.hcl, CODEOWNERS;
     with --layout, git repositories with pipelines instead (STACK may then also be a folder
     `layerwise import --refactor-to` wrote)."""
@@ -150,8 +151,13 @@ def generate(stack: Path, output: Path, force: bool, layout: str | None, ci: str
 
     if layout is None:
         from ..family.generate import generate as generate_family
-        from ..plan.spec import load_stack
-        loaded = load_stack(stack)
+        from ..family.loader import ImportedFamily
+        if ci or namespace:
+            raise UserError("--ci and --namespace say how --layout writes repositories; give --layout too")
+        loaded = load_family(stack)
+        if isinstance(loaded, ImportedFamily):
+            raise UserError("an import folder is written as repositories: give --layout per-team or monorepo",
+                            loaded.path)
         the_plan, _ = _plan_as_known(loaded)
         out = generate_family(the_plan, loaded, output, force=force)
         console().print(f"wrote {len(the_plan.images)} images to {out}")
@@ -159,6 +165,7 @@ def generate(stack: Path, output: Path, force: bool, layout: str | None, ci: str
     from ..family.pipelines import generate_layout
     loaded = load_family(stack)
     the_plan, _ = _plan_as_known(loaded)
+    ci = ci or "gitlab"
     written = generate_layout(the_plan, loaded, output, layout=layout, ci=ci,
                               namespace=namespace or the_plan.project, force=force)
     n = len(written.repos)

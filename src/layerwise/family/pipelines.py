@@ -124,7 +124,7 @@ def write_repo(plan: Plan, family: Family, repos: tuple[Repo, ...], repo: Repo, 
     for img in repo.images:
         where = folder / "images" / img.key
         where.mkdir(parents=True)
-        (where / "Dockerfile").write_text(_dockerfile(family, img, layout))
+        (where / "Dockerfile").write_text(_dockerfile(family, img))
         has_context = _copy_context(family, img, where / "context")
         bases.append(ImportedBase(img.key, img.ref, Path("images", img.key, "Dockerfile"),
                                   Path("images", img.key, "context") if has_context else None,
@@ -151,7 +151,7 @@ def write_repo(plan: Plan, family: Family, repos: tuple[Repo, ...], repo: Repo, 
     return len(files)
 
 
-def _dockerfile(family: Family, img: ImageNode, layout: str) -> str:
+def _dockerfile(family: Family, img: ImageNode) -> str:
     if isinstance(family, Stack):
         header = [f"image: {img.ref}", f"parent: {img.base}", f"owner: {img.owner}",
                   "edit this file and context/: the pipeline rebuilds this image and what is built on it"]
@@ -249,10 +249,10 @@ def _registry_host(plan: Plan) -> str:
     return plan.registry.split("/", 1)[0]
 
 
-GITLAB_RULES = [{"if": '$CI_PIPELINE_SOURCE == "pipeline"'},          # started by a parent's pipeline
-                {"if": '$CI_PIPELINE_SOURCE == "parent_pipeline"'},   # a child pipeline of the monorepo
-                {"if": '$CI_PIPELINE_SOURCE == "web"'},
-                {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
+# When a pipeline runs: started by hand, or by a push to the default branch; per team also when a
+# parent image's pipeline (another project) triggers it.
+RUN_BY_HAND_OR_PUSH = [{"if": '$CI_PIPELINE_SOURCE == "web"'}, {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
+RUN_PER_TEAM = [{"if": '$CI_PIPELINE_SOURCE == "pipeline"'}, *RUN_BY_HAND_OR_PUSH]
 
 
 def _gitlab_build_job(img: ImageNode, needs: list[str]) -> dict:
@@ -268,7 +268,7 @@ def _out_name(key: str) -> str:
 
 
 def gitlab_team(plan: Plan, repos: tuple[Repo, ...], repo: Repo, namespace: str) -> dict:
-    doc: dict = {"workflow": {"rules": GITLAB_RULES},
+    doc: dict = {"workflow": {"rules": RUN_PER_TEAM},
                  "variables": {"LAYERWISE_REGISTRY": _registry_host(plan)},
                  "stages": ["build", "trigger"]}
     for img in repo.images:
@@ -292,7 +292,7 @@ def _image_paths(plan: Plan, img: ImageNode) -> list[str]:
 
 
 def gitlab_monorepo_root(plan: Plan) -> dict:
-    doc: dict = {"workflow": {"rules": GITLAB_RULES[2:]}, "stages": ["images"]}
+    doc: dict = {"workflow": {"rules": RUN_BY_HAND_OR_PUSH}, "stages": ["images"]}
     for img in plan.images:
         job: dict = {"stage": "images",
                      "rules": [{"if": '$CI_PIPELINE_SOURCE == "web"'}, {"changes": _image_paths(plan, img)}]}
