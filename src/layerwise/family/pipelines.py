@@ -25,6 +25,7 @@ import shutil
 import stat
 import subprocess
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -56,8 +57,12 @@ class Repo:
     name: str                       # folder, and repository name under the namespace
     images: tuple[ImageNode, ...]   # parents first
 
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        return frozenset(img.key for img in self.images)
+
     def has(self, key: str) -> bool:
-        return any(img.key == key for img in self.images)
+        return key in self.keys
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,8 @@ def write_repo(plan: Plan, family: Family, repos: tuple[Repo, ...], repo: Repo, 
         bases.append(ImportedBase(img.key, img.ref, Path("images", img.key, "Dockerfile"),
                                   Path("images", img.key, "context") if has_context else None,
                                   img.parent if img.parent and repo.has(img.parent) else None, img.apps))
-    registry = plan.registry
-    (folder / IMPORT_FILE).write_text(ImportSet(folder, tuple(bases), (), registry, plan.project).to_json())
+    # Every image as a base of the import format: `layerwise build` builds each from its Dockerfile.
+    (folder / IMPORT_FILE).write_text(ImportSet(folder, tuple(bases), (), plan.registry, plan.project).to_json())
     (folder / ".gitignore").write_text("# written by layerwise build and ci/build.sh\nlayerwise.state.json\nci/out/\n")
     (folder / "README.md").write_text(readme(plan, repos, repo, layout, ci, namespace))
     ci_dir = folder / "ci"
