@@ -230,8 +230,16 @@ def _downstream(plan: Plan, repos: tuple[Repo, ...], repo: Repo, img: ImageNode)
     return out
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Repeated parts (the checkout step) written out each time: no YAML anchors in a CI file."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def _yaml(header: str, doc: dict) -> str:
-    return header + "\n" + yaml.safe_dump(doc, sort_keys=False, width=1000, default_flow_style=False)
+    return header + "\n" + yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, width=1000,
+                                      default_flow_style=False)
 
 
 def pipeline_files(plan: Plan, repos: tuple[Repo, ...], repo: Repo, layout: str, ci: str,
