@@ -102,14 +102,25 @@ def _print_plan(plan, summary, steps: bool | None = None) -> None:
 @STACK_ARG
 @click.option("--steps/--no-steps", default=None, help="Show every image's steps in the tree (default: "
               "only for families of up to 200 steps in all).")
+@click.option("--format", "form", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True,
+              help="text: the tree and cost tables; mermaid or dot: the family as a graph (owner, tag, own size).")
+@click.option("--svg", "svg_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the graph as SVG here (needs Graphviz's dot).")
 @JSON_OPT
 @_acyclic
-def plan(stack: Path, steps: bool | None, as_json: bool) -> None:
+def plan(stack: Path, steps: bool | None, form: str, svg_path: Path | None, as_json: bool) -> None:
     """Show the tree of images for STACK (default layerwise.yaml) and what it saves."""
     from ..family.loader import load_family
     from ..plan.cost import summarize
 
     the_plan, _ = _plan_as_known(load_family(stack))
+    if svg_path is not None:
+        from ..plan.graph import dot, svg
+        write_atomically(svg_path, svg(dot(the_plan)))
+    if form != "text":
+        from ..plan.graph import dot, mermaid
+        sys.stdout.write(mermaid(the_plan) if form == "mermaid" else dot(the_plan))
+        return
     summary = summarize(the_plan)
     if as_json:
         doc = {"plan": the_plan.to_dict(), "cost": summary.to_dict()}
@@ -123,17 +134,68 @@ def plan(stack: Path, steps: bool | None, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Folder to write the family into.")
 @click.option("--force", is_flag=True, help="Replace a folder that is not a layerwise output.")
+@click.option("--layout", type=click.Choice(["per-team", "monorepo"]),
+              help="Write git repositories with CI pipelines: one per owner, or one for the family.")
+@click.option("--ci", type=click.Choice(["gitlab", "github"]),
+              help="With --layout: the CI system the pipelines are written for (default gitlab).")
+@click.option("--namespace", help="With --layout: the GitLab group or GitHub owner of the repositories "
+              "(default: the family's project).")
 @_acyclic
-def generate(stack: Path, output: Path, force: bool) -> None:
-    """Write one folder per image (Dockerfile + context), plan.json, docker-bake.hcl, CODEOWNERS."""
-    from ..family.generate import generate as generate_family
-    from ..plan.spec import load_stack
+def generate(stack: Path, output: Path, force: bool, layout: str | None, ci: str | None,
+             namespace: str | None) -> None:
+    """Write one folder per image (Dockerfile + context), plan.json, docker-bake.hcl, CODEOWNERS;
+    with --layout, git repositories with pipelines instead (STACK may then also be a folder
+    `layerwise import --refactor-to` wrote)."""
+    from ..family.loader import load_family
     from .report import console
 
-    loaded = load_stack(stack)
+    if layout is None:
+        from ..family.generate import generate as generate_family
+        from ..family.loader import ImportedFamily
+        if ci or namespace:
+            raise UserError("--ci and --namespace say how --layout writes repositories; give --layout too")
+        loaded = load_family(stack)
+        if isinstance(loaded, ImportedFamily):
+            raise UserError("an import folder is written as repositories: give --layout per-team or monorepo",
+                            loaded.path)
+        the_plan, _ = _plan_as_known(loaded)
+        out = generate_family(the_plan, loaded, output, force=force)
+        console().print(f"wrote {len(the_plan.images)} images to {out}")
+        return
+    from ..family.pipelines import generate_layout
+    loaded = load_family(stack)
     the_plan, _ = _plan_as_known(loaded)
-    out = generate_family(the_plan, loaded, output, force=force)
-    console().print(f"wrote {len(the_plan.images)} images to {out}")
+    ci = ci or "gitlab"
+    written = generate_layout(the_plan, loaded, output, layout=layout, ci=ci,
+                              namespace=namespace or the_plan.project, force=force)
+    n = len(written.repos)
+    console().print(f"wrote {n} git {'repository' if n == 1 else 'repositories'} with {written.pipelines} {ci} "
+                    f"pipeline files for {len(the_plan.images)} images to {written.out}", highlight=False)
+
+
+@app.command()
+@STACK_ARG
+@click.option("--changed", multiple=True, required=True, metavar="PATH|IMAGE",
+              help="A file that changed (relative to STACK's folder) or an image (key, ref or app); repeatable.")
+@JSON_OPT
+def affected(stack: Path, changed: tuple[str, ...], as_json: bool) -> None:
+    """The images a change forces to rebuild, parents first, and why. STACK may also be a folder
+    `layerwise import --refactor-to` wrote."""
+    from ..family.affected import affected as affected_images
+    from ..family.loader import load_family
+
+    loaded = load_family(stack)
+    the_plan, _ = _plan_as_known(loaded)
+    found = affected_images(loaded, the_plan, list(changed))
+    if as_json:
+        sys.stdout.write(json_text({"changed": list(changed), "images": [a.to_dict() for a in found],
+                                    "rebuilt": len(found), "family": len(the_plan.images)}))
+        return
+    from .report import console
+    out = console()
+    for a in found:
+        out.print(f"{a.key:<36} {a.owner:<12} {'; '.join(a.reasons)}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"{len(found)} of {len(the_plan.images)} images to rebuild, in this order", highlight=False)
 
 
 @app.command()
