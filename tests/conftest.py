@@ -126,6 +126,48 @@ def pytest_runtest_setup(item):
         pytest.skip(problem)
 
 
+# -- the package as users install it: wheel and sdist, installed in fresh virtual environments --------
+
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")   # pyproject.toml's requires-python and classifiers
+
+
+def _python_path(version: str) -> Path | None:
+    """An interpreter of this minor version: pyenv's (its shims only work for the active version), else PATH."""
+    import glob
+    import shutil
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    for found in sorted(glob.glob(str(pyenv / "versions" / f"{version}.*" / "bin" / f"python{version}")), reverse=True):
+        return Path(found)
+    on_path = shutil.which(f"python{version}")
+    return Path(on_path) if on_path and ".pyenv/shims" not in on_path else None
+
+
+def oldest_and_newest_pythons() -> list[tuple[str, Path]]:
+    """The oldest and the newest supported Python this machine has (one entry if they are the same)."""
+    found = [(v, p) for v in SUPPORTED_PYTHONS if (p := _python_path(v))]
+    return list(dict.fromkeys([found[0], found[-1]])) if found else []
+
+
+@pytest.fixture(scope="session")
+def built_package(tmp_path_factory) -> Path:
+    """`python -m build` of this checkout (the sdist, then the wheel built from it): the folder of both."""
+    dist = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return dist
+
+
+def install_in_fresh_venv(python: Path, wheel: Path, folder: Path) -> Path:
+    """A new virtual environment made by `python` with only `wheel` (and its dependencies, from PyPI)
+    installed; its bin folder."""
+    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, capture_output=True, timeout=300)
+    result = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                             "--disable-pip-version-check", str(wheel)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "bin"
+
+
 @pytest.fixture(scope="session")
 def services():
     """The real Docker Engine and registry. Outside CI a missing service skips; in CI it fails."""
