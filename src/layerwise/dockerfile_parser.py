@@ -345,7 +345,7 @@ def _name_values(rest: str, directives: _Directives, keyword: str):
     return values, False
 
 
-def _whitespace_list(rest: str, directives: _Directives = None):
+def _whitespace_list(rest: str, directives: _Directives | None = None):
     return (_WHITESPACE.split(rest) if rest else None), False
 
 

@@ -17,7 +17,7 @@ def test_demo_runs_from_the_installed_wheel(services, built_package, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "LAYERWISE_MODEL_MB": "16",
-           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+           "PATH": f"{bin_dir}:{os.environ['PATH']}", "COLUMNS": "400"}   # no wrapped paths
     result = subprocess.run([str(bin_dir / "layerwise"), "demo", "-o", "demo-out"], cwd=work, env=env,
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

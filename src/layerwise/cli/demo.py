@@ -48,7 +48,8 @@ def seed_stack() -> Path:
     with importlib.resources.as_file(packaged) as source:
         shutil.copytree(source, folder, dirs_exist_ok=True)   # the packaged files win; generated ones stay
     if not _prepared(folder):
-        console().print(f"Preparing the seed example in {folder} (a 256 MiB model, wheels fetched with pip)")
+        console().print(f"Preparing the seed example in {folder} (its model file generated, its wheels "
+                        "fetched with pip)")
         done = subprocess.run([sys.executable, str(folder / "prepare.py"), str(folder)], capture_output=True,
                               text=True)
         if done.returncode:
