@@ -115,6 +115,17 @@ def pytest_collection_modifyitems(items):
                                 "tests/integration/: " + ", ".join(misplaced))
 
 
+def corpus_parametrize(argnames, values, ids=None):
+    """pytest.mark.parametrize over cases read from CORPORA. Without the corpora the list is empty: one
+    placeholder case then stands for it, so the `corpora` rule below skips (or, in CI, fails) it with the
+    reason instead of pytest's bare "got empty parameter set"."""
+    if CORPORA.is_dir():
+        return pytest.mark.parametrize(argnames, values, ids=ids)
+    arity = 1 if isinstance(argnames, str) and "," not in argnames else len(
+        argnames if not isinstance(argnames, str) else argnames.split(","))
+    return pytest.mark.parametrize(argnames, [pytest.param(*[None] * arity, id="corpora-missing")])
+
+
 def pytest_runtest_setup(item):
     """Tests marked `corpora` read CORPORA: outside CI a missing folder skips them (a plain clone has no
     shared/ beside it); in CI it fails them, as a missing service does."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPORA
+from conftest import CORPORA, corpus_parametrize
 from layerwise.dockerfiles import (
     can_join,
     collapse_whitespace,
@@ -102,7 +102,7 @@ def test_corpora_are_present():
 
 
 @corpora
-@pytest.mark.parametrize("set_name", sorted(SETS))
+@corpus_parametrize("set_name", sorted(SETS))
 def test_manifest_matches_folder(set_name):
     entries = SETS[set_name]
     folder = CORPORA / set_name
@@ -112,7 +112,7 @@ def test_manifest_matches_folder(set_name):
 
 
 @corpora
-@pytest.mark.parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
+@corpus_parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
 def test_corpus_dockerfile_parses(set_name, corpus_path):
     path = CORPORA / set_name / corpus_path
     text = _text(set_name, corpus_path)
@@ -148,7 +148,7 @@ def test_template_count():
 
 
 @corpora
-@pytest.mark.parametrize(("set_name", "corpus_path"), TEMPLATES, ids=_ids(TEMPLATES))
+@corpus_parametrize(("set_name", "corpus_path"), TEMPLATES, ids=_ids(TEMPLATES))
 def test_template_parses_or_raises_user_error(set_name, corpus_path):
     """jq/awk templates are not valid Dockerfiles: parsing may fail, but only as a UserError."""
     path = CORPORA / set_name / corpus_path
@@ -163,7 +163,7 @@ def test_template_parses_or_raises_user_error(set_name, corpus_path):
 # ----------------------------------------------------------------------------- 2. round trip
 
 @corpora
-@pytest.mark.parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
+@corpus_parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
 def test_round_trip_is_fixed_point(set_name, corpus_path):
     for ins in _parsed_or_skip(set_name, corpus_path):
         if ins.heredoc:
@@ -176,7 +176,7 @@ def test_round_trip_is_fixed_point(set_name, corpus_path):
 
 
 @corpora
-@pytest.mark.parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
+@corpus_parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
 def test_render_dockerfile_keeps_instructions(set_name, corpus_path):
     """Normalized texts rendered into a new Dockerfile parse back to the same texts."""
     steps = [i for i in _parsed_or_skip(set_name, corpus_path) if i.keyword != "FROM" and not i.heredoc]
@@ -346,7 +346,7 @@ def test_buildkit_case_lists_match_format_md():
 
 
 @corpora
-@pytest.mark.parametrize("case", [_case(c, health=_HEALTH) for c in POSITIVE])
+@corpus_parametrize("case", [_case(c, health=_HEALTH) for c in POSITIVE])
 def test_buildkit_case_keywords(case):
     expected = _expected(case)
     got = parse_instructions((BUILDKIT / "testfiles" / case / "Dockerfile").read_text(encoding="utf-8"))
@@ -359,7 +359,7 @@ def test_buildkit_case_keywords(case):
 
 
 @corpora
-@pytest.mark.parametrize("case", [_case(c, health=_HEALTH, **_BUILDKIT_ONLY) for c in POSITIVE])
+@corpus_parametrize("case", [_case(c, health=_HEALTH, **_BUILDKIT_ONLY) for c in POSITIVE])
 def test_buildkit_case_flags_and_arguments(case):
     """Flags and argument strings as BuildKit dumps them. ENV/LABEL come in (key, value, separator)
     triples there and in (key, value) pairs from the `dockerfile` package; ONBUILD nests its trigger."""
@@ -382,7 +382,7 @@ def test_buildkit_case_flags_and_arguments(case):
 
 
 @corpora
-@pytest.mark.parametrize("case", NEGATIVE)
+@corpus_parametrize("case", NEGATIVE)
 def test_buildkit_negative_case_raises_user_error(case):
     path = BUILDKIT / "testfiles-negative" / case / "Dockerfile"
     with pytest.raises(UserError) as info:
@@ -464,7 +464,7 @@ def test_corpus_syntax_and_heredoc_files_get_a_reason():
 
 
 @corpora
-@pytest.mark.parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
+@corpus_parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
 def test_corpus_unbuildable_reason_matches_content(set_name, corpus_path):
     instructions = _parsed_or_skip(set_name, corpus_path)
     text = _text(set_name, corpus_path)
@@ -562,7 +562,7 @@ POSIX_FILES = _posix_shell_files() if CORPORA.is_dir() else []
 
 @corpora
 @pytest.mark.skipif(SH is None, reason="needs a POSIX sh")
-@pytest.mark.parametrize(("set_name", "corpus_path"), POSIX_FILES, ids=_ids(POSIX_FILES))
+@corpus_parametrize(("set_name", "corpus_path"), POSIX_FILES, ids=_ids(POSIX_FILES))
 def test_joined_corpus_runs_are_valid_shell(set_name, corpus_path):
     """Every run of consecutive joinable RUNs in a corpus file joins into a command `sh -n` accepts."""
     for group in _joinable_groups(_parsed_or_skip(set_name, corpus_path)):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import CORPORA, run_cli
+from conftest import CORPORA, corpus_parametrize, run_cli
 from layerwise import dockerfile_parser
 from layerwise.dockerfiles import parse_instructions, parser
 from layerwise.errors import UserError
@@ -89,7 +89,7 @@ def test_corpus_is_all_there():
 
 
 @pytest.mark.corpora
-@pytest.mark.parametrize("name", CORPUS_FILES)
+@corpus_parametrize("name", CORPUS_FILES)
 def test_parsers_agree_on_corpus_file(buildkit, name):
     text = (CORPORA / name).read_text(encoding="utf-8")
     go, py = _both(buildkit, text)
