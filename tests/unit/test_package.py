@@ -89,3 +89,11 @@ def test_installed_wheel_runs_outside_the_source_tree(built_package, tmp_path, v
     images = plans["python"]["plan"]["images"]
     assert [i["kind"] for i in images].count("app") == 2 and len(images) == 3   # one shared tools base
     assert "ENV A=1" in [s["instruction"] for i in images for s in i["steps"]]
+
+    # Where the `dockerfile` wheel does not exist (macOS, ARM Linux) it is not installed: the same plan.
+    subprocess.run([str(bin_dir / "python"), "-m", "pip", "uninstall", "--yes", "--quiet", "dockerfile"],
+                   check=True, capture_output=True)
+    assert "(Dockerfile parser: python)" in run("--version").stdout
+    without = run("plan", "--json")
+    assert without.returncode == 0, without.stderr
+    assert json.loads(without.stdout) == plans["buildkit"]
