@@ -28,6 +28,7 @@ def test_demo_runs_from_the_installed_wheel(services, built_package, tmp_path):
     seed = tmp_path / "cache" / "layerwise" / "seed"
     assert (seed / "models" / "dust.model").stat().st_size == 16 << 20       # generated, not shipped
     assert list((seed / "wheels").glob("*.whl"))
+    assert not list(seed.rglob("__pycache__")), "pip's bytecode of the packaged example stays out of the apps' code"
     out = _squeezed(result.stdout)                 # off a terminal the report wraps at 120 columns
     assert _squeezed(f"The seed's App1/App2 family ({seed / 'layerwise.yaml'})") in out
     assert (work / "demo-out" / "plan.json").is_file()

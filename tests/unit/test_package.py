@@ -1,7 +1,7 @@
 """layerwise as a package: `python -m build` gives a wheel and an sdist; the wheel installed in a fresh virtual
 environment, by the oldest and the newest supported Python this machine has, runs `--version` and `plan`
-outside the source tree. Unit tier: no engine, no registry; it needs PyPI for the dependencies (as
-scripts/setup does). `layerwise demo` from the wheel needs the services: tests/integration/test_package_integration.py."""
+outside the source tree, and finds the demo's example in its package data. Unit tier: no engine, no
+registry; it needs PyPI for the dependencies and the example's wheels (as scripts/setup does). `layerwise demo` from the wheel needs the services: tests/integration/test_package_integration.py."""
 
 from __future__ import annotations
 
@@ -89,6 +89,18 @@ def test_installed_wheel_runs_outside_the_source_tree(built_package, tmp_path, v
     images = plans["python"]["plan"]["images"]
     assert [i["kind"] for i in images].count("app") == 2 and len(images) == 3   # one shared tools base
     assert "ENV A=1" in [s["instruction"] for i in images for s in i["steps"]]
+
+    # The demo's example comes from the package data, prepared in the user's cache folder (no services
+    # needed for that part): model generated, wheels fetched.
+    seed = subprocess.run([str(bin_dir / "python"), "-c", "from layerwise.cli.demo import seed_stack; print(seed_stack())"],
+                          cwd=work, capture_output=True, text=True, timeout=600,
+                          env={"PATH": str(bin_dir) + ":/usr/bin:/bin", "HOME": str(tmp_path),
+                               "XDG_CACHE_HOME": str(tmp_path / "cache"), "LAYERWISE_MODEL_MB": "1"})
+    assert seed.returncode == 0, seed.stderr
+    folder = tmp_path / "cache" / "layerwise" / "seed"
+    assert seed.stdout.strip().endswith(str(folder / "layerwise.yaml"))
+    assert (folder / "models" / "dust.model").stat().st_size == 1 << 20 and list((folder / "wheels").glob("*.whl"))
+    assert not list(folder.rglob("__pycache__"))
 
     # Where the `dockerfile` wheel does not exist (macOS, ARM Linux) it is not installed: the same plan.
     subprocess.run([str(bin_dir / "python"), "-m", "pip", "uninstall", "--yes", "--quiet", "dockerfile"],

@@ -46,7 +46,9 @@ def seed_stack() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     folder = cache / "layerwise" / "seed"
     with importlib.resources.as_file(packaged) as source:
-        shutil.copytree(source, folder, dirs_exist_ok=True)   # the packaged files win; generated ones stay
+        # The packaged files win; generated ones stay. pip compiled the example's .py files on install:
+        # their __pycache__ must not become part of the apps' code.
+        shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     if not _prepared(folder):
         console().print(f"Preparing the seed example in {folder} (its model file generated, its wheels "
                         "fetched with pip)")
