@@ -19,7 +19,8 @@ from layerwise.oci.mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFES
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed"
-CORPORA = ROOT.parent / "shared" / "corpora"
+# Third-party Dockerfiles: CI has shared/ beside the checkout; LAYERWISE_CORPORA points elsewhere.
+CORPORA = Path(os.environ.get("LAYERWISE_CORPORA") or ROOT.parent / "shared" / "corpora")
 
 # The suite's registry policy: images only from the loopback registry and the TLS test registry
 # (reached as registry.test, an /etc/hosts alias of 127.0.0.1). Child `layerwise` processes inherit it.
@@ -112,6 +113,70 @@ def pytest_collection_modifyitems(items):
     if misplaced:
         raise pytest.UsageError("these tests use the real engine and registry but are not in "
                                 "tests/integration/: " + ", ".join(misplaced))
+
+
+def corpus_parametrize(argnames, values, ids=None):
+    """pytest.mark.parametrize over cases read from CORPORA. Without the corpora the list is empty: one
+    placeholder case then stands for it, so the `corpora` rule below skips (or, in CI, fails) it with the
+    reason instead of pytest's bare "got empty parameter set"."""
+    if CORPORA.is_dir():
+        return pytest.mark.parametrize(argnames, values, ids=ids)
+    arity = 1 if isinstance(argnames, str) and "," not in argnames else len(
+        argnames if not isinstance(argnames, str) else argnames.split(","))
+    return pytest.mark.parametrize(argnames, [pytest.param(*[None] * arity, id="corpora-missing")])
+
+
+def pytest_runtest_setup(item):
+    """Tests marked `corpora` read CORPORA: outside CI a missing folder skips them (a plain clone has no
+    shared/ beside it); in CI it fails them, as a missing service does."""
+    if item.get_closest_marker("corpora") is not None and not CORPORA.is_dir():
+        problem = (f"the third-party Dockerfile corpora are not at {CORPORA} (CI has shared/ beside the "
+                   "checkout; set LAYERWISE_CORPORA to their folder)")
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+# -- the package as users install it: wheel and sdist, installed in fresh virtual environments --------
+
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")   # pyproject.toml's requires-python and classifiers
+
+
+def _python_path(version: str) -> Path | None:
+    """An interpreter of this minor version: pyenv's (its shims only work for the active version), else PATH."""
+    import glob
+    import shutil
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    for found in sorted(glob.glob(str(pyenv / "versions" / f"{version}.*" / "bin" / f"python{version}")), reverse=True):
+        return Path(found)
+    on_path = shutil.which(f"python{version}")
+    return Path(on_path) if on_path and ".pyenv/shims" not in on_path else None
+
+
+def oldest_and_newest_pythons() -> list[tuple[str, Path]]:
+    """The oldest and the newest supported Python this machine has (one entry if they are the same)."""
+    found = [(v, p) for v in SUPPORTED_PYTHONS if (p := _python_path(v))]
+    return list(dict.fromkeys([found[0], found[-1]])) if found else []
+
+
+@pytest.fixture(scope="session")
+def built_package(tmp_path_factory) -> Path:
+    """`python -m build` of this checkout (the sdist, then the wheel built from it): the folder of both."""
+    dist = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return dist
+
+
+def install_in_fresh_venv(python: Path, wheel: Path, folder: Path) -> Path:
+    """A new virtual environment made by `python` with only `wheel` (and its dependencies, from PyPI)
+    installed; its bin folder."""
+    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, capture_output=True, timeout=300)
+    result = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                             "--disable-pip-version-check", str(wheel)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "bin"
 
 
 @pytest.fixture(scope="session")

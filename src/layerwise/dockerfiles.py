@@ -1,4 +1,5 @@
-"""Dockerfile text ⇄ normalized instructions, through BuildKit's own parser (`dockerfile` package).
+"""Dockerfile text ⇄ normalized instructions, through BuildKit's own parser (`dockerfile` package) where it
+is installed, else through its pure-Python counterpart (`dockerfile_parser`); both give the same commands.
 
 Normalizing makes equal steps compare equal however they were written: keyword case, continuation
 lines, runs of whitespace outside quotes, flag order, and JSON arrays in one canonical spelling.
@@ -6,15 +7,17 @@ lines, runs of whitespace outside quotes, flag order, and JSON arrays in one can
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from .errors import UserError
 
 if TYPE_CHECKING:
-    import dockerfile
+    from .dockerfile_parser import Command
 
 # Instructions whose result is a filesystem layer; every other one only edits the image config.
 LAYER_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
@@ -27,6 +30,35 @@ _REST_KEYWORDS = frozenset({"RUN", "CMD", "ENTRYPOINT", "WORKDIR", "USER", "MAIN
 _PAIR_KEYWORDS = frozenset({"ENV", "LABEL"})
 _SYNTAX_DIRECTIVE = re.compile(r"^\s*#\s*syntax\s*=\s*(\S*)", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^\s*#\s*\w+\s*=")
+
+
+PARSERS = ("buildkit", "python")
+
+
+class Parser(NamedTuple):
+    name: str                                  # "buildkit" or "python"
+    parse_string: Callable[[str], tuple]       # text -> commands shaped as `dockerfile_parser.Command`
+    error: type[Exception]                     # what it raises for text BuildKit rejects
+
+
+@functools.cache
+def parser() -> Parser:
+    """The Dockerfile parser in use: LAYERWISE_PARSER=buildkit|python forces one; by default BuildKit's
+    own (the `dockerfile` package, which has wheels for Linux x86_64 and Windows) when it is installed."""
+    wanted = os.environ.get("LAYERWISE_PARSER", "").strip().lower()
+    if wanted not in ("", *PARSERS):
+        raise UserError(f"LAYERWISE_PARSER={wanted!r} is not a parser; use one of: {', '.join(PARSERS)}")
+    if wanted != "python":
+        try:
+            import dockerfile
+        except ImportError:
+            if wanted == "buildkit":
+                raise UserError("LAYERWISE_PARSER=buildkit, but BuildKit's parser (the `dockerfile` package) is not "
+                                "installed: pip install 'layerwise[buildkit]', or unset LAYERWISE_PARSER") from None
+        else:
+            return Parser("buildkit", dockerfile.parse_string, dockerfile.GoParseError)
+    from . import dockerfile_parser
+    return Parser("python", dockerfile_parser.parse_string, dockerfile_parser.ParseError)
 
 
 @dataclass(frozen=True)
@@ -97,7 +129,7 @@ def _json_array(args: tuple[str, ...]) -> str:
     return json.dumps(list(args), ensure_ascii=False, separators=(", ", ":"))
 
 
-def _normalize(cmd: dockerfile.Command) -> str:
+def _normalize(cmd: Command) -> str:
     keyword = cmd.cmd.upper()
     if cmd.heredocs:
         return keyword + cmd.original.strip()[len(keyword):]   # the body is part of the step
@@ -136,18 +168,20 @@ def parse_instructions(text: str, *, file: str | None = None, first_line: int = 
 
     Raises UserError naming the file and line for anything BuildKit rejects or we do not know.
     """
-    import dockerfile  # BuildKit's own parser (Go): loaded only when a Dockerfile is parsed
-
+    chosen = parser()   # loaded only when a Dockerfile is parsed
     text = text.removeprefix("\ufeff")   # BuildKit drops a byte-order mark too
     try:
-        commands = dockerfile.parse_string(text)
-    except dockerfile.GoParseError as e:
+        commands = chosen.parse_string(text)
+    except chosen.error as e:
         raise UserError(f"Dockerfile parser rejected this: {e}", file, first_line) from None
     return [_instruction(cmd, file, first_line + cmd.start_line - 1) for cmd in commands]
 
 
-def _instruction(cmd: dockerfile.Command, file: str | None, line: int) -> Instruction:
-    keyword = cmd.cmd.upper()
+def _instruction(cmd: Command, file: str | None, line: int) -> Instruction:
+    keyword = (cmd.cmd or "").upper()
+    if not keyword:   # a line that is only a continuation character
+        raise UserError("a line continuation with no instruction after it; remove the lone escape character",
+                        file, line)
     if keyword not in KNOWN_KEYWORDS:
         raise UserError(
             f"unknown instruction {cmd.cmd!r} in {cmd.original.strip()!r}; "
@@ -197,11 +231,10 @@ def prefetch(texts) -> None:
     todo = [t for t in dict.fromkeys(texts) if t not in _FRAGMENTS and _one_line(t)]
     if not todo:
         return
-    import dockerfile
-
+    chosen = parser()
     try:
-        commands = dockerfile.parse_string("\n".join(todo))
-    except dockerfile.GoParseError:
+        commands = chosen.parse_string("\n".join(todo))
+    except chosen.error:
         return
     if len(commands) != len(todo) or any(c.start_line != i + 1 or c.end_line != i + 1
                                          for i, c in enumerate(commands)):
@@ -213,7 +246,7 @@ def prefetch(texts) -> None:
             pass
 
 
-def _argument_problem(keyword: str, cmd: dockerfile.Command) -> str | None:
+def _argument_problem(keyword: str, cmd: Command) -> str | None:
     """The argument checks BuildKit makes after parsing (its `instructions` package)."""
     values = [v for v in cmd.value if v != ""]
     if keyword in ("COPY", "ADD") and len(values) < 2:

@@ -1,7 +1,8 @@
 """layerwise.dockerfiles against real third-party Dockerfiles in ../shared/corpora.
 
 The corpora are read in place (CI has shared/ beside the checkout, read-only); nothing is copied or
-written there. What each set holds is taken from its MANIFEST.json, the README table and
+written there. Tests that read them are marked `corpora` (skipped without them, failed in CI); every
+test here depends on the Dockerfile parser (marker `parser`: CI runs them with each parser). What each set holds is taken from its MANIFEST.json, the README table and
 buildkit_parser_testfiles/FORMAT.md, so the counts asserted here are the folders' own.
 """
 
@@ -16,19 +17,22 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import dockerfile
 import pytest
 
-from conftest import CORPORA
+from conftest import CORPORA, corpus_parametrize
 from layerwise.dockerfiles import (
     can_join,
     collapse_whitespace,
     join_runs,
     parse_instructions,
+    parser,
     render_dockerfile,
     unbuildable_reason,
 )
 from layerwise.errors import UserError
+
+pytestmark = pytest.mark.parser
+corpora = pytest.mark.corpora
 
 BUILDKIT = CORPORA / "buildkit_parser_testfiles"
 SH = shutil.which("sh")
@@ -89,6 +93,7 @@ def _parsed_or_skip(set_name: str, corpus_path: str):
 
 # ----------------------------------------------------------------------------- 1. the corpora parse
 
+@corpora
 def test_corpora_are_present():
     assert CORPORA.is_dir(), f"{CORPORA} is missing (CI puts shared/ beside the checkout)"
     counts = _readme_counts()
@@ -96,7 +101,8 @@ def test_corpora_are_present():
     assert len(DOCKERFILES) > 400
 
 
-@pytest.mark.parametrize("set_name", sorted(SETS))
+@corpora
+@corpus_parametrize("set_name", sorted(SETS))
 def test_manifest_matches_folder(set_name):
     entries = SETS[set_name]
     folder = CORPORA / set_name
@@ -105,7 +111,8 @@ def test_manifest_matches_folder(set_name):
     assert len(entries) == _readme_counts()[set_name]
 
 
-@pytest.mark.parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
+@corpora
+@corpus_parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
 def test_corpus_dockerfile_parses(set_name, corpus_path):
     path = CORPORA / set_name / corpus_path
     text = _text(set_name, corpus_path)
@@ -123,6 +130,7 @@ def test_corpus_dockerfile_parses(set_name, corpus_path):
         ]
 
 
+@corpora
 def test_parsed_counts_per_set():
     expected = {s: sum(1 for e in entries if not e.get("is_template")) for s, entries in SETS.items()}
     parsed = {s: 0 for s in SETS}
@@ -133,12 +141,14 @@ def test_parsed_counts_per_set():
     assert sum(parsed.values()) > 400
 
 
+@corpora
 def test_template_count():
     assert len(TEMPLATES) == 59
     assert all(ENTRY[t]["original_path"].endswith(".template") for t in TEMPLATES)
 
 
-@pytest.mark.parametrize(("set_name", "corpus_path"), TEMPLATES, ids=_ids(TEMPLATES))
+@corpora
+@corpus_parametrize(("set_name", "corpus_path"), TEMPLATES, ids=_ids(TEMPLATES))
 def test_template_parses_or_raises_user_error(set_name, corpus_path):
     """jq/awk templates are not valid Dockerfiles: parsing may fail, but only as a UserError."""
     path = CORPORA / set_name / corpus_path
@@ -152,7 +162,8 @@ def test_template_parses_or_raises_user_error(set_name, corpus_path):
 
 # ----------------------------------------------------------------------------- 2. round trip
 
-@pytest.mark.parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
+@corpora
+@corpus_parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
 def test_round_trip_is_fixed_point(set_name, corpus_path):
     for ins in _parsed_or_skip(set_name, corpus_path):
         if ins.heredoc:
@@ -164,7 +175,8 @@ def test_round_trip_is_fixed_point(set_name, corpus_path):
         assert (again[0].keyword, again[0].text) == (ins.keyword, ins.text)
 
 
-@pytest.mark.parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
+@corpora
+@corpus_parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
 def test_render_dockerfile_keeps_instructions(set_name, corpus_path):
     """Normalized texts rendered into a new Dockerfile parse back to the same texts."""
     steps = [i for i in _parsed_or_skip(set_name, corpus_path) if i.keyword != "FROM" and not i.heredoc]
@@ -317,9 +329,12 @@ _HEALTH = dict(raises=UserError, strict=True, reason=(
     "dockerfiles.py applies those instruction checks too"))
 _NUL = dict(raises=AssertionError, strict=True, reason=(
     "the `dockerfile` package hands strings from Go as C strings: `\\u0000` in a JSON arg truncates it "
-    "(expected '... \\t \\x00', got '... \\t ')"))
+    "(expected '... \\t \\x00', got '... \\t '); the pure-Python parser keeps it"))
+# Only BuildKit's parser (the `dockerfile` package) cuts strings at NUL.
+_BUILDKIT_ONLY = {"json": _NUL} if parser().name == "buildkit" else {}
 
 
+@corpora
 def test_buildkit_case_lists_match_format_md():
     listed = re.search(r"Case list:(.*?)\(\d+ expected-result lines", _FORMAT, re.S)
     assert listed and sorted(listed[1].split()) == POSITIVE
@@ -330,7 +345,8 @@ def test_buildkit_case_lists_match_format_md():
     assert negatives and sorted(n.strip() for n in negatives[1].split(",")) == NEGATIVE
 
 
-@pytest.mark.parametrize("case", [_case(c, health=_HEALTH) for c in POSITIVE])
+@corpora
+@corpus_parametrize("case", [_case(c, health=_HEALTH) for c in POSITIVE])
 def test_buildkit_case_keywords(case):
     expected = _expected(case)
     got = parse_instructions((BUILDKIT / "testfiles" / case / "Dockerfile").read_text(encoding="utf-8"))
@@ -342,7 +358,8 @@ def test_buildkit_case_keywords(case):
             assert [(a.keyword, a.text) for a in again] == [(ins.keyword, ins.text)]
 
 
-@pytest.mark.parametrize("case", [_case(c, health=_HEALTH, json=_NUL) for c in POSITIVE])
+@corpora
+@corpus_parametrize("case", [_case(c, health=_HEALTH, **_BUILDKIT_ONLY) for c in POSITIVE])
 def test_buildkit_case_flags_and_arguments(case):
     """Flags and argument strings as BuildKit dumps them. ENV/LABEL come in (key, value, separator)
     triples there and in (key, value) pairs from the `dockerfile` package; ONBUILD nests its trigger."""
@@ -364,7 +381,8 @@ def test_buildkit_case_flags_and_arguments(case):
             assert list(ins.args) == exp["args"], ins.text
 
 
-@pytest.mark.parametrize("case", NEGATIVE)
+@corpora
+@corpus_parametrize("case", NEGATIVE)
 def test_buildkit_negative_case_raises_user_error(case):
     path = BUILDKIT / "testfiles-negative" / case / "Dockerfile"
     with pytest.raises(UserError) as info:
@@ -372,6 +390,7 @@ def test_buildkit_negative_case_raises_user_error(case):
     assert info.value.file == str(path)
 
 
+@corpora
 def test_buildkit_line_numbers():
     """testfile-line: instructions start on the lines FORMAT.md gives, counting comments and blanks."""
     spans = re.search(r"\(StartLine, EndLine\) = (.*?), and", _FORMAT, re.S)
@@ -427,13 +446,14 @@ def _all_corpus_files() -> list[tuple[str, Path]]:
     return files
 
 
+@corpora
 def test_corpus_syntax_and_heredoc_files_get_a_reason():
     flagged, missed = [], []
     for name, path in _all_corpus_files():
         text = path.read_text(encoding="utf-8")
         try:
-            heredoc = any(c.heredocs for c in dockerfile.parse_string(text))
-        except dockerfile.GoParseError:
+            heredoc = any(c.heredocs for c in parser().parse_string(text))
+        except parser().error:
             continue
         if _has_syntax_directive(text) or heredoc:
             flagged.append(name)
@@ -443,7 +463,8 @@ def test_corpus_syntax_and_heredoc_files_get_a_reason():
     assert missed == []
 
 
-@pytest.mark.parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
+@corpora
+@corpus_parametrize(("set_name", "corpus_path"), DOCKERFILES, ids=_ids(DOCKERFILES))
 def test_corpus_unbuildable_reason_matches_content(set_name, corpus_path):
     instructions = _parsed_or_skip(set_name, corpus_path)
     text = _text(set_name, corpus_path)
@@ -539,8 +560,9 @@ def _posix_shell_files() -> list[tuple[str, str]]:
 POSIX_FILES = _posix_shell_files() if CORPORA.is_dir() else []
 
 
+@corpora
 @pytest.mark.skipif(SH is None, reason="needs a POSIX sh")
-@pytest.mark.parametrize(("set_name", "corpus_path"), POSIX_FILES, ids=_ids(POSIX_FILES))
+@corpus_parametrize(("set_name", "corpus_path"), POSIX_FILES, ids=_ids(POSIX_FILES))
 def test_joined_corpus_runs_are_valid_shell(set_name, corpus_path):
     """Every run of consecutive joinable RUNs in a corpus file joins into a command `sh -n` accepts."""
     for group in _joinable_groups(_parsed_or_skip(set_name, corpus_path)):
@@ -550,6 +572,7 @@ def test_joined_corpus_runs_are_valid_shell(set_name, corpus_path):
         assert r.returncode == 0, f"{r.stderr.strip()}\n{joined}"
 
 
+@corpora
 def test_corpus_has_joinable_groups():
     """The corpus-wide join check above is not vacuous."""
     groups = [g for s, p in POSIX_FILES if not isinstance(_parse(s, p), UserError)

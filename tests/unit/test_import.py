@@ -49,6 +49,7 @@ def rebuilt_chain(family, name: str, stage: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- corpora
 
+@pytest.mark.corpora
 def test_eshop_services_share_one_build_base():
     family = import_family([ESHOP])
     marked = {p.parent.name.lower().replace(".", "-") for p in ESHOP.rglob("Dockerfile")
@@ -70,6 +71,7 @@ def test_eshop_services_share_one_build_base():
             assert item.source.text_only   # the corpus has no contexts: said, not hidden
 
 
+@pytest.mark.corpora
 def test_microservices_demo_families_by_language():
     family = import_family([MICRO])
     by_from: dict[str, set[str]] = {}
@@ -83,6 +85,7 @@ def test_microservices_demo_families_by_language():
     assert not family.errors
 
 
+@pytest.mark.corpora
 def test_docker_library_python_shares_almost_nothing():
     """Identical text under different FROMs (alpine 3.23 vs 3.24, bookworm vs trixie) is not shared."""
     family = import_family([PYTHON])
@@ -97,6 +100,7 @@ def test_docker_library_python_shares_almost_nothing():
         assert len(froms) == 1, base.name
 
 
+@pytest.mark.corpora
 def test_every_corpus_set_imports_with_templates_reported():
     family = import_family([CORPORA / "binnacle-icse2020_gold_docker-library-2019"])
     templates = [e for e in family.errors if "template" in str(e)]

@@ -70,8 +70,16 @@ def _configure_registries(ca_cert: Path | None, insecure: tuple[str, ...]) -> No
     configure(ca_cert=ca_cert, insecure=insecure)
 
 
+def _show_version(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from ..dockerfiles import parser
+        click.echo(f"layerwise, version {__version__} (Dockerfile parser: {parser().name})")
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="layerwise")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version and the Dockerfile parser in use (buildkit or python), and exit.")
 def app() -> None:
     """Plan, build and audit families of Docker images that share their heavy layers."""
 
