@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPORA, run_cli
+from conftest import CORPORA, corpus_parametrize, run_cli
 from layerwise.dockerfiles import parse_instructions
 from layerwise.importing.commuting import independent, sink
 from layerwise.importing.importer import import_family
@@ -111,7 +111,8 @@ def _rebuilt(family, item, index: int) -> list[Step]:
     return below + list(item.remaining[index])
 
 
-@pytest.mark.parametrize("corpus", SETS)
+@pytest.mark.corpora
+@corpus_parametrize("corpus", SETS)
 def test_every_rewritten_stage_builds_what_its_original_built(corpus):
     """Per stage of every Dockerfile: the rewritten chain holds the same steps, and every pair of
     steps whose order changed is a pair `independent` allows to swap (so the image is the same)."""

@@ -22,6 +22,7 @@ FLOOR = {
 }
 
 
+@pytest.mark.corpora
 @pytest.mark.parametrize("corpus", sorted(FLOOR))
 def test_import_never_finds_less_than_before(corpus):
     bases, layers = FLOOR[corpus]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPORA, run_cli
+from conftest import CORPORA, corpus_parametrize, run_cli
 from layerwise.family.loader import family_plan, load_family
 from layerwise.importing.importer import import_family, summary
 from layerwise.importing.naming import Candidate, choose_names, common_part, image_word
@@ -37,6 +37,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 # ----------------------------------------------------------------------------- names
 
+@pytest.mark.corpora
 def test_microservices_demo_gets_the_names_a_maintainer_would_choose():
     family = import_family([MICRO])
     assert {b.name: b.used_by for b in family.bases} == {
@@ -47,7 +48,8 @@ def test_microservices_demo_gets_the_names_a_maintainer_would_choose():
     }
 
 
-@pytest.mark.parametrize("corpus", SETS)
+@pytest.mark.corpora
+@corpus_parametrize("corpus", SETS)
 def test_no_base_of_any_corpus_has_a_hash_name(corpus):
     family = import_family([CORPORA / corpus])
     names = [b.name for b in family.bases]
@@ -92,6 +94,7 @@ def test_clashes_are_told_apart_by_category_then_tag_then_order():
     assert choose_names([_candidate(1, app="alpine-api")], {"alpine-api"}) == {1: "alpine-api"}
 
 
+@pytest.mark.corpora
 def test_names_are_the_same_on_every_run_and_for_any_input_order(tmp_path):
     files = sorted(p for p in MICRO.rglob("Dockerfile"))
     first = summary(import_family(files))
@@ -131,6 +134,7 @@ def test_an_app_that_is_the_shared_prefix_is_the_base_and_parent_of_its_siblings
 
 # ----------------------------------------------------------------------------- --name and reproducibility
 
+@pytest.mark.corpora
 def test_name_option_renames_a_base_and_refuses_what_it_cannot(tmp_path):
     out = tmp_path / "out"
     r = run_cli("import", str(MICRO), "--refactor-to", str(out), "--name", "go-builder=golang-build",
@@ -146,7 +150,7 @@ def test_name_option_renames_a_base_and_refuses_what_it_cannot(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("source", ["fixture", "eshop", "foundation"])
+@pytest.mark.parametrize("source", ["fixture", pytest.param("eshop", marks=pytest.mark.corpora), "foundation"])
 def test_the_same_inputs_in_another_folder_give_byte_identical_output(tmp_path, source):
     outputs = []
     for where in ("one", "two/deeper"):
@@ -163,6 +167,7 @@ def test_the_same_inputs_in_another_folder_give_byte_identical_output(tmp_path, 
     assert not any(str(tmp_path).encode() in data for data in outputs[0].values())
 
 
+@pytest.mark.corpora
 def test_the_same_tree_whatever_order_the_dockerfiles_are_given_in(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ESHOP, src)

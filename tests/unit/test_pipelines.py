@@ -172,6 +172,7 @@ def test_trigger_script_dispatches_through_the_rest_api_with_the_secret_token(sm
     assert done.returncode != 0 and "LAYERWISE_DISPATCH_TOKEN" in done.stderr and len(server.requests) == 2
 
 
+@pytest.mark.corpora
 def test_an_imported_corpus_family_becomes_repositories_too(tmp_path):
     corpus = CORPORA / "GoogleCloudPlatform__microservices-demo"
     if not corpus.is_dir():

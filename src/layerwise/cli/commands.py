@@ -84,7 +84,6 @@ def app() -> None:
     """Plan, build and audit families of Docker images that share their heavy layers."""
 
 
-SEED_STACK = Path(__file__).resolve().parents[3] / "examples" / "seed" / "layerwise.yaml"
 
 
 def _plan_as_known(loaded):
