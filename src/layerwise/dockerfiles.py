@@ -27,6 +27,7 @@ _REST_KEYWORDS = frozenset({"RUN", "CMD", "ENTRYPOINT", "WORKDIR", "USER", "MAIN
 _PAIR_KEYWORDS = frozenset({"ENV", "LABEL"})
 _SYNTAX_DIRECTIVE = re.compile(r"^\s*#\s*syntax\s*=\s*(\S*)", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^\s*#\s*\w+\s*=")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ def parse_instructions(text: str, *, file: str | None = None, first_line: int = 
     import dockerfile  # BuildKit's own parser (Go): loaded only when a Dockerfile is parsed
 
     text = text.removeprefix("\ufeff")   # BuildKit drops a byte-order mark too
+    if "\x00" in text:   # the parser reads C strings: it would silently drop all that follows
+        raise UserError("a NUL character is not Dockerfile text; is it a binary file?", file,
+                        first_line + text.count("\n", 0, text.index("\x00")))
     try:
         commands = dockerfile.parse_string(text)
     except dockerfile.GoParseError as e:
@@ -294,7 +298,7 @@ def render_dockerfile(from_ref: str, instructions: list[tuple[str, str]], header
                       prelude: list[str] = ()) -> str:
     """Dockerfile text: comment header, FROM, prelude lines, then (group, instruction) pairs with
     a comment line wherever the group (category) changes. Never emits a parser directive."""
-    lines = [f"# {h}" for h in header]
+    lines = [f"# {_CONTROL.sub(' ', h)}" for h in header]   # one comment line each, whatever a name holds
     lines.append(f"FROM {from_ref}")
     lines += prelude
     group = None
