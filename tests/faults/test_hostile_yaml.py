@@ -175,3 +175,32 @@ def test_the_c_and_python_loaders_refuse_alike(tmp_path, monkeypatch):
                 spec.read_yaml(path)
             errors.append(str(e.value))
         assert errors[0] == errors[1], name
+
+
+@pytest.mark.parametrize("edit, where, words", [
+    (("base: localhost:5000/os/busybox:latest", 'base: "busybox\\nRUN touch /pwned"'), "3:", "base:"),
+    (("registry: localhost:5000", 'registry: "localhost:5000\\nRUN x"'), "1:", "registry:"),
+    (("owner: app-team", 'owner: "app-team\\n/ @evil"'), "5:", "owner is one line"),
+], ids=["base", "registry", "owner"])
+def test_values_that_would_add_lines_to_generated_files(tmp_path, edit, where, words):
+    """A newline in the base, registry or owner would have become an instruction in a generated
+    Dockerfile (FROM line, header) or a rule in CODEOWNERS."""
+    refused_by_generate(tmp_path, GOOD.replace(*edit), f"layerwise.yaml:{where}", words)
+
+
+@pytest.mark.parametrize("edit, where", [
+    (("  a: {code: RUN echo a}", '  ../x: {code: RUN echo a}'), "7:"),
+    (("  a: {code: RUN echo a}", '  /etc/x: {code: RUN echo a}'), "7:"),
+    (("project: hostile", "project: ../../x"), "2:"),
+    (("project: hostile", "project: /abs"), "2:"),
+    (("apps:", "images: {code: {name: ../../x}}\napps:"), "6:"),
+    (("apps:", "images: {code: {name: /tmp/x}}\napps:"), "6:"),
+    (("apps:", "images: {code: {name: a/b, tag: ../x}}\napps:"), "6:"),
+], ids=["app-dotdot", "app-absolute", "project-dotdot", "project-absolute", "image-dotdot", "image-absolute",
+        "tag-dotdot"])
+def test_names_that_would_escape_the_output_folder(tmp_path, edit, where):
+    """App, project and image names become folders under `generate -o OUT`; one that climbs out or
+    is absolute is refused before anything is written, in OUT or beside it."""
+    (tmp_path / "work").mkdir()
+    refused_by_generate(tmp_path / "work", GOOD.replace(*edit), f"layerwise.yaml:{where}")
+    assert sorted(os.listdir(tmp_path)) == ["work"]

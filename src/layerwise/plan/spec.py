@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..dockerfiles import parse_fragment, prefetch
 from ..errors import UserError
+from ..oci.reference import Reference
 from ..units import parse_size
 from . import contexts
 from .model import Category, Step
@@ -33,6 +34,13 @@ class CategorySpec(BaseModel):
     owner: str = Field(min_length=1)
     changes_per_month: float = Field(default=0.0, ge=0)
     merge: bool = False
+
+    @field_validator("owner")
+    @classmethod
+    def _one_line(cls, owner: str) -> str:   # written into CODEOWNERS and Dockerfile comments
+        if re.search(r"[\x00-\x1f\x7f]", owner):
+            raise ValueError("an owner is one line of text, a team such as app-team")
+        return owner
 
 
 class ImageNameSpec(BaseModel):
@@ -460,6 +468,20 @@ def _all_texts(apps: dict, declared: list[str]):
         yield from _app_config_texts(app)
 
 
+def _check_references(spec: StackSpec, path: Path, lines: Lines) -> None:
+    """`base` is an image reference and `registry` a place to push to, before either is written
+    into a Dockerfile's FROM line (a newline in one would add an instruction)."""
+    try:
+        Reference.parse(spec.base)
+    except UserError as e:
+        raise UserError(f"base: {e.message}", path, lines.at(("base",))) from None
+    try:
+        Reference.parse(f"{spec.registry.rstrip('/')}/{spec.project}/app")
+    except UserError:
+        raise UserError(f"registry: {spec.registry!r} is not a registry; write HOST[:PORT] (optionally "
+                        "followed by /PATH), e.g. localhost:5000", path, lines.at(("registry",))) from None
+
+
 def load_stack(path: str | Path) -> Stack:
     """Read, validate and digest a stack file. Raises UserError with file:line on bad input."""
     path = Path(path)
@@ -469,6 +491,7 @@ def load_stack(path: str | Path) -> Stack:
     spec = validate_model(StackSpec, data, path, lines,
                           "registry, project, base, categories and apps")
 
+    _check_references(spec, path, lines)
     names_seen: set[str] = set()
     for cat_index, cat in enumerate(spec.categories):
         if cat.name in names_seen:
