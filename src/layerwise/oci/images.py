@@ -250,7 +250,7 @@ def select_platform(descriptors: list[dict], platform: str | None, what: str) ->
 def _json_object(raw: bytes, what: str) -> dict:
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested 10,000 deep
         raise UserError(f"{what} is not valid JSON") from None
     if not isinstance(doc, dict):
         raise UserError(f"{what} is not a JSON object")
@@ -650,7 +650,7 @@ class DockerArchiveImage(Image):
         raw = archive.read("manifest.json", "manifest.json")
         try:
             entries = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise UserError(f"manifest.json of {self.path} is not valid JSON") from None
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise UserError(f"manifest.json of {self.path} is not a list of images")
@@ -872,6 +872,8 @@ def open_image(spec: str, platform: str | None = None) -> Image:
             if not (path / "oci-layout").is_file():
                 raise UserError(f"{path} is a folder but not an OCI image layout (no oci-layout file)")
             return OCILayoutImage(path, select, platform=platform, name=spec)
+        if not path.is_file():   # a FIFO would block the first read; a device might never end
+            raise UserError(f"{path} is neither a `docker save` archive file nor an OCI layout folder")
         return DockerArchiveImage(path, select, platform=platform, name=spec)
     if spec.startswith(("/", "./", "../", "~")) or spec.endswith((".tar", ".tar.gz", ".tgz")):
         raise UserError(f"{spec}: no such file or folder")
