@@ -91,9 +91,13 @@ class ImportSet:
 
 
 def is_import_output(folder: Path) -> bool:
+    path = folder / IMPORT_FILE
+    if not path.is_file():    # a FIFO would block the read
+        return False
     try:
-        return json.loads((folder / IMPORT_FILE).read_text()).get("schema") == IMPORT_SCHEMA
-    except (OSError, ValueError, AttributeError):
+        with open(path, "rb") as f:
+            return json.loads(f.read(MAX_IMPORT_BYTES)).get("schema") == IMPORT_SCHEMA
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
