@@ -27,6 +27,7 @@ _REST_KEYWORDS = frozenset({"RUN", "CMD", "ENTRYPOINT", "WORKDIR", "USER", "MAIN
 _PAIR_KEYWORDS = frozenset({"ENV", "LABEL"})
 _SYNTAX_DIRECTIVE = re.compile(r"^\s*#\s*syntax\s*=\s*(\S*)", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^\s*#\s*\w+\s*=")
+_CONTINUES = re.compile(r"\\[ \t]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -151,6 +152,9 @@ def parse_instructions(text: str, *, file: str | None = None, first_line: int = 
 
 
 def _instruction(cmd: dockerfile.Command, file: str | None, line: int) -> Instruction:
+    if not cmd.cmd:   # a line of only `\`: the parser gives a command without a keyword
+        raise UserError("a line continuation (\\) with no instruction; remove it or add the instruction",
+                        file, line)
     keyword = cmd.cmd.upper()
     if keyword not in KNOWN_KEYWORDS:
         raise UserError(
@@ -161,8 +165,12 @@ def _instruction(cmd: dockerfile.Command, file: str | None, line: int) -> Instru
     problem = _argument_problem(keyword, cmd)
     if problem:
         raise UserError(f"{cmd.original.strip()!r}: {problem}", file, line)
+    text = _normalize(cmd)
+    if _CONTINUES.search(text) and not cmd.heredocs:   # written as a line, it would swallow the next one
+        raise UserError(f"{cmd.original.strip()!r} ends in a backslash, which would join the next line "
+                        "to it; remove the backslash or quote it", file, line)
     return Instruction(
-        keyword=keyword, text=_normalize(cmd), flags=tuple(cmd.flags), args=tuple(cmd.value),
+        keyword=keyword, text=text, flags=tuple(cmd.flags), args=tuple(cmd.value),
         json_form=bool(cmd.json), line=line, heredoc=bool(cmd.heredocs),
     )
 
