@@ -27,7 +27,7 @@ _REST_KEYWORDS = frozenset({"RUN", "CMD", "ENTRYPOINT", "WORKDIR", "USER", "MAIN
 _PAIR_KEYWORDS = frozenset({"ENV", "LABEL"})
 _SYNTAX_DIRECTIVE = re.compile(r"^\s*#\s*syntax\s*=\s*(\S*)", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^\s*#\s*\w+\s*=")
-_CONTINUES = re.compile(r"\\[ \t]*$")
+_CONTINUES = re.compile(r"(?<!\\)(?:\\\\)*\\[ \t]*$")    # an odd number of backslashes ends the line
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
