@@ -369,10 +369,10 @@ def _category_texts(value: Any, where: tuple, path: Path,
     if isinstance(value, dict):
         unknown = set(value) - {"steps", "size"}
         if unknown or "steps" not in value:
-            key = sorted(unknown)[0] if unknown else None
-            msg = (f"unknown key {key!r} in a category value; use 'steps' and 'size'" if key
+            key = sorted(unknown, key=str)[0] if unknown else None   # keys may be any YAML scalar
+            msg = (f"unknown key {key!r} in a category value; use 'steps' and 'size'" if unknown
                    else "a category mapping needs 'steps:' (instruction text or a list of it)")
-            raise UserError(msg, path, lines.at(where + ((key,) if key else ())))
+            raise UserError(msg, path, lines.at(where + ((key,) if unknown else ())))
         if "size" in value:
             try:
                 size = parse_size(value["size"])
