@@ -347,3 +347,60 @@ def test_stack_loader_on_a_valid_stack_with_one_part_left_out(fuzz_dir, where):
         target = target[key]
     del target[where[-1]]
     _loads_or_refuses(fuzz_dir, yaml.safe_dump(doc).encode())
+
+
+def _replaced(doc, where, value):
+    import copy
+    doc = copy.deepcopy(doc)
+    target = doc
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    return doc
+
+
+VALID_FLEET = {"bandwidth": "100Mbit", "host_kind": "docker", "per_pull": "0.3s", "per_layer": "50ms",
+               "groups": {"g": {"count": 3, "apps": ["a", "b"], "bandwidth": "1Gbit", "host_kind": "containerd"}},
+               "updates": {"code": 30}}
+
+
+@pytest.fixture(scope="module")
+def fuzz_plan(fuzz_dir):
+    import yaml
+    (fuzz_dir / "layerwise.yaml").write_text(yaml.safe_dump(VALID_STACK))
+    return build_plan(load_stack(fuzz_dir / "layerwise.yaml"))
+
+
+@given(st.sampled_from([p for p in _paths(VALID_FLEET) if p]), VALUES)
+@example(("groups",), {"\n": None})      # found by hypothesis: a key with a newline made the error two lines
+def test_fleet_loader_on_a_valid_fleet_with_one_part_replaced(fuzz_dir, fuzz_plan, where, value):
+    import yaml
+
+    from layerwise.plan.fleet import load_fleet
+    path = fuzz_dir / "fleet.yaml"
+    path.write_text(yaml.safe_dump(_replaced(VALID_FLEET, where, value), allow_unicode=True))
+    try:
+        load_fleet(path, fuzz_plan)
+    except UserError as e:
+        assert "\n" not in str(e)
+
+
+VALID_IMPORT = {"schema": "layerwise.import/v1", "registry": "localhost:5000", "project": "p",
+                "bases": [{"name": "p/base-0123abcd", "ref": "localhost:5000/p/base-0123abcd:lw-1",
+                           "dockerfile": "bases/b/Dockerfile", "context": "bases/b/context", "parent": None,
+                           "used_by": ["a"]}],
+                "apps": [{"name": "a", "original": "o/Dockerfile", "context": "o", "dockerfile": "apps/a/Dockerfile",
+                          "bases": ["p/base-0123abcd"], "unbuildable": None}]}
+
+
+@given(st.sampled_from([p for p in _paths(VALID_IMPORT) if p]), VALUES)
+def test_import_description_loader_on_one_part_replaced(tmp_path_factory, where, value):
+    import json
+
+    from layerwise.importing.importfile import load_import
+    folder = tmp_path_factory.mktemp("import")
+    (folder / "import.json").write_text(json.dumps(_replaced(VALID_IMPORT, where, value)))
+    try:
+        load_import(folder)
+    except UserError as e:
+        assert "\n" not in str(e)
