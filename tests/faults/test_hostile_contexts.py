@@ -220,5 +220,7 @@ def test_a_context_nested_deeper_than_python_recurses(tmp_path):
         assert len(contexts.digest_files(tmp_path, ["ctx"]).paths) == 1 + 1200 + 1
         out = generated(tmp_path)
         assert open(os.path.join(out, "ctx", *["d"] * 1200, "leaf")).read() == "x"
+        generated(tmp_path)      # replacing that output removes the old one, without recursion too
+        assert sorted(os.listdir(tmp_path)) == ["ctx", "layerwise.yaml", "out"]
     finally:   # pytest's own clean-up (shutil.rmtree) recurses once per level too: rm does not
-        subprocess.run(["rm", "-rf", "--", str(deep), str(tmp_path / "out")], check=True)
+        subprocess.run(["rm", "-rf", "--", *map(str, tmp_path.iterdir())], check=True)
