@@ -277,3 +277,13 @@ def test_hostile_import_descriptions(tmp_path, case, words):
         assert len(lines) == 1 and lines[0].startswith(f"layerwise: error: {folder / 'import.json'}"), result.stderr
         assert words in lines[0]
     assert snapshot(tmp_path) == before
+
+
+def test_a_layer_cache_entry_nested_10000_deep_is_a_miss(tmp_path):
+    """The layer-index cache (~/.cache/layerwise) is read back by `audit`: a hostile entry is a miss."""
+    from layerwise.oci.layerindex.cache import Cache
+    diff_id = sha256(b"some layer")
+    entry = tmp_path / "sha256" / f"{diff_id[7:]}.json"
+    entry.parent.mkdir()
+    entry.write_bytes(b"[" * 10_000 + b"]" * 10_000)
+    assert Cache(tmp_path).get(diff_id) is None
