@@ -287,3 +287,13 @@ def test_a_layer_cache_entry_nested_10000_deep_is_a_miss(tmp_path):
     entry.parent.mkdir()
     entry.write_bytes(b"[" * 10_000 + b"]" * 10_000)
     assert Cache(tmp_path).get(diff_id) is None
+
+
+def test_an_oci_layout_whose_index_is_huge(tmp_path):
+    """index.json of 100 MiB (sparse: no disk used) is refused after reading at most 64 MiB."""
+    tar = layer_tar({"a": b"a"})
+    layout = oci_layout(tmp_path / "huge", gzip.compress(tar), sha256(tar))
+    with open(layout / "index.json", "r+b") as f:
+        f.truncate(100 << 20)
+    result, by_name = audit(tmp_path, str(layout))
+    assert_image_error(result, by_name, str(layout), "implausibly large")

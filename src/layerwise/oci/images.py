@@ -257,6 +257,18 @@ def _json_object(raw: bytes, what: str) -> dict:
     return doc
 
 
+def _read_small(path: Path) -> bytes:
+    """A layout's own small file (oci-layout, index.json), read no further than _SMALL."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_SMALL + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > _SMALL:
+        raise UserError(f"{path} is implausibly large (more than {_SMALL >> 20} MiB)")
+    return raw
+
+
 def _doc_kind(doc: dict, media_type: str | None) -> str:
     """'index' or 'manifest' from the media type (the document's, else its descriptor's), else from
     its shape (OCI lets both omit mediaType). Anything else: 'unknown'."""
@@ -564,7 +576,7 @@ class OCILayoutImage(Image):
         name = name or (f"{root}:{ref}" if ref else str(root))
         if not (root / "oci-layout").is_file():
             raise UserError(f"{root} is not an OCI image layout (no oci-layout file)")
-        layout = _json_object((root / "oci-layout").read_bytes()[:_SMALL], f"{root / 'oci-layout'}")
+        layout = _json_object(_read_small(root / "oci-layout"), f"{root / 'oci-layout'}")
         if not str(layout.get("imageLayoutVersion", "")).startswith("1."):
             raise UserError(f"{root} is an OCI layout of unsupported version "
                             f"{str(layout.get('imageLayoutVersion'))[:20]!r}")
@@ -572,7 +584,7 @@ class OCILayoutImage(Image):
         if not index_path.is_file():
             raise UserError(f"{root} is not an OCI image layout (no index.json)")
         self._blobs = _DirBlobs(root)
-        resolved = _resolve_oci(self._blobs, index_path.read_bytes()[:_SMALL], ref, platform,
+        resolved = _resolve_oci(self._blobs, _read_small(index_path), ref, platform,
                                 f"OCI layout {root}", name, f"{root}:REF")
         super().__init__(name, resolved.manifest_digest, resolved.config_raw, resolved.layers, resolved.platform,
                          resolved.manifest_raw)
