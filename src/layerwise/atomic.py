@@ -4,7 +4,6 @@ beside it and is renamed into place, so a reader (or a killed run) sees the old 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ def replace_folder(out: Path, fill: Callable[[Path], None], *, force: bool,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp)
     tmp.mkdir()
     try:
         fill(tmp)
@@ -45,6 +44,27 @@ def replace_folder(out: Path, fill: Callable[[Path], None], *, force: bool,
             os.rename(out, old)
         os.rename(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(tmp)
+        remove_tree(old)
     return out
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder and all below it, if it is there, errors ignored: shutil.rmtree without its
+    recursion (Python 3.11's recurses once per level, so a context 1,000 folders deep broke it)."""
+    folders = []
+    todo = [str(path)]
+    try:
+        while todo:
+            folder = todo.pop()
+            folders.append(folder)
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(entry.path)
+                    else:
+                        os.unlink(entry.path)
+        for folder in reversed(folders):
+            os.rmdir(folder)
+    except OSError:
+        pass

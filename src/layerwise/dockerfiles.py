@@ -30,6 +30,8 @@ _REST_KEYWORDS = frozenset({"RUN", "CMD", "ENTRYPOINT", "WORKDIR", "USER", "MAIN
 _PAIR_KEYWORDS = frozenset({"ENV", "LABEL"})
 _SYNTAX_DIRECTIVE = re.compile(r"^\s*#\s*syntax\s*=\s*(\S*)", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^\s*#\s*\w+\s*=")
+_CONTINUES = re.compile(r"(?<!\\)(?:\\\\)*\\[ \t]*$")    # an odd number of backslashes ends the line
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 PARSERS = ("buildkit", "python")
@@ -170,6 +172,9 @@ def parse_instructions(text: str, *, file: str | None = None, first_line: int = 
     """
     chosen = parser()   # loaded only when a Dockerfile is parsed
     text = text.removeprefix("\ufeff")   # BuildKit drops a byte-order mark too
+    if "\x00" in text:   # the parser reads C strings: it would silently drop all that follows
+        raise UserError("a NUL character is not Dockerfile text; is it a binary file?", file,
+                        first_line + text.count("\n", 0, text.index("\x00")))
     try:
         commands = chosen.parse_string(text)
     except chosen.error as e:
@@ -191,8 +196,12 @@ def _instruction(cmd: Command, file: str | None, line: int) -> Instruction:
     problem = _argument_problem(keyword, cmd)
     if problem:
         raise UserError(f"{cmd.original.strip()!r}: {problem}", file, line)
+    text = _normalize(cmd)
+    if _CONTINUES.search(text) and not cmd.heredocs:   # written as a line, it would swallow the next one
+        raise UserError(f"{cmd.original.strip()!r} ends in a backslash, which would join the next line "
+                        "to it; remove the backslash or quote it", file, line)
     return Instruction(
-        keyword=keyword, text=_normalize(cmd), flags=tuple(cmd.flags), args=tuple(cmd.value),
+        keyword=keyword, text=text, flags=tuple(cmd.flags), args=tuple(cmd.value),
         json_form=bool(cmd.json), line=line, heredoc=bool(cmd.heredocs),
     )
 
@@ -327,7 +336,7 @@ def render_dockerfile(from_ref: str, instructions: list[tuple[str, str]], header
                       prelude: list[str] = ()) -> str:
     """Dockerfile text: comment header, FROM, prelude lines, then (group, instruction) pairs with
     a comment line wherever the group (category) changes. Never emits a parser directive."""
-    lines = [f"# {h}" for h in header]
+    lines = [f"# {_CONTROL.sub(' ', h)}" for h in header]   # one comment line each, whatever a name holds
     lines.append(f"FROM {from_ref}")
     lines += prelude
     group = None

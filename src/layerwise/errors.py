@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UserError(Exception):
@@ -20,7 +23,8 @@ class UserError(Exception):
         where = ""
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
-        return f"{where}{self.message}"
+        # One line, whatever a file name or a quoted key holds: control characters are shown escaped.
+        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], f"{where}{self.message}")
 
 
 class ServiceDown(UserError):

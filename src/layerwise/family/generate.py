@@ -24,9 +24,11 @@ PRELUDE = ["# -- reproducible builds: tools that honour it write the same bytes 
 
 
 def is_previous_output(folder: Path) -> bool:
+    if not (folder / "plan.json").is_file():    # a FIFO would block the read
+        return False
     try:
         return json.loads((folder / "plan.json").read_text()).get("schema") == PLAN_SCHEMA
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):   # RecursionError: nested 10,000 deep
         return False
 
 

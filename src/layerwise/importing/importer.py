@@ -140,6 +140,9 @@ def _arg_pairs(ins: Instruction) -> list[tuple[str, str | None]]:
     return out
 
 
+MAX_DOCKERFILE_BYTES = 16 << 20    # the largest real ones are a few hundred kB
+
+
 def read_dockerfile(path: Path, name: str, context: Path | None = None) -> Dockerfile:
     """Parse one Dockerfile into stages. `context`: the build context; by default the
     Dockerfile's folder, counted as present only when it holds some of the files COPY reads."""
@@ -147,9 +150,16 @@ def read_dockerfile(path: Path, name: str, context: Path | None = None) -> Docke
         raise UserError("this is a template (its name ends in .template), not a Dockerfile; "
                         "render it first and import the result", path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read the file: {e}", path) from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_DOCKERFILE_BYTES + 1)
+        text = raw.decode("utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read the file: {e.strerror or e}", path) from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"not UTF-8 text (byte 0x{raw[e.start]:02x}); is it a binary file?", path,
+                        raw.count(b"\n", 0, e.start) + 1) from None
+    if len(raw) > MAX_DOCKERFILE_BYTES:
+        raise UserError(f"larger than {MAX_DOCKERFILE_BYTES >> 20} MiB: not a Dockerfile", path)
     template = _TEMPLATE_MARK.search(text)
     if template:   # before parsing: the parser's complaint about a placeholder would say less
         line = text.count("\n", 0, template.start()) + 1

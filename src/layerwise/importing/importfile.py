@@ -10,15 +10,18 @@ checks every field, anything wrong being one UserError naming the file.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..jsonout import json_text
+from ..plan.spec import NAME, REPOSITORY
 
 IMPORT_SCHEMA = "layerwise.import/v1"
 IMPORT_FILE = "import.json"
+MAX_IMPORT_BYTES = 64 << 20     # a family of thousands of apps writes a few MB
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ImportedBase:
         used_by = b.get("used_by", [])
         if not isinstance(used_by, list) or not all(isinstance(u, str) for u in used_by):
             raise UserError(f"{where}: \"used_by\" must be a list of app names", path)
-        return cls(_text(b, "name", where, path), _text(b, "ref", where, path),
+        return cls(_name(b, "name", where, path, REPOSITORY), _text(b, "ref", where, path),
                    _path(b, "dockerfile", where, root, path), _path(b, "context", where, root, path, True),
                    _text(b, "parent", where, path, True), tuple(used_by))
 
@@ -69,7 +72,7 @@ class ImportedApp:
         if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
             raise UserError(f"{where}: \"bases\" must be a list of base names", path)
         unbuildable = a.get("unbuildable")
-        return cls(_text(a, "name", where, path), _path(a, "original", where, root, path),
+        return cls(_name(a, "name", where, path, NAME), _path(a, "original", where, root, path),
                    _path(a, "context", where, root, path, True), _path(a, "dockerfile", where, root, path),
                    tuple(bases), unbuildable if isinstance(unbuildable, str) else None,
                    _text(a, "image", where, path, True))
@@ -95,9 +98,13 @@ class ImportSet:
 
 
 def is_import_output(folder: Path) -> bool:
+    path = folder / IMPORT_FILE
+    if not path.is_file():    # a FIFO would block the read
+        return False
     try:
-        return json.loads((folder / IMPORT_FILE).read_text()).get("schema") == IMPORT_SCHEMA
-    except (OSError, ValueError, AttributeError):
+        with open(path, "rb") as f:
+            return json.loads(f.read(MAX_IMPORT_BYTES)).get("schema") == IMPORT_SCHEMA
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
@@ -108,11 +115,20 @@ def load_import(directory: Path) -> ImportSet:
         raise UserError(f"{directory} holds no import.json; write one with "
                         "`layerwise import DOCKERFILE... --refactor-to DIR`")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_IMPORT_BYTES + 1)
+        if len(raw) > MAX_IMPORT_BYTES:
+            raise UserError(f"larger than {MAX_IMPORT_BYTES >> 20} MiB: not an import.json layerwise wrote", path)
+        doc = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"not valid JSON: {e.msg}", path, e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read it ({e})", path) from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"not UTF-8 text (byte 0x{raw[e.start]:02x}); is it a binary file?", path,
+                        raw.count(b"\n", 0, e.start) + 1) from None
+    except RecursionError:
+        raise UserError("nested too deep to be an import description", path) from None
+    except OSError as e:
+        raise UserError(f"cannot read it ({e.strerror or e})", path) from None
     if not isinstance(doc, dict) or doc.get("schema") != IMPORT_SCHEMA:
         raise UserError(f"not an import description: \"schema\" must be {IMPORT_SCHEMA!r}", path)
     root = path.parent.resolve()
@@ -140,9 +156,26 @@ def _text(obj: dict, key: str, where: str, path: Path, optional: bool = False) -
     return value
 
 
+def _name(obj: dict, key: str, where: str, path: Path, pattern: str) -> str:
+    """An app or base name: it becomes part of image names, so `../x` or `/x` is refused here."""
+    value = _text(obj, key, where, path)
+    if not re.match(pattern, value):
+        raise UserError(f"{where}: \"{key}\" {value[:100]!r} is not a name `import` writes "
+                        "(lower-case letters, digits, '.', '_', '-', '/' between parts)", path)
+    return value
+
+
 def _path(obj: dict, key: str, where: str, root: Path, path: Path, optional: bool = False) -> Path | None:
+    """A file or folder the entry names (an absolute value stays as it is). It may be missing (verify
+    says so per app), but a FIFO or device where a Dockerfile should be would block or never end."""
     value = _text(obj, key, where, path, optional)
-    return None if value is None else root / value    # an absolute value stays as it is
+    if value is None:
+        return None
+    full = root / value
+    wanted = "folder" if key == "context" else "file"
+    if full.exists() and not (full.is_dir() if wanted == "folder" else full.is_file()):
+        raise UserError(f"{where}: \"{key}\" {value[:200]!r} is not a {wanted}", path)
+    return full
 
 
 def _optional_text(doc: dict, key: str) -> str | None:

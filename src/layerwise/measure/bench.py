@@ -33,7 +33,7 @@ from ..oci.registry import Registry
 from ..plan import contexts
 from ..plan.cost import CONTAINERD, DOCKER, predict_pulls
 from ..plan.model import Plan, sha256_text
-from ..plan.spec import Stack, load_stack
+from ..plan.spec import Stack, load_stack, read_yaml
 
 Say = Callable[[str], None]
 
@@ -156,7 +156,7 @@ def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
     # Hard links keep a copy of a large context cheap; a file about to change is unlinked first.
     shutil.copytree(stack.root, dest, copy_function=os.link,
                     ignore=shutil.ignore_patterns("layerwise.state.json", ".*.tmp-*", ".*.tmp"))  # half-written
-    doc = yaml.safe_load(stack.path.read_text())
+    doc, _ = read_yaml(stack.path)     # the loader with the limits, as every YAML reader
     prefix = f"{stack.project}-upd-{category}"
     doc["project"] = prefix
     for entry in (doc.get("images") or {}).values():

@@ -250,11 +250,23 @@ def select_platform(descriptors: list[dict], platform: str | None, what: str) ->
 def _json_object(raw: bytes, what: str) -> dict:
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested 10,000 deep
         raise UserError(f"{what} is not valid JSON") from None
     if not isinstance(doc, dict):
         raise UserError(f"{what} is not a JSON object")
     return doc
+
+
+def _read_small(path: Path) -> bytes:
+    """A layout's own small file (oci-layout, index.json), read no further than _SMALL."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_SMALL + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > _SMALL:
+        raise UserError(f"{path} is implausibly large (more than {_SMALL >> 20} MiB)")
+    return raw
 
 
 def _doc_kind(doc: dict, media_type: str | None) -> str:
@@ -564,7 +576,7 @@ class OCILayoutImage(Image):
         name = name or (f"{root}:{ref}" if ref else str(root))
         if not (root / "oci-layout").is_file():
             raise UserError(f"{root} is not an OCI image layout (no oci-layout file)")
-        layout = _json_object((root / "oci-layout").read_bytes()[:_SMALL], f"{root / 'oci-layout'}")
+        layout = _json_object(_read_small(root / "oci-layout"), f"{root / 'oci-layout'}")
         if not str(layout.get("imageLayoutVersion", "")).startswith("1."):
             raise UserError(f"{root} is an OCI layout of unsupported version "
                             f"{str(layout.get('imageLayoutVersion'))[:20]!r}")
@@ -572,7 +584,7 @@ class OCILayoutImage(Image):
         if not index_path.is_file():
             raise UserError(f"{root} is not an OCI image layout (no index.json)")
         self._blobs = _DirBlobs(root)
-        resolved = _resolve_oci(self._blobs, index_path.read_bytes()[:_SMALL], ref, platform,
+        resolved = _resolve_oci(self._blobs, _read_small(index_path), ref, platform,
                                 f"OCI layout {root}", name, f"{root}:REF")
         super().__init__(name, resolved.manifest_digest, resolved.config_raw, resolved.layers, resolved.platform,
                          resolved.manifest_raw)
@@ -650,7 +662,7 @@ class DockerArchiveImage(Image):
         raw = archive.read("manifest.json", "manifest.json")
         try:
             entries = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise UserError(f"manifest.json of {self.path} is not valid JSON") from None
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise UserError(f"manifest.json of {self.path} is not a list of images")
@@ -872,6 +884,8 @@ def open_image(spec: str, platform: str | None = None) -> Image:
             if not (path / "oci-layout").is_file():
                 raise UserError(f"{path} is a folder but not an OCI image layout (no oci-layout file)")
             return OCILayoutImage(path, select, platform=platform, name=spec)
+        if not path.is_file():   # a FIFO would block the first read; a device might never end
+            raise UserError(f"{path} is neither a `docker save` archive file nor an OCI layout folder")
         return DockerArchiveImage(path, select, platform=platform, name=spec)
     if spec.startswith(("/", "./", "../", "~")) or spec.endswith((".tar", ".tar.gz", ".tgz")):
         raise UserError(f"{spec}: no such file or folder")

@@ -391,7 +391,7 @@ class Registry:
             doc = json.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested 10,000 deep
             raise UserError(f"the manifest of image {what} is not a JSON object") from None
         media_type = doc.get("mediaType") or media_type
         if media_type not in MANIFEST_TYPES:

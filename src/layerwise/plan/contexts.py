@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -41,7 +42,12 @@ def resolve_sources(root: Path, sources: tuple[str, ...], *, file: str | None, l
         if not matches:
             raise UserError(f"COPY source {src!r} matches no file in {root}", file, line)
         for rel in matches:
-            full = (root / rel).resolve()
+            try:
+                full = (root / rel).resolve()
+            except (RuntimeError, OSError):   # Python 3.11 says RuntimeError for a loop of links
+                what = f"COPY source {src!r}" + (f" matches {rel!r}, which" if rel != pattern else "")
+                raise UserError(f"{what} is a loop of symbolic links in {root}; point the link at a file",
+                                file, line) from None
             if full != root and root not in full.parents:
                 raise UserError(
                     f"COPY source {src!r} escapes {root_name} {root}; "
@@ -50,6 +56,9 @@ def resolve_sources(root: Path, sources: tuple[str, ...], *, file: str | None, l
                 raise UserError(
                     f"COPY source {src!r} does not exist in {root}; create it or fix the path "
                     f"(sources are relative to {root_name})", file, line)
+            if not rel.isprintable() and any("\udc80" <= c <= "\udcff" for c in rel):
+                raise UserError(f"COPY source {src!r} matches {rel!a}, a name that is not UTF-8, which the "
+                                "plan cannot name; rename it, or copy the folder that holds it", file, line)
             found.append(os.path.normpath(rel))  # the path as written: a link is copied as a link
     return found
 
@@ -59,8 +68,11 @@ Ignore = Callable[[str], bool]   # context-relative path -> left out (a .dockeri
 
 def dockerignore(root: Path) -> Ignore | None:
     """The matcher of root/.dockerignore (the docker SDK's, as `docker build` reads it), if any."""
+    path = root / ".dockerignore"
+    if not path.is_file():   # a FIFO there would block the read forever
+        return None
     try:
-        lines = (root / ".dockerignore").read_text().splitlines()
+        lines = path.read_text(errors="surrogateescape").splitlines()
     except OSError:
         return None
     from docker.utils.build import PatternMatcher  # the Docker SDK, only when there is a .dockerignore
@@ -71,17 +83,23 @@ def dockerignore(root: Path) -> Ignore | None:
 
 
 def _walk(root: Path, rel: str, ignore: Ignore | None = None):
-    """Yield (relpath, stat) for rel and, if it is a directory, everything below it, sorted,
-    leaving out what `ignore` matches."""
-    if ignore is not None and ignore(rel):
-        return
-    full = root / rel
-    st = full.lstat()
-    yield rel, st
-    if stat.S_ISDIR(st.st_mode):
-        for name in sorted(os.listdir(full)):
-            yield from _walk(root, name if rel == "." else f"{rel}/{name}", ignore)
+    """Yield (relpath, stat) for rel and, if it is a directory, everything below it, sorted (depth
+    first, without recursion: a context may nest deeper than Python recurses), leaving out what
+    `ignore` matches. Links are reported, never followed, so a loop of them is walked once."""
+    todo = [rel]
+    while todo:
+        rel = todo.pop()
+        if ignore is not None and ignore(rel):
+            continue
+        st = (root / rel).lstat()
+        yield rel, st
+        if stat.S_ISDIR(st.st_mode):
+            names = sorted(os.listdir(root / rel), reverse=True)
+            todo += [name if rel == "." else f"{rel}/{name}" for name in names]
 
+
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device"}
 
 # Each file is read and hashed once per run: many COPY steps read the same files. Keyed by what
 # `lstat` says, so a file changed meanwhile is read again.
@@ -104,6 +122,15 @@ def _read_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _entry_name(name: str, also: str = "") -> str:
+    """A file name as a digest entry holds it: as it is, unless it holds what could make one entry
+    read as two (a newline), or bytes that are not UTF-8 (surrogates); then quoted as JSON, as is
+    any name with a quote or backslash, so a quoted name never equals one left as it is."""
+    if not any(c in name for c in '"\\' + also) and name.isprintable():
+        return name
+    return json.dumps(name)
+
+
 def digest_files(root: Path, relpaths: list[str], ignore: Ignore | None = None) -> ContextFiles:
     """Digest and size of the given context paths and everything below them."""
     h = hashlib.sha256()
@@ -112,15 +139,17 @@ def digest_files(root: Path, relpaths: list[str], ignore: Ignore | None = None) 
     for top in relpaths:
         for rel, st in _walk(root, top, ignore):
             mode = stat.S_IMODE(st.st_mode)
+            name = _entry_name(rel)
             if stat.S_ISDIR(st.st_mode):
-                entry = f"d {rel} {mode:o}"
+                entry = f"d {name} {mode:o}"
             elif stat.S_ISLNK(st.st_mode):
-                entry = f"l {rel} {os.readlink(root / rel)}"
+                entry = f"l {_entry_name(rel, ' ')} {_entry_name(os.readlink(root / rel))}"
             elif stat.S_ISREG(st.st_mode):
-                entry = f"f {rel} {mode:o} {st.st_size} {_file_sha256(root / rel, st)}"
+                entry = f"f {name} {mode:o} {st.st_size} {_file_sha256(root / rel, st)}"
                 size += st.st_size
-            else:
-                raise UserError(f"{rel} is not a regular file, directory or link; it cannot be copied",
+            else:   # never opened: reading a FIFO would wait forever, a device never end
+                raise UserError(f"{_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, which COPY "
+                                "cannot copy; move it out of the context or leave it out in .dockerignore",
                                 root / rel)
             h.update(entry.encode() + b"\n")
             seen.append(rel)
@@ -150,7 +179,5 @@ def copy_reproducibly(src_root: Path, relpaths: list[str], dest_root: Path, igno
 
 def fix_mtimes(root: Path) -> None:
     """Set every mtime under root (and root itself) to FIXED_MTIME, links included."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.utime(os.path.join(dirpath, name), (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
-    os.utime(root, (FIXED_MTIME, FIXED_MTIME))
+    for rel, _ in _walk(root, "."):     # not os.walk: Python 3.11's recurses once per level
+        os.utime(root / rel, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)

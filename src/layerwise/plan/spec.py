@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..dockerfiles import parse_fragment, prefetch
 from ..errors import UserError
+from ..oci.reference import Reference
 from ..units import parse_size
 from . import contexts
 from .model import Category, Step
@@ -33,6 +34,13 @@ class CategorySpec(BaseModel):
     owner: str = Field(min_length=1)
     changes_per_month: float = Field(default=0.0, ge=0)
     merge: bool = False
+
+    @field_validator("owner")
+    @classmethod
+    def _one_line(cls, owner: str) -> str:   # written into CODEOWNERS and Dockerfile comments
+        if re.search(r"[\x00-\x1f\x7f]", owner):
+            raise ValueError("an owner is one line of text, a team such as app-team")
+        return owner
 
 
 class ImageNameSpec(BaseModel):
@@ -133,8 +141,103 @@ class Lines:
         return self._text.get(path) or self.at(path)
 
 
+# Hostile input stays bounded: a stack or fleet file is at most MAX_YAML_BYTES (the largest family
+# measured, 5,000 apps of 100 steps, is 27 MB and takes 1.2 GB to plan: the whole tree is needed in
+# memory, so streaming would not bound it), nests at most MAX_YAML_DEPTH levels, and its aliases may
+# expand it to at most MAX_YAML_VALUES values, or ALIAS_FACTOR times the values written, if more
+# (a "billion laughs" file of ten lines would otherwise expand to 9^8 values).
+MAX_YAML_BYTES = 32 << 20
+MAX_YAML_DEPTH = 100
+MAX_YAML_VALUES = 1_000_000
+ALIAS_FACTOR = 10
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML file layerwise will not expand: too deep, recursive, or an alias bomb."""
+
+
+class _LocatingConstructor:
+    """A value the safe constructor cannot make (`2001-13-45` as a date, `!!int abc`) is a
+    ConstructorError at its node's line, not a bare ValueError without one."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a scalar's constructor raises is bad input
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({e})", node.start_mark) from None
+
+
+class _PythonLoader(_LocatingConstructor, yaml.SafeLoader):
+    """PyYAML's pure-Python loader, refusing nesting beyond MAX_YAML_DEPTH before Python's own
+    recursion limit (about 300 levels) turns it into a RecursionError."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels; "
+                           "a stack file needs a handful", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 # libyaml's C parser when PyYAML was built with it (15× faster on large stack files), else Python's.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_LOADER = getattr(yaml, "CSafeLoader", _PythonLoader)
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_shape(root: yaml.Node) -> None:
+    """Refuse a node graph that is recursive, nests too deep, or expands (an alias repeats the node
+    it names, not a copy) to too many values. One walk over the distinct nodes, without recursion;
+    scalars, most of the nodes, are counted where their parent is."""
+    scalar = yaml.ScalarNode
+    size: dict[int, int] = {}      # id(collection) -> values in it once aliases are expanded
+    height: dict[int, int] = {}
+    written = 1
+    path: set[int] = set()         # collections whose children are being walked
+    todo: list[tuple[yaml.Node, bool]] = [] if root.__class__ is scalar else [(root, False)]
+    while todo:
+        node, finished = todo.pop()
+        key = id(node)
+        if finished:
+            total, tallest = 1, 1
+            for kid in _children(node):
+                written += 1
+                if kid.__class__ is scalar:
+                    total += 1
+                else:
+                    total += size[id(kid)]
+                    tallest = max(tallest, height[id(kid)])
+            size[key], height[key] = total, tallest + 1
+            path.discard(key)
+        elif key in path:
+            raise _Refused(None, None, "an alias refers to a node that contains it (a recursive alias); "
+                           "write the content out instead", node.start_mark)
+        elif key not in size:
+            path.add(key)
+            todo.append((node, True))
+            todo += [(kid, False) for kid in _children(node) if kid.__class__ is not scalar]
+    limit = max(MAX_YAML_VALUES, ALIAS_FACTOR * written)
+    for measure, most, what in (
+            (height, MAX_YAML_DEPTH, f"nested deeper than {MAX_YAML_DEPTH} levels; a stack file needs a handful"),
+            (size, limit, f"the aliases under this node expand to more than {limit:,} values "
+                          "(an alias bomb?); write the content out or use fewer nested aliases")):
+        if measure.get(id(root), 1) > most:
+            node = root      # the deepest node still over the limit says where
+            while over := [k for k in _children(node) if measure.get(id(k), 1) > most]:
+                node = max(over, key=lambda k: measure[id(k)])
+            raise _Refused(None, None, what, node.start_mark)
 
 
 def _parse(text: str, loader_class) -> tuple[yaml.Node | None, Any]:
@@ -142,32 +245,73 @@ def _parse(text: str, loader_class) -> tuple[yaml.Node | None, Any]:
     loader = loader_class(text)
     try:
         root = loader.get_single_node()
-        return root, (loader.construct_document(root) if root is not None else None)
+        if root is None:
+            return None, None
+        _check_shape(root)
+        try:
+            return root, loader.construct_document(root)
+        except yaml.YAMLError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the Python loader parses again to say where
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read a value ({e})") from None
     finally:
         loader.dispose()
 
 
-def read_yaml(path: Path) -> tuple[Any, "Lines"]:
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, refusing more than MAX_YAML_BYTES (read no further than that)."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
         raise UserError("file not found; check the path", path) from None
+    except IsADirectoryError:
+        raise UserError("is a folder; give the YAML file in it", path) from None
     except OSError as e:
         raise UserError(f"cannot read the file: {e.strerror}", path) from None
+    if len(data) > MAX_YAML_BYTES:
+        raise UserError(f"larger than {MAX_YAML_BYTES >> 20} MiB, the most layerwise reads as a YAML file; "
+                        "is it the right file? (a 5,000-app family is 27 MB)", path)
     try:
-        try:
-            root, data = _parse(text, _LOADER)
-        except yaml.YAMLError:
-            # The pure-Python parser says what is wrong in more words (the character, the token);
-            # bad input is rare, so it parses again to give that message, at the same line.
-            root, data = _parse(text, yaml.SafeLoader)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+                        "a YAML file must be UTF-8: is it a binary file, or saved in another encoding?",
+                        path, line) from None
+
+
+def _yaml_error(e: yaml.YAMLError, text: str, path: Path) -> UserError:
+    """One line naming the line and what is wrong."""
+    if isinstance(e, yaml.reader.ReaderError):    # a character YAML does not allow; no mark, a position
+        line = text.count("\n", 0, e.position) + 1
+        code = ord(e.character) if isinstance(e.character, str) else e.character
+        return UserError(f"invalid YAML: character #x{code:04x} is not allowed in YAML text; "
+                         "is it a binary file?", path, line)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    context = getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    if context is not None and mark is not None and context.line != mark.line:
+        problem += f" ({getattr(e, 'context', None) or 'started'} at line {context.line + 1})"
+    prefix = "" if isinstance(e, _Refused) else "invalid YAML: "
+    return UserError(prefix + " ".join(problem.split()), path, mark.line + 1 if mark else None)
+
+
+def read_yaml(path: Path) -> tuple[Any, "Lines"]:
+    text = _read_text(path)
+    try:
+        root, data = _parse(text, _LOADER)
+    except _Refused as e:
+        raise _yaml_error(e, text, path) from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        context = getattr(e, "context_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        if context is not None and mark is not None and context.line != mark.line:
-            problem += f" ({getattr(e, 'context', None) or 'started'} at line {context.line + 1})"
-        raise UserError(f"invalid YAML: {problem}", path, mark.line + 1 if mark else None) from None
+        # The pure-Python parser says what is wrong in more words (the character, the token);
+        # bad input is rare, so it parses again to give that message, at the same line.
+        try:
+            _parse(text, _PythonLoader)
+        except yaml.YAMLError as better:
+            raise _yaml_error(better, text, path) from None
+        raise _yaml_error(e, text, path) from None
     lines: dict = {}
     texts: dict = {}
     if root is not None:
@@ -225,10 +369,10 @@ def _category_texts(value: Any, where: tuple, path: Path,
     if isinstance(value, dict):
         unknown = set(value) - {"steps", "size"}
         if unknown or "steps" not in value:
-            key = sorted(unknown)[0] if unknown else None
-            msg = (f"unknown key {key!r} in a category value; use 'steps' and 'size'" if key
+            key = sorted(unknown, key=str)[0] if unknown else None   # keys may be any YAML scalar
+            msg = (f"unknown key {key!r} in a category value; use 'steps' and 'size'" if unknown
                    else "a category mapping needs 'steps:' (instruction text or a list of it)")
-            raise UserError(msg, path, lines.at(where + ((key,) if key else ())))
+            raise UserError(msg, path, lines.at(where + ((key,) if unknown else ())))
         if "size" in value:
             try:
                 size = parse_size(value["size"])
@@ -324,6 +468,20 @@ def _all_texts(apps: dict, declared: list[str]):
         yield from _app_config_texts(app)
 
 
+def _check_references(spec: StackSpec, path: Path, lines: Lines) -> None:
+    """`base` is an image reference and `registry` a place to push to, before either is written
+    into a Dockerfile's FROM line (a newline in one would add an instruction)."""
+    try:
+        Reference.parse(spec.base)
+    except UserError as e:
+        raise UserError(f"base: {e.message}", path, lines.at(("base",))) from None
+    try:
+        Reference.parse(f"{spec.registry.rstrip('/')}/{spec.project}/app")
+    except UserError:
+        raise UserError(f"registry: {spec.registry!r} is not a registry; write HOST[:PORT] (optionally "
+                        "followed by /PATH), e.g. localhost:5000", path, lines.at(("registry",))) from None
+
+
 def load_stack(path: str | Path) -> Stack:
     """Read, validate and digest a stack file. Raises UserError with file:line on bad input."""
     path = Path(path)
@@ -333,6 +491,7 @@ def load_stack(path: str | Path) -> Stack:
     spec = validate_model(StackSpec, data, path, lines,
                           "registry, project, base, categories and apps")
 
+    _check_references(spec, path, lines)
     names_seen: set[str] = set()
     for cat_index, cat in enumerate(spec.categories):
         if cat.name in names_seen:

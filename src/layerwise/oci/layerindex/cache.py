@@ -50,7 +50,7 @@ class Cache:
         gc.disable()       # tens of thousands of new objects, none cyclic: collections only cost time
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):   # RecursionError: a file nested 10,000 deep
             return None
         finally:
             if collecting:
