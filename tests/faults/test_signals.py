@@ -310,8 +310,9 @@ def mounts_below(folder: Path) -> list[str]:
             if l.split()[4].startswith(str(folder))]
 
 
-@pytest.mark.parametrize("sig", SIGNALS)
-def test_bench_pull(main_engine, tmp_path, namespace, sig):
+@pytest.mark.parametrize("sig, kind", [pytest.param(signal.SIGINT, "docker", id="SIGINT-docker-host"),
+                                       pytest.param(signal.SIGTERM, "containerd", id="SIGTERM-containerd-host")])
+def test_bench_pull(main_engine, tmp_path, namespace, sig, kind):
     if os.geteuid() != 0:
         pytest.skip("the bench hosts need root")
     bench_dir = Path(tempfile.mkdtemp(prefix="lwb-", dir="/tmp"))    # short: unix socket paths
@@ -321,8 +322,7 @@ def test_bench_pull(main_engine, tmp_path, namespace, sig):
         args = ("bench", "pull", str(stack), "--no-updates", "--bandwidth", "1Gbit")
         env = {"LAYERWISE_BENCH_DIR": str(bench_dir)}
         run = Run(tmp_path, *args, env=env)
-        run.until(lambda: "pulling on a containerd host" in run.stdout, timeout=300)   # docker done, containerd up
-        time.sleep(0.3)
+        run.until(lambda: f"{kind:<10} layered" in run.stdout, timeout=300)    # its host is up and pulling
         run.interrupt(sig)
         assert not processes_using(bench_dir), processes_using(bench_dir)
         assert not mounts_below(bench_dir), mounts_below(bench_dir)
