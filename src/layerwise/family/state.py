@@ -138,8 +138,8 @@ def locked(stack_path: Path, wait: bool = True, say=None) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             if not wait:
-                raise UserError(f"another build of this stack is running ({holder}); wait for it, or "
-                                "run without --no-wait to wait for it", path) from None
+                raise UserError(f"another build of this stack is running ({holder}); run again once it is "
+                                "done, or without --no-wait to wait for it", path) from None
             (say or (lambda line: print(line, file=sys.stderr)))(
                 f"layerwise: waiting for another build of this stack to finish ({holder}; lock {path})")
             fcntl.flock(fd, fcntl.LOCK_EX)
