@@ -442,20 +442,26 @@ class DockerHost(_Host):
 
     def _after_stop(self) -> None:
         """dockerd stops the containerd it manages when it exits on SIGTERM; after a SIGKILL that
-        containerd would live on. Stop it: it is ours (started by our dockerd, on our exec root)."""
+        containerd would live on, and so would the shims of the containers it ran (a build's RUN).
+        Stop them: they are ours (started by our dockerd, on our exec root)."""
         pidfile = self.exec_root / "containerd" / "containerd.pid"
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
-            return
-        if not _alive(pid) or not any(str(self.exec_root) in a for a in _cmdline(pid)):
-            return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid) and any(str(self.exec_root) in a for a in _cmdline(pid)):
-            os.kill(pid, signal.SIGKILL)
+            pid = None
+        if pid is not None and _alive(pid) and any(str(self.exec_root) in a for a in _cmdline(pid)):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid) and any(str(self.exec_root) in a for a in _cmdline(pid)):
+                os.kill(pid, signal.SIGKILL)
+        address = str(self.exec_root / "containerd" / "containerd.sock")
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and _alive(int(proc.name)):
+                command = _cmdline(int(proc.name))
+                if command and "containerd-shim" in command[0] and address in command:
+                    os.kill(int(proc.name), signal.SIGKILL)
 
     def _api(self):
         if self.client is None:
