@@ -32,10 +32,10 @@ from .policy import RegistryPolicy
 
 Event = Callable[[dict], None]
 
-# What the Docker SDK raises when the daemon goes away under a call or a stream (not an APIError: the
-# daemon answering with an error is that).
+# What the Docker SDK raises when the daemon goes away under a call or a stream (requests' errors for a
+# call, urllib3's for a stream read; not an APIError: that is the daemon answering with an error).
 ENGINE_LOST = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-               requests.exceptions.Timeout, urllib3.exceptions.HTTPError, ConnectionError)
+               requests.exceptions.Timeout, urllib3.exceptions.HTTPError)
 
 # The name an explicit Dockerfile travels under inside the context tar (see _context_with_dockerfile).
 INJECTED_DOCKERFILE = ".dockerfile.layerwise"
