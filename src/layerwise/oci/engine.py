@@ -330,7 +330,9 @@ class Engine:
             if dockerfile is not None:
                 cmd += ["-f", str(dockerfile)]
             cmd.append(str(context))
-            env = {**os.environ, "DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
+            # The CLI builds on the engine the SDK talks to (DOCKER_HOST, else the default socket),
+            # never on another one a `docker context` of the user's would choose.
+            env = {**os.environ, "DOCKER_HOST": self.where, "DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
             log: list[str] = []
             try:
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
