@@ -1,9 +1,10 @@
 """Two builds of the same stack at once, on the real engine and registry: the second waits for the
-first (the lock beside the state file), then has nothing left to build; a third with --no-wait stops
-at once. The state file stays whole throughout."""
+first (the lock beside the state file), then has nothing left to build; one told to stop while it
+waits ends at once (143); one with --no-wait stops at once. The state file stays whole throughout."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,8 +21,8 @@ categories:
   - {{name: tools, owner: platform}}
   - {{name: code, owner: apps}}
 apps:
-  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 3 && echo one > /app"}}
-  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 3 && echo two > /app"}}
+  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 10 && echo one > /app"}}
+  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 10 && echo two > /app"}}
 """
 
 
@@ -39,12 +40,21 @@ def test_the_second_build_waits_then_builds_nothing(services, tmp_path, namespac
     stack = write_file(tmp_path / "stack" / "layerwise.yaml", STACK.format(ns=ns))
     lock = stack.parent / (STATE_FILE + ".lock")
     first = start(tmp_path, "first", "build", str(stack), "--push", "--json")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not (lock.exists() and f"pid {first.pid}" in lock.read_text()):
         assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.err").read_text()
         time.sleep(0.01)
 
     second = start(tmp_path, "second", "build", str(stack), "--push", "--json")
+    stopped = start(tmp_path, "stopped", "build", str(stack), "--push")     # waits too, then is told to stop
+    for name, proc in (("second", second), ("stopped", stopped)):
+        while "waiting for another build" not in (tmp_path / f"{name}.err").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / f"{name}.err").read_text()
+            time.sleep(0.01)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=30) == 143
+    assert (tmp_path / "stopped.err").read_text().strip().splitlines()[-1] == (
+        "layerwise: interrupted by SIGTERM; a rerun goes on from what was finished")
     refused = run_cli("build", str(stack), "--push", "--no-wait")
     assert first.poll() is None, "the first build ended before the others could meet it"
     assert refused.returncode == 2 and "Traceback" not in refused.stderr

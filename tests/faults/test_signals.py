@@ -67,8 +67,10 @@ class Run:
         return found
 
     def interrupt(self, sig: int) -> int:
+        sent = time.monotonic()
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout=120)
+        print(f"{signal.Signals(sig).name}: exit {code} after {time.monotonic() - sent:.2f} s")   # a figure, with -s
         assert code == 128 + sig, f"exit {code}: {self.stdout}\n{self.stderr}"
         lines = [l for l in self.stderr.splitlines() if l.strip()]
         assert "Traceback" not in self.stderr, self.stderr
