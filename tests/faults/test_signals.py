@@ -132,8 +132,8 @@ categories:
   - {{name: tools, owner: platform}}
   - {{name: code, owner: apps}}
 apps:
-  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 6 && echo {marker}-1 > /app"}}
-  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 6 && echo {marker}-2 > /app"}}
+  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 10 && echo {marker}-1 > /app"}}
+  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 10 && echo {marker}-2 > /app"}}
 """
 
 
@@ -144,7 +144,7 @@ def test_build(main_engine, tmp_path, namespace, sig, builder):
     ns = f"faults-process/{namespace}"
     stack = write_file(tmp_path / "stack" / "layerwise.yaml", BUILD_STACK.format(ns=ns, base=BUSYBOX, marker=marker))
     run = Run(tmp_path, "build", str(stack), "--push", "--builder", builder)
-    run.until(lambda: "sleep 6" in run.stdout)         # the base is pushed, the apps are in their long step
+    run.until(lambda: "sleep 10" in run.stdout)         # the base is pushed, the apps are in their long step
     time.sleep(0.5)
     run.interrupt(sig)
 
@@ -263,7 +263,7 @@ def test_audit(tmp_path, big_image, sig):
     cache = tmp_path / "cache"
     run = Run(tmp_path, "audit", big_image, "--processes", "2", "--json")
     run.until(lambda: len(run.children()) >= 2)          # the indexing workers are at work
-    time.sleep(0.8)
+    time.sleep(0.3)
     workers = run.children()
     run.interrupt(sig)
     time.sleep(0.2)
