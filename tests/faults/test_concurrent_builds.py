@@ -21,8 +21,8 @@ categories:
   - {{name: tools, owner: platform}}
   - {{name: code, owner: apps}}
 apps:
-  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 10 && echo one > /app"}}
-  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 10 && echo two > /app"}}
+  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 20 && echo one > /app"}}
+  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 20 && echo two > /app"}}
 """
 
 
@@ -45,6 +45,13 @@ def test_the_second_build_waits_then_builds_nothing(services, tmp_path, namespac
         assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.err").read_text()
         time.sleep(0.01)
 
+    refused = run_cli("build", str(stack), "--push", "--no-wait")
+    assert first.poll() is None, "the first build ended before the others could meet it"
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"layerwise: error: {lock}: another build of this stack is running (pid {first.pid}); run again once "
+        "it is done, or without --no-wait to wait for it"]
+
     second = start(tmp_path, "second", "build", str(stack), "--push", "--json")
     stopped = start(tmp_path, "stopped", "build", str(stack), "--push")     # waits too, then is told to stop
     for name, proc in (("second", second), ("stopped", stopped)):
@@ -55,12 +62,6 @@ def test_the_second_build_waits_then_builds_nothing(services, tmp_path, namespac
     assert stopped.wait(timeout=30) == 143
     assert (tmp_path / "stopped.err").read_text().strip().splitlines()[-1] == (
         "layerwise: interrupted by SIGTERM; a rerun goes on from what was finished")
-    refused = run_cli("build", str(stack), "--push", "--no-wait")
-    assert first.poll() is None, "the first build ended before the others could meet it"
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip().splitlines() == [
-        f"layerwise: error: {lock}: another build of this stack is running (pid {first.pid}); run again once "
-        "it is done, or without --no-wait to wait for it"]
 
     assert first.wait(timeout=120) == 0, (tmp_path / "first.err").read_text()
     assert second.wait(timeout=120) == 0, (tmp_path / "second.err").read_text()
