@@ -21,8 +21,8 @@ categories:
   - {{name: tools, owner: platform}}
   - {{name: code, owner: apps}}
 apps:
-  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 20 && echo one > /app"}}
-  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 20 && echo two > /app"}}
+  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 20 && echo {ns}-one > /app"}}
+  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 20 && echo {ns}-two > /app"}}
 """
 
 
@@ -36,7 +36,7 @@ def start(tmp_path, name, *args):
 
 
 def test_the_second_build_waits_then_builds_nothing(services, tmp_path, namespace):
-    ns = f"faults-process/{namespace}"
+    ns = f"faults-process/{namespace}"      # in the RUN too: the engine's cache must not make it quick
     stack = write_file(tmp_path / "stack" / "layerwise.yaml", STACK.format(ns=ns))
     lock = stack.parent / (STATE_FILE + ".lock")
     first = start(tmp_path, "first", "build", str(stack), "--push", "--json")

@@ -82,6 +82,7 @@ def test_engine_lost_mid_build_then_the_rerun_builds_what_is_left(private_engine
     with Registry(REGISTRY) as reg:
         assert reg.manifest_digest(f"{ns}/app1", "latest") is None
 
+    private_engine.stop()                           # waits until a stopping daemon is gone, then cleans up
     private_engine.start()                          # back, empty: what was built lives in the registry
     rerun = run_cli("build", str(stack), "--push", "--json", "--builder", builder, env=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
