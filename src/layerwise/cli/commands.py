@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -214,11 +215,13 @@ def affected(stack: Path, changed: tuple[str, ...], as_json: bool) -> None:
               "and the ancestors it needs; repeatable.")
 @click.option("--dry-run", is_flag=True, help="Say per image build or skip and why; build nothing.")
 @click.option("--no-cache", is_flag=True, help="Build every step anew (the engine's cache is not used).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="When another build of the same "
+              "stack runs: wait for it (then build only what it left), or stop at once with an error.")
 @build_opts
 @registry_opts
 @JSON_OPT
 def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run: bool, no_cache: bool,
-          builder: str, network: str, allowed: tuple[str, ...], ca_cert: Path | None,
+          wait: bool, builder: str, network: str, allowed: tuple[str, ...], ca_cert: Path | None,
           insecure: tuple[str, ...], as_json: bool) -> None:
     """Build (and with --push, push) every image of the plan in dependency order, skipping the
     ones whose fingerprint tag already exists. STACK may also be a folder written by
@@ -226,12 +229,12 @@ def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run
     _configure_registries(ca_cert, insecure)
     sys.exit(run_build(stack, push=push, parallel=parallel, only=list(only), dry_run=dry_run,
                        no_cache=no_cache, as_json=as_json, options=_build_options(builder, network),
-                       allowed=allowed))
+                       allowed=allowed, wait=wait))
 
 
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
               dry_run: bool = False, no_cache: bool = False, as_json: bool = False, options=None,
-              allowed: tuple[str, ...] = (), policy=None) -> int:
+              allowed: tuple[str, ...] = (), policy=None, wait: bool = True) -> int:
     from ..family.build import build_family
     from ..family.loader import load_family
     from ..oci.policy import RegistryPolicy
@@ -246,11 +249,11 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
         with progress:
             the_plan, decisions, results = build_family(loaded, push=push, parallel=parallel, only=only,
                                                         no_cache=no_cache, progress=progress,
-                                                        options=options, policy=policy)
+                                                        options=options, policy=policy, wait=wait)
     else:
         the_plan, decisions, results = build_family(loaded, push=push, parallel=parallel, only=only,
                                                     no_cache=no_cache, progress=progress, dry_run=dry_run,
-                                                    options=options, policy=policy)
+                                                    options=options, policy=policy, wait=wait)
     by_key = {d.key: d for d in decisions}
     if dry_run:
         if as_json:
@@ -641,15 +644,38 @@ def demo(output: Path, bandwidth: str, builder: str, network: str, allowed: tupl
     sys.exit(run_demo(output, bandwidth, _build_options(builder, network), allowed))
 
 
+_stopped_by: list[int] = []     # the signal that interrupted this run, once one has
+
+
+def _interrupt(signum: int, frame) -> None:
+    """SIGINT and SIGTERM both raise KeyboardInterrupt where the program is, so one clean-up path
+    (every `finally` and `except BaseException`) serves both. Signals arriving during that clean-up
+    are ignored: it runs to its end."""
+    if _stopped_by:
+        return
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _exit_interrupted() -> None:
+    signum = _stopped_by[0] if _stopped_by else signal.SIGINT
+    print(f"layerwise: interrupted by {signal.Signals(signum).name}; a rerun goes on from what was finished",
+          file=sys.stderr)
+    sys.exit(128 + signum)
+
+
 def main() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         app.main(prog_name="layerwise", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _exit_interrupted()
     except UserError as e:
+        if _stopped_by:      # an error the interruption caused on its way out
+            _exit_interrupted()
         print(f"layerwise: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        print("layerwise: interrupted", file=sys.stderr)
-        sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(2)

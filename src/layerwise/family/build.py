@@ -8,6 +8,7 @@ and a human tag moved only after the image is pushed under its fingerprint tag.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -24,7 +25,7 @@ from typing import BinaryIO
 
 from ..dockerfiles import parse_instructions
 from ..errors import UserError
-from ..oci.engine import BuildFailed, BuildOptions, ChosenBuilder, Engine, check_dockerfile, choose_builder
+from ..oci.engine import ENGINE_LOST, BuildFailed, BuildOptions, ChosenBuilder, Engine, check_dockerfile, choose_builder
 from ..oci.images import EngineImage, Image, RegistryImage
 from ..oci.mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 from ..oci.mutate import NormalizedLayer, normalize_config, normalize_layer
@@ -36,11 +37,15 @@ from ..plan.planner import build_plan
 from ..plan.spec import Stack
 from .generate import BASE_NAME_LABEL, FINGERPRINT_LABEL, write_tree
 from .loader import Family, ImportedFamily, dockerfile_of, family_plan
-from .state import ImageRecord, LayerRecord, State, load_state
+from .state import ImageRecord, LayerRecord, State, load_state, locked
 
 BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
 
 BUILD, SKIP, NOT_SELECTED = "build", "skip", "not selected"
+
+
+class Interrupted(Exception):
+    """A worker's build stopped because the whole build was interrupted (Ctrl-C, SIGTERM)."""
 
 
 @dataclass(frozen=True)
@@ -218,10 +223,23 @@ class Builder:
         self.push = registry is not None
         self.no_cache = no_cache
         self.parallel = max(1, parallel)
-        self.progress = progress or (lambda key, phase, event: None)
+        self._report = progress or (lambda key, phase, event: None)
+        self._cancelled = threading.Event()     # set on Ctrl-C / SIGTERM: workers stop at their next event
         self._lock = threading.Lock()
         # key -> manifest digest (pushed) or image ID (local); "" is the OS base
         self._digests: dict[str, str] = {"": plan.base_digest or ""}
+
+    def progress(self, key: str, phase: str, event: dict) -> None:
+        """Pass an event on; in a worker of an interrupted build, stop here instead."""
+        if self._cancelled.is_set():
+            raise Interrupted(key)
+        self._report(key, phase, event)
+
+    def cancel(self) -> None:
+        """Stop the builds under way: workers end at their next event, the engine's builds and pulls
+        are cut (the daemon then drops their containers)."""
+        self._cancelled.set()
+        self.engine.cancel()
 
     # -- what exists
 
@@ -297,26 +315,36 @@ class Builder:
         pending = set(to_build)
         running: dict[Future, str] = {}
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            while pending or running:
-                for key in sorted(pending):
-                    needs = self.needs(key)
-                    if any(n in pending or n in running.values() for n in needs):
-                        continue
-                    pending.discard(key)
-                    broken = [n for n in needs if results[n].status not in ("built", "skipped")]
-                    if broken:
-                        what = "parent" if broken[0] == self.plan.image(key).parent else "base"
-                        results[key] = Result(key, "not attempted", by_key[key].reason,
-                                              error=f"{what} {short_name(self.plan, broken[0])} "
-                                                    f"{results[broken[0]].status}")
-                        continue
-                    running[pool.submit(self._build_one, key, by_key[key].reason, workdir)] = key
-                if not running:
+            try:
+                self._schedule(pool, pending, running, by_key, results, workdir)
+            except BaseException:      # Ctrl-C, SIGTERM, a lost engine: end the other builds first
+                self.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+    def _schedule(self, pool: ThreadPoolExecutor, pending: set[str], running: dict[Future, str],
+                  by_key: dict[str, Decision], results: dict[str, Result], workdir: Path) -> None:
+        """Start each image once what it needs is there; collect results as builds end."""
+        while pending or running:
+            for key in sorted(pending):
+                needs = self.needs(key)
+                if any(n in pending or n in running.values() for n in needs):
                     continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    key = running.pop(future)
-                    results[key] = future.result()
+                pending.discard(key)
+                broken = [n for n in needs if results[n].status not in ("built", "skipped")]
+                if broken:
+                    what = "parent" if broken[0] == self.plan.image(key).parent else "base"
+                    results[key] = Result(key, "not attempted", by_key[key].reason,
+                                          error=f"{what} {short_name(self.plan, broken[0])} "
+                                                f"{results[broken[0]].status}")
+                    continue
+                running[pool.submit(self._build_one, key, by_key[key].reason, workdir)] = key
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                key = running.pop(future)
+                results[key] = future.result()
 
     def _build_one(self, key: str, reason: str, workdir: Path) -> Result:
         img = self.plan.image(key)
@@ -334,6 +362,8 @@ class Builder:
             image_id = self.engine.build(context, fp_ref, labels, lambda e: self.progress(key, "build", e),
                                          nocache=self.no_cache, dockerfile=dockerfile, options=self.options)
         except BuildFailed as e:
+            if not self.engine.answers():    # not the image's fault: the daemon went away under it
+                raise self.engine.lost(f"building {key}") from None
             self.progress(key, "failed", {"error": str(e)})
             return Result(key, "failed", reason, time.monotonic() - started, error=str(e),
                           log_tail=e.log[-15:], builder=chosen.name)
@@ -443,12 +473,21 @@ class Builder:
 def build_family(stack: Family, *, push: bool, parallel: int = 2, only: list[str] | None = None,
                  no_cache: bool = False, progress: Progress | None = None, dry_run: bool = False,
                  options: BuildOptions | None = None, policy: RegistryPolicy | None = None,
-                 ) -> tuple[Plan, list[Decision], list[Result]]:
+                 wait: bool = True) -> tuple[Plan, list[Decision], list[Result]]:
     """Plan, decide and (unless dry_run) build the family (a stack's, or an import folder's); the
-    state file is updated."""
+    state file is updated. One build of a stack at a time: a second one waits for the lock beside
+    the state file (wait=False: refuses)."""
     policy = policy or RegistryPolicy.resolve(stack=stack)
     options = options or BuildOptions()
     check_buildable(family_plan(stack), stack, policy, choose_builder(options.builder))   # before the daemon
+    with contextlib.nullcontext() if dry_run else locked(stack.path, wait=wait):
+        return _build_locked(stack, push=push, parallel=parallel, only=only, no_cache=no_cache,
+                             progress=progress, dry_run=dry_run, options=options, policy=policy)
+
+
+def _build_locked(stack: Family, *, push: bool, parallel: int, only: list[str] | None, no_cache: bool,
+                  progress: Progress | None, dry_run: bool, options: BuildOptions, policy: RegistryPolicy,
+                  ) -> tuple[Plan, list[Decision], list[Result]]:
     state = load_state(stack.path)
     engine, registry = connect(stack, push, policy)
     engine.options = options
@@ -466,6 +505,8 @@ def build_family(stack: Family, *, push: bool, parallel: int = 2, only: list[str
         decisions = decide(plan, builder.present(), state, select(plan, only, stack))
         try:
             results = [] if dry_run else builder.run(decisions)
+        except ENGINE_LOST as e:    # the daemon died or restarted under a build, a pull or a tag
+            raise engine.lost(f"building ({type(e).__name__})") from None
         finally:
             builder.close()
     finally:

@@ -24,7 +24,7 @@ from ..dockerfiles import render_dockerfile
 from ..errors import UserError
 from ..family.build import build_family, connect, registry_host
 from ..family.loader import Family, ImportedFamily, load_family
-from ..family.state import load_state
+from ..family.state import LOCK_SUFFIX, STATE_FILE, load_state, locked
 from ..oci.engine import BuildOptions
 from ..oci.images import RegistryImage
 from ..oci.policy import RegistryPolicy
@@ -155,7 +155,8 @@ def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
     """
     # Hard links keep a copy of a large context cheap; a file about to change is unlinked first.
     shutil.copytree(stack.root, dest, copy_function=os.link,
-                    ignore=shutil.ignore_patterns("layerwise.state.json", ".*.tmp-*", ".*.tmp"))  # half-written
+                    ignore=shutil.ignore_patterns(STATE_FILE, STATE_FILE + LOCK_SUFFIX,   # its own state
+                                                  ".*.tmp-*", ".*.tmp"))  # half-written
     doc, _ = read_yaml(stack.path)     # the loader with the limits, as every YAML reader
     prefix = f"{stack.project}-upd-{category}"
     doc["project"] = prefix
@@ -324,9 +325,10 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
                         run_cases(host, proxy, registry, kind_cases, setups, say)
                     report.cases += kind_cases
                     report.engine_costs[kind] = fit_engine_costs(kind_cases, bandwidth_bps)
-        state = load_state(stack.path)
-        state.pull_costs.update(report.engine_costs)
-        state.save()
+        with locked(stack.path):      # not while a build of the stack writes it
+            state = load_state(stack.path)
+            state.pull_costs.update(report.engine_costs)
+            state.save()
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)

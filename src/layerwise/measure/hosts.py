@@ -36,6 +36,7 @@ from ..oci.reference import Reference
 
 DEFAULT_DATA = Path("/var/lib/layerwise/bench")
 DEFAULT_RUN = Path("/run/layerwise/bench")
+BENCH_DIR_ENV = "LAYERWISE_BENCH_DIR"    # a folder of one's own for the hosts (e.g. a test's) instead
 NAMESPACE = "layerwise-bench"            # containerd namespace of the containerd host (and of dockerd)
 PLUGINS_NAMESPACE = "layerwise-bench-plugins"
 DEFAULT_PLATFORM = "linux/amd64"
@@ -175,7 +176,9 @@ class _Host:
                  platform: str = DEFAULT_PLATFORM, start_timeout: float = 60.0,
                  stop_timeout: float = 30.0, pull_timeout: float = 3600.0):
         """base: the host keeps everything under base/data and base/run; by default under
-        /var/lib/layerwise/bench/<kind> and /run/layerwise/bench/<kind>."""
+        $LAYERWISE_BENCH_DIR/<kind>, else /var/lib/layerwise/bench/<kind> and /run/layerwise/bench/<kind>."""
+        if base is None and os.environ.get(BENCH_DIR_ENV):
+            base = Path(os.environ[BENCH_DIR_ENV]) / self.kind
         if base is None:
             self.data_dir = DEFAULT_DATA / self.kind
             self.run_dir = Path(run_dir) if run_dir else DEFAULT_RUN / self.kind
@@ -275,6 +278,9 @@ class _Host:
             self._atexit = True
         try:
             self._wait_until_answering(began)
+        except KeyboardInterrupt:     # Ctrl-C, SIGTERM: nothing left behind
+            self.stop()
+            raise
         except BaseException:
             self.stop(remove=False)   # keep the log for the error message
             raise
@@ -436,20 +442,26 @@ class DockerHost(_Host):
 
     def _after_stop(self) -> None:
         """dockerd stops the containerd it manages when it exits on SIGTERM; after a SIGKILL that
-        containerd would live on. Stop it: it is ours (started by our dockerd, on our exec root)."""
+        containerd would live on, and so would the shims of the containers it ran (a build's RUN).
+        Stop them: they are ours (started by our dockerd, on our exec root)."""
         pidfile = self.exec_root / "containerd" / "containerd.pid"
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
-            return
-        if not _alive(pid) or not any(str(self.exec_root) in a for a in _cmdline(pid)):
-            return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid) and any(str(self.exec_root) in a for a in _cmdline(pid)):
-            os.kill(pid, signal.SIGKILL)
+            pid = None
+        if pid is not None and _alive(pid) and any(str(self.exec_root) in a for a in _cmdline(pid)):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid) and any(str(self.exec_root) in a for a in _cmdline(pid)):
+                os.kill(pid, signal.SIGKILL)
+        address = str(self.exec_root / "containerd" / "containerd.sock")
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and _alive(int(proc.name)):
+                command = _cmdline(int(proc.name))
+                if command and "containerd-shim" in command[0] and address in command:
+                    os.kill(int(proc.name), signal.SIGKILL)
 
     def _api(self):
         if self.client is None:

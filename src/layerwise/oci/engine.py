@@ -11,9 +11,11 @@ from __future__ import annotations
 import functools
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +24,18 @@ import docker
 import docker.errors
 import docker.utils
 import requests.exceptions
+import urllib3.exceptions
 
 from ..dockerfiles import unbuildable_reason
 from ..errors import ServiceDown, UserError
 from .policy import RegistryPolicy
 
 Event = Callable[[dict], None]
+
+# What the Docker SDK raises when the daemon goes away under a call or a stream (requests' errors for a
+# call, urllib3's for a stream read; not an APIError: that is the daemon answering with an error).
+ENGINE_LOST = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+               requests.exceptions.Timeout, urllib3.exceptions.HTTPError)
 
 # The name an explicit Dockerfile travels under inside the context tar (see _context_with_dockerfile).
 INJECTED_DOCKERFILE = ".dockerfile.layerwise"
@@ -154,7 +162,7 @@ class Engine:
         self._chosen: dict[str, ChosenBuilder] = {}
         self._has_bridge: bool | None = None
         self._choosing = threading.Lock()
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        self.where = where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         try:
             self.client = docker.from_env(version="auto", timeout=timeout)
             self.client.ping()
@@ -162,6 +170,40 @@ class Engine:
             raise ServiceDown(f"the Docker Engine at {where} is not answering ({type(e).__name__}); "
                             "start it with: scripts/services start (as root)") from None
         self.api = self.client.api
+        # What cancel() cuts: builds through the CLI (processes) and the API's streamed builds and pulls.
+        self._live: weakref.WeakSet = weakref.WeakSet()
+        self._cancelled = False
+        self.api.hooks["response"].append(self._track)
+
+    def _track(self, response, *args, **kwargs):
+        if response.request.method == "POST" and re.search(r"/(build|images/create)\b", response.url or ""):
+            self._live.add(response)
+
+    def cancel(self) -> None:
+        """Cut every build and pull under way (an interrupted run): CLI builds are stopped, the API's
+        streams closed; the daemon then cancels them and removes their containers."""
+        self._cancelled = True
+        for item in list(self._live):
+            try:
+                if isinstance(item, subprocess.Popen):
+                    if item.poll() is None:
+                        item.terminate()
+                else:      # wake the worker blocked reading the stream: its read ends at once
+                    item.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+            except (AttributeError, OSError):
+                pass       # already finished
+
+    def answers(self) -> bool:
+        """Whether the daemon answers a ping now."""
+        try:
+            return bool(self.api.ping())
+        except Exception:   # noqa: BLE001 - any failure means no
+            return False
+
+    def lost(self, what: str) -> ServiceDown:
+        """The error for a daemon that went away in the middle of the work."""
+        return ServiceDown(f"lost the Docker Engine at {self.where} while {what}; start it again and rerun: "
+                           "images already built (and pushed) are kept, only the rest is built")
 
     def close(self) -> None:
         self.client.close()
@@ -262,8 +304,8 @@ class Engine:
                     image_id = event["aux"]["ID"]
         except docker.errors.APIError as e:
             raise BuildFailed(str(e.explanation), log) from None
-        except (requests.exceptions.ConnectionError, docker.errors.DockerException) as e:
-            raise UserError(f"lost the Docker Engine while building {tag}: {e}") from None
+        except (*ENGINE_LOST, docker.errors.DockerException) as e:
+            raise self.lost(f"building {tag} ({type(e).__name__})") from None
         if not image_id:
             raise BuildFailed("the engine reported no image", log)
         return image_id
@@ -288,13 +330,18 @@ class Engine:
             if dockerfile is not None:
                 cmd += ["-f", str(dockerfile)]
             cmd.append(str(context))
-            env = {**os.environ, "DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
+            # The CLI builds on the engine the SDK talks to (DOCKER_HOST, else the default socket),
+            # never on another one a `docker context` of the user's would choose.
+            env = {**os.environ, "DOCKER_HOST": self.where, "DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
             log: list[str] = []
             try:
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         errors="replace", env=env, stdin=subprocess.DEVNULL)
             except OSError as e:
                 raise UserError(f"cannot run {chosen.cli} to build {tag}: {e}") from None
+            self._live.add(proc)
+            if self._cancelled:
+                proc.terminate()
             with proc:
                 for line in proc.stdout:
                     log.append(line.rstrip("\n"))

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Sequence, Union
 
+from ...atomic import remove_temporaries
 from ...errors import UserError
 from .cache import Cache, _hex
 from .entries import LayerIndex
@@ -170,13 +172,36 @@ def index_layers(jobs: Sequence[LayerJob], processes: int | None = None, cache: 
         for group in groups:
             settle(group, _run_job(jobs[group[0]], cache_dir))
     elif groups:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_run_job, jobs[group[0]], cache_dir): group for group in groups}
-            for future in as_completed(futures):
-                group = futures[future]
-                try:
-                    out = future.result()
-                except Exception as e:   # the worker process died (killed, out of memory...)
-                    out = (None, f"layer {jobs[group[0]].label}: indexing process failed ({e})")
-                settle(group, out)
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_signals) as pool:
+            try:
+                futures = {pool.submit(_run_job, jobs[group[0]], cache_dir): group for group in groups}
+                for future in as_completed(futures):
+                    group = futures[future]
+                    try:
+                        out = future.result()
+                    except Exception as e:   # the worker process died (killed, out of memory...)
+                        out = (None, f"layer {jobs[group[0]].label}: indexing process failed ({e})")
+                    settle(group, out)
+            except BaseException:      # Ctrl-C, SIGTERM: stop the workers now, not after every queued layer
+                _stop_workers(pool)
+                raise
     return results   # type: ignore[return-value]
+
+
+def _worker_signals() -> None:
+    """In a worker: Ctrl-C is the parent's to handle (it stops the workers); SIGTERM, the parent's
+    way to stop one, deletes the cache file it may be writing and ends it at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_stop)
+
+
+def _worker_stop(signum: int, frame) -> None:
+    remove_temporaries()
+    os._exit(128 + signum)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):   # no public way before 3.14
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
