@@ -62,6 +62,7 @@ class Step:
     sources: tuple[str, ...] = ()        # those files, relative to the stack file's folder
     size: int | None = None              # bytes the layer adds, when known
     size_source: str = "unknown"         # hint | context | measured | unknown | empty
+    unpacked_size: int | None = None     # uncompressed bytes, when `size` is compressed (measured)
 
     # Computed once per step: plans of thousands of apps ask for them millions of times.
     @cached
@@ -71,6 +72,11 @@ class Step:
     @cached
     def creates_layer(self) -> bool:
         return self.keyword in LAYER_KEYWORDS
+
+    @property
+    def unpacked(self) -> int:
+        """Bytes the layer takes once unpacked: hints and file sizes are uncompressed already."""
+        return self.unpacked_size if self.unpacked_size is not None else (self.size or 0)
 
     @cached
     def identity(self) -> str:
