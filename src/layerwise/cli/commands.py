@@ -216,7 +216,7 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
 @STACK_ARG
 @click.option("--fleet", "fleet_path", type=click.Path(path_type=Path), required=True,
               help="The fleet file: host groups, the apps they run, links, update rates.")
-@click.option("--host-kind", type=click.Choice(["docker", "containerd"]),
+@click.option("--host-kind", type=click.Choice(["docker", "docker-containerd", "containerd"]),
               help="Model every host as this kind (default: as the fleet file says).")
 @click.option("--compare", type=click.Path(path_type=Path),
               help="A hand-made tree to compare with, as a second stack file.")
@@ -265,7 +265,8 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
     for table in simulate_tables(results, labels):
         out.print(table)
     engine_costs = sorted({f"{r.host_kind}: {r.costs.per_pull:g} s per pull, {r.costs.per_layer:g} s per "
-                           f"layer ({r.costs.source})" for r in results})
+                           f"layer, unpacks {r.costs.unpack_rate / 1e6:.3g} MB/s ({r.costs.source})"
+                           for r in results})
     out.print(f"[dim]{size_note(layer_sizes(the_plan))} Engine costs: {'; '.join(engine_costs)}."
               + (f" Chart: {chart}" if chart else "") + "[/]")
 

@@ -204,10 +204,11 @@ def simulate_tables(results, labels: list[str]) -> list[Table]:
         t.add_column("floor", justify="right")
         for r in results:
             est = getattr(r, part)
-            floor = r.floor_cold if part == "cold" else r.floor_monthly
+            floor = (format_size(r.floor_cold) if part == "cold"
+                     else f"{format_size(r.floor_monthly)} / {format_seconds(r.floor_seconds)}")
             t.add_row(f"{r.name} ({r.count} × {', '.join(r.apps)})",
                       f"{r.host_kind}, {r.bandwidth_bps / 1e6:g} Mbit/s",
-                      *(_est(est[l]) for l in labels), format_size(floor))
+                      *(_est(est[l]) for l in labels), floor)
         t.add_section()
         t.add_row("[bold]whole fleet[/] (bytes, host time)", "",
                   *(f"{format_size(sum(getattr(r, part)[l].bytes * r.count for r in results))} / "

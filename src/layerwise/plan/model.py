@@ -128,7 +128,7 @@ def _step_dict(s: Step) -> dict:
     # Field by field rather than asdict(), which deep-copies: plans hold a hundred thousand steps.
     return {"instruction": s.instruction, "category": s.category, "context_digest": s.context_digest,
             "sources": list(s.sources), "size": s.size, "size_source": s.size_source,
-            "creates_layer": s.creates_layer}
+            "unpacked_size": s.unpacked_size, "creates_layer": s.creates_layer}
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class Plan:
                 steps=tuple(
                     Step(instruction=s["instruction"], category=s["category"],
                          context_digest=s["context_digest"], sources=tuple(s["sources"]),
-                         size=s["size"], size_source=s["size_source"])
+                         size=s["size"], size_source=s["size_source"], unpacked_size=s.get("unpacked_size"))
                     for s in i["steps"]
                 ),
             )
