@@ -88,34 +88,89 @@ def _plan_as_known(loaded):
     return with_measured_sizes(family_plan(loaded, state.base_digest), state.measured_sizes()), state
 
 
-def _print_plan(plan, summary, steps: bool | None = None) -> None:
-    from .report import console, cost_tables, plan_tree, size_note
+def _print_plan(plan, summary, steps: bool | None = None, orders=None, other_tree=None) -> None:
+    from .report import console, cost_tables, order_tables, plan_tree, size_note
     out = console()
     out.print(plan_tree(plan, steps=steps))
     out.print()
     for table in cost_tables(summary):
         out.print(table)
     out.print(f"[dim]{size_note(summary)}[/]")
+    if orders is not None:
+        out.print()
+        for part in order_tables(orders):
+            out.print(part)
+    if other_tree is not None:
+        out.print("\nthe tree in the recommended order (images and owners):")
+        out.print(plan_tree(other_tree, steps=False))
+
+
+ORDER_OPT = click.option("--order", "order", type=click.Choice(["stack", "optimize"]),
+                         help="The order of categories: as the stack file lists them, or the one the "
+                              "planner finds cheapest for monthly updates (default: the stack file's order: key).")
+
+
+def _with_order(loaded, order: str | None):
+    """The loaded stack with --order applied (an import folder has no categories to order)."""
+    from dataclasses import replace
+
+    from ..plan.spec import Stack
+    if order is None or not isinstance(loaded, Stack):
+        return loaded
+    return replace(loaded, order=order)
+
+
+def _order_summary(loaded, applied_plan, state):
+    """The stack file's order beside the recommended one (with what the last build measured)."""
+    from ..family.state import with_measured_sizes
+    from ..plan.cost import EngineCosts, compare_orders
+    from ..plan.planner import build_plan, choose_order, order_of
+    choice = choose_order(loaded)
+    sizes = state.measured_sizes()
+    applied = tuple(c.name for c in applied_plan.categories)
+    plans, label = {}, None
+    for name, order in (("stack file", choice.declared), ("recommended", choice.recommended)):
+        if order in [tuple(c.name for c in p.categories) for p in plans.values()]:
+            continue
+        plans[name] = (applied_plan if order == applied
+                       else with_measured_sizes(build_plan(loaded, state.base_digest, order), sizes))
+        label = name if order == applied else label
+    if label is None:
+        plans["applied"] = applied_plan
+        label = "applied"
+    engine = {k: EngineCosts(**{f: v for f, v in c.items() if f in ("per_pull", "per_layer", "unpack_rate")},
+                             source="measured") for k, c in state.pull_costs.items()}
+    patched = choice.declared[0]
+    summary = compare_orders(plans, label, choice.reasons, patched, engine)
+    other = plans.get("recommended") if order_of(loaded) != choice.recommended else None
+    return summary, other
 
 
 @app.command()
 @STACK_ARG
 @click.option("--steps/--no-steps", default=None, help="Show every image's steps in the tree (default: "
               "only for families of up to 200 steps in all).")
+@ORDER_OPT
 @JSON_OPT
 @_acyclic
-def plan(stack: Path, steps: bool | None, as_json: bool) -> None:
-    """Show the tree of images for STACK (default layerwise.yaml) and what it saves."""
+def plan(stack: Path, steps: bool | None, order: str | None, as_json: bool) -> None:
+    """Show the tree of images for STACK (default layerwise.yaml), what it saves, and the order of
+    categories the planner recommends."""
     from ..family.loader import load_family
     from ..plan.cost import summarize
+    from ..plan.spec import Stack
 
-    the_plan, _ = _plan_as_known(load_family(stack))
+    loaded = _with_order(load_family(stack), order)
+    the_plan, state = _plan_as_known(loaded)
     summary = summarize(the_plan)
+    orders, other = _order_summary(loaded, the_plan, state) if isinstance(loaded, Stack) else (None, None)
     if as_json:
         doc = {"plan": the_plan.to_dict(), "cost": summary.to_dict()}
+        if orders is not None:
+            doc["order"] = orders.to_dict()
         sys.stdout.write(json_text(doc))
     else:
-        _print_plan(the_plan, summary, steps)
+        _print_plan(the_plan, summary, steps, orders, other)
 
 
 @app.command()
@@ -123,14 +178,15 @@ def plan(stack: Path, steps: bool | None, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Folder to write the family into.")
 @click.option("--force", is_flag=True, help="Replace a folder that is not a layerwise output.")
+@ORDER_OPT
 @_acyclic
-def generate(stack: Path, output: Path, force: bool) -> None:
+def generate(stack: Path, output: Path, force: bool, order: str | None) -> None:
     """Write one folder per image (Dockerfile + context), plan.json, docker-bake.hcl, CODEOWNERS."""
     from ..family.generate import generate as generate_family
     from ..plan.spec import load_stack
     from .report import console
 
-    loaded = load_stack(stack)
+    loaded = _with_order(load_stack(stack), order)
     the_plan, _ = _plan_as_known(loaded)
     out = generate_family(the_plan, loaded, output, force=force)
     console().print(f"wrote {len(the_plan.images)} images to {out}")
@@ -145,11 +201,12 @@ def generate(stack: Path, output: Path, force: bool) -> None:
               "and the ancestors it needs; repeatable.")
 @click.option("--dry-run", is_flag=True, help="Say per image build or skip and why; build nothing.")
 @click.option("--no-cache", is_flag=True, help="Build every step anew (the engine's cache is not used).")
+@ORDER_OPT
 @build_opts
 @registry_opts
 @JSON_OPT
 def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run: bool, no_cache: bool,
-          builder: str, network: str, allowed: tuple[str, ...], ca_cert: Path | None,
+          order: str | None, builder: str, network: str, allowed: tuple[str, ...], ca_cert: Path | None,
           insecure: tuple[str, ...], as_json: bool) -> None:
     """Build (and with --push, push) every image of the plan in dependency order, skipping the
     ones whose fingerprint tag already exists. STACK may also be a folder written by
@@ -157,18 +214,18 @@ def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run
     _configure_registries(ca_cert, insecure)
     sys.exit(run_build(stack, push=push, parallel=parallel, only=list(only), dry_run=dry_run,
                        no_cache=no_cache, as_json=as_json, options=_build_options(builder, network),
-                       allowed=allowed))
+                       allowed=allowed, order=order))
 
 
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
               dry_run: bool = False, no_cache: bool = False, as_json: bool = False, options=None,
-              allowed: tuple[str, ...] = (), policy=None) -> int:
+              allowed: tuple[str, ...] = (), policy=None, order: str | None = None) -> int:
     from ..family.build import build_family
     from ..family.loader import load_family
     from ..oci.policy import RegistryPolicy
     from .report import PlainProgress, RichProgress, build_table, console
 
-    loaded = load_family(stack)
+    loaded = _with_order(load_family(stack), order)
     policy = policy or RegistryPolicy.resolve(allowed, stack=loaded)
     out = console()
     progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))

@@ -86,6 +86,43 @@ def cost_tables(summary: CostSummary) -> list[Table]:
     return tables
 
 
+def order_tables(summary) -> list:
+    """`plan`: the stack file's order of categories beside the recommended one and the floor, per
+    host kind (one host running every app), and why each category moved."""
+    from ..units import format_seconds
+    out: list = []
+    for label, order in summary.orders.items():
+        mark = "  [bold](applied)[/]" if label == summary.applied else ""
+        out.append(f"{label + ' order:':<20} {' → '.join(order)}{mark}")
+    labels = list(summary.orders)
+    t = Table(title=f"updates per month, one host running every app, {summary.bandwidth_bps / 1e6:g} Mbit/s: "
+                    "bytes / time", title_justify="left")
+    t.add_column("host kind")
+    for label in labels:
+        t.add_column(label, justify="right")
+    t.add_column("floor", justify="right")
+    def cell(e, floor) -> str:
+        ratio = (f" ({e.bytes / floor.bytes:.2f}×, {e.seconds / floor.seconds:.2f}×)"
+                 if floor.bytes and floor.seconds else "")
+        return f"{format_size(e.bytes)} / {format_seconds(e.seconds)}{ratio}"
+
+    for kind, by in summary.monthly.items():
+        floor = summary.floor[kind]
+        t.add_row(kind, *(cell(by[l], floor) for l in labels),
+                  f"{format_size(floor.bytes)} / {format_seconds(floor.seconds)}")
+    out.append(t)
+    patched = {kind: "  ".join(f"{by[l] * 100:.1f}%" for l in labels) for kind, by in summary.security.items()}
+    out.append(f"[dim]an update of {summary.patched} as a share of a cold pull ({', '.join(labels)}): "
+               + "; ".join(f"{k} {v}" for k, v in patched.items()) + "[/]")
+    for name, why in summary.reasons.items():
+        out.append(f"  {name}: {why}")
+    costs = sorted({f"{k}: {c.per_pull:g} s/pull, {c.per_layer:g} s/layer, unpacks {c.unpack_rate / 1e6:.3g} MB/s "
+                    f"({c.source})" for k, c in summary.engine.items()})
+    out.append(f"[dim]engine costs: {'; '.join(costs)}. Apply the recommended order with order: optimize "
+               "in the stack file or --order optimize.[/]")
+    return out
+
+
 def size_note(summary: CostSummary) -> str:
     parts = ", ".join(f"{n} {src}" for src, n in summary.size_sources.items())
     note = f"layer sizes: {parts}"

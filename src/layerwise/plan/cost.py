@@ -632,6 +632,78 @@ def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: in
                        first.floor(apps), floor.bytes, costs, floor.seconds)
 
 
+# ----------------------------------------------------------------------------- the order's cost
+
+# The hosts an order of categories is judged on when no fleet is given: one host running every
+# app, of each kind, on this link, with the assumed engine costs (the stack file alone decides).
+ORDER_BANDWIDTH_BPS = 100e6
+
+
+def monthly_by_kind(plan: Plan, bandwidth_bps: float = ORDER_BANDWIDTH_BPS,
+                    engine: dict[str, EngineCosts] | None = None,
+                    costs: PlanCosts | None = None) -> dict[str, GroupResult]:
+    """Per host kind, one host running every app: cold start, monthly updates and their floor."""
+    costs = costs or PlanCosts(plan)
+    rates = {c.name: c.changes_per_month for c in plan.categories}
+    apps = tuple(sorted(plan.apps))
+    engine = engine or {}
+    return {kind: simulate_group({"planned": (costs, PLANNED)}, kind, 1, apps, kind, bandwidth_bps, rates,
+                                 engine.get(kind, ASSUMED_COSTS))
+            for kind in ALL_HOST_KINDS}
+
+
+def order_objective(plan: Plan) -> tuple[float, float]:
+    """What a plan's order of categories costs a month: seconds summed over the host kinds
+    (`monthly_by_kind`), then bytes (compared as a pair)."""
+    by_kind = monthly_by_kind(plan)
+    return (round(sum(g.monthly["planned"].seconds for g in by_kind.values()), 6),
+            round(sum(g.monthly["planned"].bytes for g in by_kind.values())))
+
+
+@dataclass
+class OrderSummary:
+    """`plan`'s comparison of orders of categories: per host kind, one host running every app, its
+    monthly updates under each order (label -> Estimate) and the floor (bytes and seconds)."""
+    orders: dict[str, tuple[str, ...]]             # label -> categories, bottom first
+    applied: str                                   # the label of the order the plan uses
+    monthly: dict[str, dict[str, Estimate]]        # host kind -> label -> estimate
+    floor: dict[str, Estimate]                     # host kind -> the floor
+    security: dict[str, dict[str, float]]          # host kind -> label -> bytes of an update of `patched` / cold pull
+    reasons: dict[str, str]                        # category -> why it moved
+    bandwidth_bps: float
+    engine: dict[str, EngineCosts]
+    patched: str = ""
+
+    def to_dict(self) -> dict:
+        return {"orders": {k: list(v) for k, v in self.orders.items()}, "applied": self.applied,
+                "bandwidth_bps": self.bandwidth_bps, "reasons": self.reasons,
+                "engine_costs": {k: v.to_dict() for k, v in self.engine.items()},
+                "monthly": {kind: {label: e.to_dict() for label, e in by.items()}
+                            | {"floor": self.floor[kind].to_dict()} for kind, by in self.monthly.items()},
+                "patch_of_cold_pull": {"category": self.patched, "share": self.security}}
+
+
+def compare_orders(plans: dict[str, Plan], applied: str, reasons: dict[str, str], patched: str,
+                   engine: dict[str, EngineCosts] | None = None,
+                   bandwidth_bps: float = ORDER_BANDWIDTH_BPS) -> OrderSummary:
+    """The same apps planned in several orders (label -> plan), per host kind; `patched`: the
+    category whose update is shown beside a cold pull (the security patch)."""
+    engine = {kind: (engine or {}).get(kind, ASSUMED_COSTS) for kind in ALL_HOST_KINDS}
+    monthly: dict[str, dict[str, Estimate]] = {kind: {} for kind in ALL_HOST_KINDS}
+    floor: dict[str, Estimate] = {}
+    patch: dict[str, dict[str, float]] = {kind: {} for kind in ALL_HOST_KINDS}
+    for label, plan in plans.items():
+        costs = PlanCosts(plan)
+        apps = tuple(sorted(plan.apps))
+        for kind, group in monthly_by_kind(plan, bandwidth_bps, engine, costs).items():
+            monthly[kind][label] = group.monthly["planned"]
+            floor[kind] = Estimate(group.floor_monthly, group.floor_seconds)
+            cold = costs.pull(apps, kind, PLANNED).bytes
+            patch[kind][label] = round(costs.pull(apps, kind, PLANNED, patched).bytes / cold, 6) if cold else 0.0
+    return OrderSummary({label: tuple(c.name for c in p.categories) for label, p in plans.items()}, applied,
+                        monthly, floor, patch, reasons, bandwidth_bps, engine, patched)
+
+
 # ----------------------------------------------------------------------------- real pulls
 
 def registry_layers(ids: Ids, image: Image, unpacked: dict[str, int] | None = None) -> list[HostLayer]:

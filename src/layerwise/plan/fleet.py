@@ -25,7 +25,6 @@ from .cost import ALL_HOST_KINDS, ASSUMED_COSTS, EngineCosts
 from .model import Plan
 from .spec import read_yaml, validate_model
 
-
 HostKind = Literal["docker", "docker-containerd", "containerd"]
 assert set(HostKind.__args__) == set(ALL_HOST_KINDS)
 

@@ -45,6 +45,7 @@ class Category:
     owner: str
     changes_per_month: float = 0.0
     merge: bool = False
+    needs: tuple[str, ...] = ()     # categories whose steps must lie below this one's (any order)
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,6 @@ class Plan:
         )
         return cls(
             registry=data["registry"], project=data["project"], base=data["base"],
-            categories=tuple(Category(**c) for c in data["categories"]),
+            categories=tuple(Category(**{**c, "needs": tuple(c.get("needs", ()))}) for c in data["categories"]),
             images=images, apps=dict(data["apps"]), base_digest=data.get("base_digest"),
         )
