@@ -524,33 +524,45 @@ def bench() -> None:
 @STACK_ARG
 @click.option("--bandwidth", default="100Mbit", show_default=True,
               help="The link hosts pull through (a throttling proxy on loopback).")
-@click.option("--host-kind", "host_kinds", type=click.Choice(["docker", "containerd", "both"]),
-              default="both", show_default=True, help="Which kind of host to pull on.")
+@click.option("--host-kind", "host_kinds", multiple=True,
+              type=click.Choice(["docker", "docker-containerd", "containerd", "both", "all"]),
+              help="Which kind of host to pull on; repeatable (default: all three; both: docker and "
+                   "containerd). Kinds this machine cannot run are reported, not measured.")
 @click.option("--no-updates", is_flag=True, help="Only cold and warm pulls, no update per category.")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 20),
+              help="Pulls per case; the case's time is their median.")
+@click.option("--one-order", is_flag=True, help="Only the order the stack file asks for, not also the "
+              "recommended one.")
+@ORDER_OPT
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Folder for the table, JSON and chart (default: bench-pull/ beside the stack file).")
 @build_opts
 @JSON_OPT
-def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates: bool,
-                       output: Path | None, builder: str, network: str, allowed: tuple[str, ...],
-                       as_json: bool) -> None:
-    """Real pulls on a Docker Engine host and a containerd host: cold vs warm, layered vs flat,
-    and after an update of each category; measured bytes beside the cost model's prediction.
+def bench_pull_command(stack: Path, bandwidth: str, host_kinds: tuple[str, ...], no_updates: bool, runs: int,
+                       one_order: bool, order: str | None, output: Path | None, builder: str, network: str,
+                       allowed: tuple[str, ...], as_json: bool) -> None:
+    """Real pulls on hosts of each kind (Docker Engine, Docker Engine on the containerd image store,
+    containerd): cold vs warm, layered vs flat, after an update of each category, in the stack
+    file's order and in the recommended one; measured bytes and seconds beside the cost model's.
     STACK may also be a folder written by `layerwise import --refactor-to` (flat = its originals)."""
+    from ..plan.cost import ALL_HOST_KINDS
     from ..units import parse_bandwidth
     try:
         bps = parse_bandwidth(bandwidth)
     except ValueError as e:
         raise UserError(f"--bandwidth: {e}") from None
-    report = run_bench_pull(stack, bps, ["docker", "containerd"] if host_kinds == "both" else [host_kinds],
-                            updates=not no_updates, output=output, quiet=as_json,
-                            options=_build_options(builder, network), allowed=allowed)
+    groups = {"both": ("docker", "containerd"), "all": ALL_HOST_KINDS}
+    kinds = list(dict.fromkeys(k for h in (host_kinds or ("all",)) for k in groups.get(h, (h,))))
+    report = run_bench_pull(stack, bps, kinds, updates=not no_updates, output=output, quiet=as_json,
+                            options=_build_options(builder, network), allowed=allowed, runs=runs,
+                            orders=not one_order, order=order)
     if as_json:
         sys.stdout.write(json_text(report.to_dict()))
 
 
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
-                   quiet: bool = False, options=None, allowed: tuple[str, ...] = ()):
+                   quiet: bool = False, options=None, allowed: tuple[str, ...] = (), runs: int = 3,
+                   orders: bool = True, order: str | None = None):
     from ..family.loader import load_family
     from ..measure.bench import bench_pull, loopback_policy
     from .report import bench_summary, bench_table, console
@@ -559,7 +571,8 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
     say = (lambda line: None) if quiet else (lambda line: out.print(line, highlight=False, markup=False))
     loaded = load_family(stack)
     report = bench_pull(loaded.path, bps, kinds, updates=updates, say=say,
-                        policy=loopback_policy(loaded, allowed), options=options)
+                        policy=loopback_policy(loaded, allowed), options=options, runs=runs, orders=orders,
+                        order=order)
     folder = output or loaded.root / "bench-pull"
     _write_bench_files(report, folder, bps)
     if not quiet:
@@ -586,7 +599,7 @@ def _write_bench_files(report, folder: Path, bandwidth_bps: float) -> None:
     write_atomically(folder / "bench-pull.txt", text.export_text())
     write_atomically(folder / "bench-pull.json", json_text(report.to_dict()))
     kinds = sorted({c.host_kind for c in report.cases})
-    labels = [f"{c.variant} {c.name}" for c in report.cases if c.host_kind == kinds[0]]
+    labels = [f"{c.family} {c.name}" for c in report.cases if kinds and c.host_kind == kinds[0]]
     series = {k: [c.seconds for c in report.cases if c.host_kind == k] for k in kinds}
     write_atomically(folder / "bench-pull.svg", bar_chart_svg(
         f"pull time through {bandwidth_bps / 1e6:g} Mbit/s", labels, series, unit="seconds"))
