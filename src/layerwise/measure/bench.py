@@ -116,7 +116,7 @@ class BenchReport:
                                       "floor": round(floor_bytes)},
                     "monthly_seconds": {"measured": round(sum(r * c.seconds for r, c in updates), 3),
                                         "predicted": round(sum(r * c.predicted_seconds for r, c in updates), 3),
-                                        "floor_unpack": round(floor_unpack, 3)},
+                                        "floor_unpack": round(floor_unpack, 6)},
                     "patch_of_cold": ({"category": first, "measured": round(patch.measured / cold.measured, 6),
                                        "predicted": round(patch.predicted / cold.predicted, 6)}
                                       if patch and cold and cold.measured and cold.predicted else None),
@@ -348,20 +348,25 @@ def fit_engine_costs(cases: list[Case], bandwidth_bps: float) -> dict[str, float
 
 
 def _least_squares(x: list[list[float]], y: list[float]) -> list[float] | None:
-    """The normal equations, solved by Gaussian elimination; None when they are singular."""
+    """The normal equations, solved by Gaussian elimination; None when they are singular. Columns
+    are scaled to unit length first: pulls count in ones, unpacked bytes in hundreds of millions."""
     n = len(x[0])
+    norms = [sum(row[i] ** 2 for row in x) ** 0.5 for i in range(n)]
+    if not all(norms):
+        return None
+    x = [[row[i] / norms[i] for i in range(n)] for row in x]
     a = [[sum(row[i] * row[j] for row in x) for j in range(n)] + [sum(row[i] * v for row, v in zip(x, y, strict=True))]
          for i in range(n)]
     for col in range(n):
         pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        if abs(a[pivot][col]) < 1e-12 * max(1.0, max(abs(v) for row in a for v in row)):
+        if abs(a[pivot][col]) < 1e-9:
             return None
         a[col], a[pivot] = a[pivot], a[col]
         for r in range(n):
             if r != col:
                 f = a[r][col] / a[col][col]
                 a[r] = [v - f * w for v, w in zip(a[r], a[col], strict=True)]
-    return [a[i][n] / a[i][i] for i in range(n)]
+    return [a[i][n] / a[i][i] / norms[i] for i in range(n)]
 
 
 def predict_seconds(cases: list[Case], costs: dict[str, float], bandwidth_bps: float) -> None:

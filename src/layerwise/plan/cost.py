@@ -537,9 +537,8 @@ class EngineCosts:
     unpack_rate: float = 100e6    # uncompressed bytes per second
 
     def seconds(self, pull: Pull, pulls: int, bandwidth_bps: float) -> float:
-        """The time model: bytes over the link + per pull + per layer downloaded + unpacking."""
-        if not (pull.layers or pull.unpacked):
-            return 0.0
+        """The time model: bytes over the link + per pull + per layer downloaded + unpacking. A pull
+        that finds every layer held still costs its per-pull time (manifest, config, bookkeeping)."""
         return (pull.bytes * 8 / bandwidth_bps + pull.layers * self.per_layer + pulls * self.per_pull
                 + pull.unpacked / self.unpack_rate)
 
