@@ -330,8 +330,9 @@ def bench_summary(report) -> list[str]:
                              f"vs {format_size(cold.measured)})")
     for kind, costs in sorted(report.engine_costs.items()):
         rate = costs.get("unpack_rate") or 0
+        unpack = f"unpacks {rate / 1e6:.1f} MB/s" if rate else "no unpack time beside the link's"
         lines.append(f"{kind}: fixed cost {costs['per_pull']:.2f} s per pull, {costs['per_layer']:.3f} s per "
-                     f"layer, unpacks {rate / 1e6:.1f} MB/s (fitted to these pulls; `layerwise simulate` uses it)")
+                     f"layer, {unpack} (fitted to these pulls; `layerwise simulate` uses it)")
         errors = [abs(c.seconds_error) for c in report.cases if c.host_kind == kind]
         if errors:
             lines.append(f"{kind}: predicted seconds within {100 * max(errors):.1f}% of measured in every case")

@@ -534,13 +534,14 @@ class EngineCosts:
     per_pull: float
     per_layer: float
     source: str          # "fleet file", "measured" or "assumed"
-    unpack_rate: float = 100e6    # uncompressed bytes per second
+    unpack_rate: float = 100e6    # uncompressed bytes per second; 0: no time beside the link's
+    #                               (a fit that finds unpacking hidden in the download, as on dockerd)
 
     def seconds(self, pull: Pull, pulls: int, bandwidth_bps: float) -> float:
         """The time model: bytes over the link + per pull + per layer downloaded + unpacking. A pull
         that finds every layer held still costs its per-pull time (manifest, config, bookkeeping)."""
         return (pull.bytes * 8 / bandwidth_bps + pull.layers * self.per_layer + pulls * self.per_pull
-                + pull.unpacked / self.unpack_rate)
+                + (pull.unpacked / self.unpack_rate if self.unpack_rate else 0.0))
 
     def to_dict(self) -> dict:
         return {"per_pull": self.per_pull, "per_layer": self.per_layer, "unpack_rate": self.unpack_rate,
