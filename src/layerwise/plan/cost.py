@@ -583,6 +583,7 @@ class GroupResult:
     floor_monthly: float
     costs: EngineCosts
     floor_seconds: float = 0.0       # one host's monthly updates, if only the changed content came
+    floor_detail: Estimate | None = None   # the same floor: bytes, seconds, layers, unpacked
 
     def to_dict(self, labels: list[str]) -> dict:
         return {"name": self.name, "count": self.count, "apps": list(self.apps), "host_kind": self.host_kind,
@@ -629,7 +630,7 @@ def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: in
             floor.add(first.floor_pull(apps, category), sum(first.has_category(a, category) for a in apps),
                       rate, bandwidth_bps, costs)
     return GroupResult(name, count, apps, host_kind, bandwidth_bps, cold, monthly,
-                       first.floor(apps), floor.bytes, costs, floor.seconds)
+                       first.floor(apps), floor.bytes, costs, floor.seconds, floor)
 
 
 # ----------------------------------------------------------------------------- the order's cost
@@ -697,7 +698,7 @@ def compare_orders(plans: dict[str, Plan], applied: str, reasons: dict[str, str]
         apps = tuple(sorted(plan.apps))
         for kind, group in monthly_by_kind(plan, bandwidth_bps, engine, costs).items():
             monthly[kind][label] = group.monthly["planned"]
-            floor[kind] = Estimate(group.floor_monthly, group.floor_seconds)
+            floor[kind] = group.floor_detail
             cold = costs.pull(apps, kind, PLANNED).bytes
             patch[kind][label] = round(costs.pull(apps, kind, PLANNED, patched).bytes / cold, 6) if cold else 0.0
     return OrderSummary({label: tuple(c.name for c in p.categories) for label, p in plans.items()}, applied,
