@@ -150,6 +150,11 @@ def _name_tag(ref: str) -> tuple[str, str]:
     return parsed.repository, parsed.reference
 
 
+def flat_tag(plan: Plan, app: str) -> str:
+    """The flat variant's tag for this content: lw-flat-<hash of the app image's fingerprint>."""
+    return "lw-flat-" + sha256_text("flat", plan.image(plan.apps[app]).fingerprint)[:16]
+
+
 def flat_refs(plan: Plan) -> dict[str, str]:
     """Where the flat variant of each app lives: <registry>/<project>-flat/<app>:latest."""
     return {app: f"{plan.registry}/{plan.project}-flat/{app}:latest" for app in plan.apps}
@@ -172,7 +177,7 @@ def build_flat(stack: Family, plan: Plan, say: Say, *, policy: RegistryPolicy | 
         for app, ref in sorted(refs.items()):
             repo = Reference.parse(ref).name
             name, _ = _name_tag(ref)
-            fp_tag = "lw-flat-" + sha256_text("flat", plan.image(plan.apps[app]).fingerprint)[:16]
+            fp_tag = flat_tag(plan, app)
             if registry.manifest_digest(name, fp_tag):
                 say(f"flat {app}: present ({fp_tag})")
                 if registry.manifest_digest(name, "latest") != registry.manifest_digest(name, fp_tag):
@@ -280,8 +285,28 @@ def _images(registry: Registry, refs: list[str]) -> list[RegistryImage]:
 
 
 def _via(proxy_port: int, ref: str) -> str:
-    name, tag = _name_tag(ref)
-    return f"localhost:{proxy_port}/{name}:{tag}"
+    parsed = Reference.parse(ref)
+    at = f"@{parsed.digest}" if parsed.digest else f":{parsed.reference}"
+    return f"localhost:{proxy_port}/{parsed.repository}{at}"
+
+
+def _pinned(registry: Registry, repository: str, tag: str) -> str:
+    """repository@digest of what `tag` names now: the bench pulls by digest, so that nobody pushing
+    to the same tag meanwhile (the registry is shared) changes what is measured."""
+    name = Reference.parse(repository + ":x").repository
+    digest = registry.manifest_digest(name, tag)
+    if not digest:
+        raise UserError(f"{repository}:{tag} is not in the registry after the bench built it")
+    return f"{repository}@{digest}"
+
+
+def _app_refs(registry: Registry, plan: Plan) -> dict[str, str]:
+    """Each app's image, by the digest its fingerprint tag names (unique to its content)."""
+    out = {}
+    for app, key in plan.apps.items():
+        img = plan.image(key)
+        out[app] = _pinned(registry, img.repository, img.fingerprint_tag)
+    return out
 
 
 def uncompressed_sizes(registry: Registry, refs: list[str]) -> dict[str, int]:
@@ -408,10 +433,10 @@ def _host_class(kind: str):
 
 def _layered_cases(stack: Stack, plan: Plan, order: str, updates: bool, work: Path, say: Say,
                    policy: RegistryPolicy, options: BuildOptions | None,
-                   setups: dict[str, list[str]]) -> list[Case]:
+                   setups: dict[str, list[str]], registry: Registry) -> list[Case]:
     """Cold, warm and (with updates) one case per category of the layered family in one order."""
     apps = sorted(plan.apps)
-    layered = {a: plan.image(plan.apps[a]).ref for a in apps}
+    layered = _app_refs(registry, plan)
     first, second = apps[0], apps[-1]
     cases = [Case(f"cold {second}", "layered", "", [layered[second]], order=order)]
     if first != second:
@@ -430,7 +455,8 @@ def _layered_cases(stack: Stack, plan: Plan, order: str, updates: bool, work: Pa
         if any(r.status not in ("built", "skipped") for r in upd_results):
             raise UserError(f"the family updated in {cat.name} did not build")
         name = f"update {cat.name}"
-        case = Case(name, "layered", "", [upd_plan.image(upd_plan.apps[a]).ref for a in apps], order=order)
+        upd_refs = _app_refs(registry, upd_plan)
+        case = Case(name, "layered", "", [upd_refs[a] for a in apps], order=order)
         changed = _changed_layers(stack, upd_stack)
         case.floor, case.floor_digests = sum(changed.values()), sorted(changed)
         cases.append(case)
@@ -467,11 +493,14 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
     first, second = apps[0], apps[-1]
     setups: dict[str, list[str]] = {}
     work = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
+    pins = Registry(registry_host(stack))
     try:
+        flat = {a: _pinned(pins, Reference.parse(ref).name, flat_tag(plan, a)) for a, ref in flat.items()}
         if updates and isinstance(stack, ImportedFamily):
             say("no update cases for an import folder (they change a stack file's steps): cold and warm only")
         is_stack = not isinstance(stack, ImportedFamily)
-        cases = _layered_cases(stack, plan, "stack", updates and is_stack, work, say, policy, options, setups)
+        cases = _layered_cases(stack, plan, "stack", updates and is_stack, work, say, policy, options, setups,
+                               pins)
         cases.append(Case(f"cold {second}", "flat", "", [flat[second]]))
         if first != second:
             warm = f"warm {second} (has {first})"
@@ -487,7 +516,7 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
                     raise UserError("the family in the recommended order did not build")
                 report.orders["recommended"] = list(recommended)
                 cases += _layered_cases(opt_stack, opt_plan, "recommended", updates, work, say, policy,
-                                        options, setups)
+                                        options, setups, pins)
             else:
                 say("the recommended order is the stack file's: one order to measure")
 
@@ -518,6 +547,7 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
         state.save()
         return report
     finally:
+        pins.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
