@@ -185,3 +185,14 @@ def test_the_bench_copy_in_another_order_keeps_the_original(write_stack, tmp_pat
     copy = load_stack(ordered_stack(load_stack(path), ("big", "sec", "code"), tmp_path / "opt"))
     assert copy.project == "t-opt" and copy.order == ("big", "sec", "code")
     assert path.read_text() == before
+
+
+def test_generate_follows_the_order_chosen(write_stack, tmp_path):
+    path = write_stack(stack_text())
+    out = tmp_path / "out"
+    result = run_cli("generate", str(path), "-o", str(out), "--order", "optimize")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((out / "plan.json").read_text())
+    assert [c["name"] for c in plan["categories"]] == ["big", "sec", "code"]
+    first = [s["instruction"] for img in plan["images"] for s in img["steps"]]
+    assert first[:3] == ["RUN fetch-model", "RUN patch", "RUN build"]
