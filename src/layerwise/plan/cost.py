@@ -197,9 +197,10 @@ def host_key(host_kind: str) -> Callable[[HostLayer], Key]:
     - `docker-containerd`: the blob too. moby's daemon/containerd/image_pull.go, ImageService.pullTag,
       pulls with containerd's client.Pull(..., WithPullUnpack, WithPullSnapshotter): containerd's
       unpacker (core/unpack/unpacker.go, Unpacker.unpack) skips a layer whose snapshot (keyed by
-      chain ID) exists, and otherwise fetches it through remotes.Fetch (core/remotes/handlers.go),
-      which skips a blob already in the content store. So bytes follow the blob and unpacking the
-      chain, as on containerd."""
+      chain ID) exists, and otherwise fetches it through remotes.FetchHandler / Fetch
+      (core/remotes/handlers.go), where content.OpenWriter answers AlreadyExists for a blob already
+      in the content store and the handler skips it. So bytes follow the blob and unpacking the
+      chain, as on containerd. (Read in moby at b985e2313a86, vendoring containerd v2.)"""
     if host_kind not in ALL_HOST_KINDS:
         raise ValueError(f"unknown host kind {host_kind!r} (known: {', '.join(ALL_HOST_KINDS)})")
     return _chain if host_kind == DOCKER else _blob
