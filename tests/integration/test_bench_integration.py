@@ -64,6 +64,16 @@ def test_bench_pull_measures_both_host_kinds_and_the_model_predicts_it(family, t
     assert containerd_tools["measured_bytes"] >= containerd_tools["changed_bytes"]
     assert {p.name for p in out.iterdir()} >= {"bench-pull.txt", "bench-pull.json", "bench-pull.svg"}
     assert "warm pull" in (out / "bench-pull.txt").read_text()
+    # Every kind either measured or said why not; every case the median of 3 runs, with the fitted
+    # time model's seconds and the unpack rate fitted per kind.
+    kinds = {c["host_kind"] for c in doc["cases"]}
+    assert kinds | set(doc["not_run"]) == {"docker", "docker-containerd", "containerd"}
+    for c in doc["cases"]:
+        assert len(c["runs"]) == 3 and c["seconds"] == sorted(c["runs"])[1] and c["predicted_seconds"] >= 0
+    assert set(doc["engine_costs"]) == kinds and all("unpack_rate" in v for v in doc["engine_costs"].values())
+    # The unpacked bytes: a containerd host that holds everything but the updated tools layer still
+    # unpacks the code layer above it (its chain changed).
+    assert containerd_tools["unpacked_bytes"] > 3_000_000 + 200_000
 
 
 def test_updated_stack_changes_only_the_copy(small_seed, tmp_path):

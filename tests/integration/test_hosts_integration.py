@@ -175,3 +175,29 @@ def test_a_bench_host_cannot_pull_beyond_loopback(host_class, bench, tmp_path_fa
             assert result.returncode != 0
             why = result.stderr + result.stdout
     assert re.search(r"proxyconnect .*127\.0\.0\.1:9", why), why
+
+
+@pytest.mark.integration
+def test_a_docker_host_on_the_containerd_store_runs_or_says_why_not(bench, main_engine, tmp_path_factory):
+    """Where dockerd has a containerd image store (Engine 24+), the host pulls into its private
+    containerd and wipes; where it has none (Debian's 20.10), it says so, and either way nothing it
+    started is left running or mounted."""
+    from layerwise.measure.hosts import DockerContainerdHost, HostUnsupported
+    base = tmp_path_factory.mktemp("docker-containerd")
+    host = DockerContainerdHost(base, run_dir=base / "r")
+    try:
+        host.start()
+    except HostUnsupported as e:
+        assert "containerd image store" in str(e) and "Docker Engine 24" in str(e)
+        supported = False
+    else:
+        supported = True
+        with host:
+            host.pull(REF)
+            assert bench["layers"] <= host.blobs()     # the blobs are in its containerd
+            host.wipe()
+            assert host.blobs() == set()
+    inner = host.containerd
+    assert not host.running and not inner.running and host.pid is None and inner.pid is None
+    assert mounts_under(base) == []
+    print("docker-containerd host supported here:", supported)

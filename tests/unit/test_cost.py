@@ -172,12 +172,16 @@ def test_plan_costs_match_the_per_app_answers(write_stack):
     assert costs.one_app_hosts(PLANNED, "lib")["a"].bytes == 11
     assert costs.pull(("a",), DOCKER, PLANNED, "lib").bytes == 11
     assert costs.pull(("a",), CONTAINERD, PLANNED, "lib").bytes == 10   # the code COPY's blob stays
-    assert costs.flat("a") == {None: Pull(111, 3), "tools": Pull(111, 3), "lib": Pull(11, 2), "code": Pull(1, 1)}
+    # ... but unpacks both: its snapshots are keyed by chain, and the code layer's chain changed.
+    assert costs.pull(("a",), CONTAINERD, PLANNED, "lib").unpacked == 11
+    assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib") == Pull(10, 1, 11)
+    assert costs.flat("a") == {None: Pull(111, 3, 111), "tools": Pull(111, 3, 111), "lib": Pull(11, 2, 11),
+                               "code": Pull(1, 1, 1)}
     # b arrives on a host holding a: only its own code layer.
-    assert costs.arrivals(("a", "b"), lambda h: h.chain)["b"] == Pull(1, 1)
+    assert costs.arrivals(("a", "b"), lambda h: h.chain)["b"] == Pull(1, 1, 1)
 
 
-from layerwise.plan.cost import Pull  # noqa: E402
+from layerwise.plan.cost import DOCKER_CONTAINERD, Pull  # noqa: E402
 
 
 class _Listed(Image):
@@ -205,10 +209,15 @@ def test_predict_pulls():
 
     assert manifest(app1) > 100
     # Cold: everything of both, shared layers once, plus two manifests and configs.
-    assert predict_pulls([app1, app2], [], DOCKER) == Pull(manifest(app1) + manifest(app2) + 1000 + 200 + 30 + 40, 4)
+    # (Without uncompressed sizes, a layer's size stands for what it unpacks to.)
+    assert predict_pulls([app1, app2], [], DOCKER) == Pull(manifest(app1) + manifest(app2) + 1000 + 200 + 30 + 40, 4,
+                                                           1000 + 200 + 30 + 40)
     # Warm: app2 while holding app1: only its own layer.
-    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest(app2) + 40, 1)
+    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest(app2) + 40, 1, 40)
     # Another base below: the Docker Engine pulls every layer from the first miss on ...
-    assert predict_pulls([moved], [app2], DOCKER) == Pull(manifest(moved) + 900 + 200 + 40, 3)
-    # ... containerd only the blob it lacks.
-    assert predict_pulls([moved], [app2], CONTAINERD) == Pull(manifest(moved) + 900, 1)
+    assert predict_pulls([moved], [app2], DOCKER) == Pull(manifest(moved) + 900 + 200 + 40, 3, 900 + 200 + 40)
+    # ... containerd only the blob it lacks, but unpacks every layer above it again (chains changed).
+    unpacked = {o: 9000, t: 2000, two: 400}
+    assert predict_pulls([moved], [app2], CONTAINERD, unpacked) == Pull(manifest(moved) + 900, 1, 9000 + 2000 + 400)
+    assert predict_pulls([moved], [app2], DOCKER_CONTAINERD, unpacked) == Pull(manifest(moved) + 900, 1, 11400)
+    assert predict_pulls([app2], [app1], CONTAINERD, unpacked) == Pull(manifest(app2) + 40, 1, 400)

@@ -22,6 +22,7 @@ FLEET = """\
 bandwidth: 8Mbit
 per_pull: 0.5s
 per_layer: 100ms
+unpack_rate: 2MB/s
 groups:
   both: {count: 3, apps: [a, b]}
   only-a: {count: 2, apps: [a], host_kind: containerd}
@@ -49,15 +50,24 @@ def test_simulate_by_hand(files):
     # Cold, host with a and b: planned pulls tools once (1 MB) + 1 kB + 2 kB; flat pulls tools twice.
     assert both["cold"]["planned"]["bytes"] == 1_003_000
     assert both["cold"]["flat"]["bytes"] == 2_003_000
-    # 8 Mbit/s = 1 MB/s; 3 layers at 0.1 s; 2 pulls at 0.5 s.
-    assert both["cold"]["planned"]["seconds"] == pytest.approx(1.003 + 0.3 + 1.0)
+    # 8 Mbit/s = 1 MB/s; 3 layers at 0.1 s; 2 pulls at 0.5 s; 1.003 MB unpacked at 2 MB/s.
+    assert both["cold"]["planned"]["seconds"] == pytest.approx(1.003 + 0.3 + 1.0 + 1.003 / 2, abs=1e-3)
+    assert both["cold"]["planned"]["unpacked"] == 1_003_000
+    # The containerd host with a alone, on an update of tools: the tools RUN and the code RUN above
+    # it (a RUN follows what is below it) are downloaded and unpacked; 1 pull.
+    assert only_a["monthly"]["planned"]["seconds"] == pytest.approx(
+        1 * (1.001 + 0.2 + 0.5 + 1.001 / 2) + 10 * (0.001 + 0.1 + 0.5 + 0.001 / 2), abs=1e-3)
+    # The floor's seconds: the changed content alone, through the same model.
+    assert only_a["floor"]["monthly_seconds"] == pytest.approx(
+        1 * (1.0 + 0.1 + 0.5 + 1.0 / 2) + 10 * (0.001 + 0.1 + 0.5 + 0.001 / 2), abs=1e-3)
     # Monthly: tools once (everything re-pulled: RUN layers depend on what is below) + code 10×.
     assert both["monthly"]["planned"]["bytes"] == 1 * 1_003_000 + 10 * 3000
     assert both["monthly"]["flat"]["bytes"] == 1 * 2_003_000 + 10 * 3000
-    assert both["floor"] == {"cold": 1_003_000, "monthly": 1 * 1_000_000 + 10 * 3000}
+    assert {k: both["floor"][k] for k in ("cold", "monthly")} == {"cold": 1_003_000,
+                                                                  "monthly": 1 * 1_000_000 + 10 * 3000}
     assert only_a["host_kind"] == "containerd" and only_a["count"] == 2
     assert doc["fleet"]["cold"]["planned"] == 3 * 1_003_000 + 2 * 1_001_000
-    assert both["engine_costs"] == {"per_pull": 0.5, "per_layer": 0.1, "source": "fleet file"}
+    assert both["engine_costs"] == {"per_pull": 0.5, "per_layer": 0.1, "unpack_rate": 2e6, "source": "fleet file"}
 
 
 def test_rates_can_be_overridden_and_host_kind_forced(files):

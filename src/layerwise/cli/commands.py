@@ -96,14 +96,62 @@ def _plan_as_known(loaded):
     return with_measured_sizes(family_plan(loaded, state.base_digest), state.measured_sizes()), state
 
 
-def _print_plan(plan, summary, steps: bool | None = None) -> None:
-    from .report import console, cost_tables, plan_tree, size_note
+def _print_plan(plan, summary, steps: bool | None = None, orders=None, other_tree=None) -> None:
+    from .report import console, cost_tables, order_tables, plan_tree, size_note
     out = console()
     out.print(plan_tree(plan, steps=steps))
     out.print()
     for table in cost_tables(summary):
         out.print(table)
     out.print(f"[dim]{size_note(summary)}[/]")
+    if orders is not None:
+        out.print()
+        for part in order_tables(orders):
+            out.print(part)
+    if other_tree is not None:
+        out.print("\nthe tree in the recommended order (images and owners):")
+        out.print(plan_tree(other_tree, steps=False))
+
+
+ORDER_OPT = click.option("--order", "order", type=click.Choice(["stack", "optimize"]),
+                         help="The order of categories: as the stack file lists them, or the one the "
+                              "planner finds cheapest for monthly updates (default: the stack file's order: key).")
+
+
+def _with_order(loaded, order: str | None):
+    """The loaded stack with --order applied (an import folder has no categories to order)."""
+    from dataclasses import replace
+
+    from ..plan.spec import Stack
+    if order is None or not isinstance(loaded, Stack):
+        return loaded
+    return replace(loaded, order=order)
+
+
+def _order_summary(loaded, applied_plan, state):
+    """The stack file's order beside the recommended one (with what the last build measured)."""
+    from ..family.state import with_measured_sizes
+    from ..plan.cost import EngineCosts, compare_orders
+    from ..plan.planner import build_plan, choose_order, order_of
+    choice = choose_order(loaded)
+    sizes = state.measured_sizes()
+    applied = tuple(c.name for c in applied_plan.categories)
+    plans, label = {}, None
+    for name, order in (("stack file", choice.declared), ("recommended", choice.recommended)):
+        if order in [tuple(c.name for c in p.categories) for p in plans.values()]:
+            continue
+        plans[name] = (applied_plan if order == applied
+                       else with_measured_sizes(build_plan(loaded, state.base_digest, order), sizes))
+        label = name if order == applied else label
+    if label is None:
+        plans["applied"] = applied_plan
+        label = "applied"
+    engine = {k: EngineCosts(**{f: v for f, v in c.items() if f in ("per_pull", "per_layer", "unpack_rate")},
+                             source="measured") for k, c in state.pull_costs.items()}
+    patched = choice.declared[0]
+    summary = compare_orders(plans, label, choice.reasons, patched, engine)
+    other = plans.get("recommended") if order_of(loaded) != choice.recommended else None
+    return summary, other
 
 
 @app.command()
@@ -114,14 +162,19 @@ def _print_plan(plan, summary, steps: bool | None = None) -> None:
               help="text: the tree and cost tables; mermaid or dot: the family as a graph (owner, tag, own size).")
 @click.option("--svg", "svg_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the graph as SVG here (needs Graphviz's dot).")
+@ORDER_OPT
 @JSON_OPT
 @_acyclic
-def plan(stack: Path, steps: bool | None, form: str, svg_path: Path | None, as_json: bool) -> None:
-    """Show the tree of images for STACK (default layerwise.yaml) and what it saves."""
+def plan(stack: Path, steps: bool | None, form: str, svg_path: Path | None, order: str | None,
+         as_json: bool) -> None:
+    """Show the tree of images for STACK (default layerwise.yaml), what it saves, and the order of
+    categories the planner recommends."""
     from ..family.loader import load_family
     from ..plan.cost import summarize
+    from ..plan.spec import Stack
 
-    the_plan, _ = _plan_as_known(load_family(stack))
+    loaded = _with_order(load_family(stack), order)
+    the_plan, state = _plan_as_known(loaded)
     if svg_path is not None:
         from ..plan.graph import dot, svg
         write_atomically(svg_path, svg(dot(the_plan)))
@@ -130,11 +183,14 @@ def plan(stack: Path, steps: bool | None, form: str, svg_path: Path | None, as_j
         sys.stdout.write(mermaid(the_plan) if form == "mermaid" else dot(the_plan))
         return
     summary = summarize(the_plan)
+    orders, other = _order_summary(loaded, the_plan, state) if isinstance(loaded, Stack) else (None, None)
     if as_json:
         doc = {"plan": the_plan.to_dict(), "cost": summary.to_dict()}
+        if orders is not None:
+            doc["order"] = orders.to_dict()
         sys.stdout.write(json_text(doc))
     else:
-        _print_plan(the_plan, summary, steps)
+        _print_plan(the_plan, summary, steps, orders, other)
 
 
 @app.command()
@@ -148,9 +204,10 @@ def plan(stack: Path, steps: bool | None, form: str, svg_path: Path | None, as_j
               help="With --layout: the CI system the pipelines are written for (default gitlab).")
 @click.option("--namespace", help="With --layout: the GitLab group or GitHub owner of the repositories "
               "(default: the family's project).")
+@ORDER_OPT
 @_acyclic
 def generate(stack: Path, output: Path, force: bool, layout: str | None, ci: str | None,
-             namespace: str | None) -> None:
+             namespace: str | None, order: str | None) -> None:
     """Write one folder per image (Dockerfile + context), plan.json, docker-bake.hcl, CODEOWNERS;
     with --layout, git repositories with pipelines instead (STACK may then also be a folder
     `layerwise import --refactor-to` wrote)."""
@@ -162,7 +219,7 @@ def generate(stack: Path, output: Path, force: bool, layout: str | None, ci: str
         from ..family.loader import ImportedFamily
         if ci or namespace:
             raise UserError("--ci and --namespace say how --layout writes repositories; give --layout too")
-        loaded = load_family(stack)
+        loaded = _with_order(load_family(stack), order)
         if isinstance(loaded, ImportedFamily):
             raise UserError("an import folder is written as repositories: give --layout per-team or monorepo",
                             loaded.path)
@@ -171,7 +228,7 @@ def generate(stack: Path, output: Path, force: bool, layout: str | None, ci: str
         console().print(f"wrote {len(the_plan.images)} images to {out}")
         return
     from ..family.pipelines import generate_layout
-    loaded = load_family(stack)
+    loaded = _with_order(load_family(stack), order)
     the_plan, _ = _plan_as_known(loaded)
     ci = ci or "gitlab"
     written = generate_layout(the_plan, loaded, output, layout=layout, ci=ci,
@@ -217,11 +274,12 @@ def affected(stack: Path, changed: tuple[str, ...], as_json: bool) -> None:
 @click.option("--no-cache", is_flag=True, help="Build every step anew (the engine's cache is not used).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="When another build of the same "
               "stack runs: wait for it (then build only what it left), or stop at once with an error.")
+@ORDER_OPT
 @build_opts
 @registry_opts
 @JSON_OPT
 def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run: bool, no_cache: bool,
-          wait: bool, builder: str, network: str, allowed: tuple[str, ...], ca_cert: Path | None,
+          wait: bool, order: str | None, builder: str, network: str, allowed: tuple[str, ...], ca_cert: Path | None,
           insecure: tuple[str, ...], as_json: bool) -> None:
     """Build (and with --push, push) every image of the plan in dependency order, skipping the
     ones whose fingerprint tag already exists. STACK may also be a folder written by
@@ -229,18 +287,18 @@ def build(stack: Path, push: bool, parallel: int, only: tuple[str, ...], dry_run
     _configure_registries(ca_cert, insecure)
     sys.exit(run_build(stack, push=push, parallel=parallel, only=list(only), dry_run=dry_run,
                        no_cache=no_cache, as_json=as_json, options=_build_options(builder, network),
-                       allowed=allowed, wait=wait))
+                       allowed=allowed, wait=wait, order=order))
 
 
 def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | None = None,
               dry_run: bool = False, no_cache: bool = False, as_json: bool = False, options=None,
-              allowed: tuple[str, ...] = (), policy=None, wait: bool = True) -> int:
+              allowed: tuple[str, ...] = (), policy=None, wait: bool = True, order: str | None = None) -> int:
     from ..family.build import build_family
     from ..family.loader import load_family
     from ..oci.policy import RegistryPolicy
     from .report import PlainProgress, RichProgress, build_table, console
 
-    loaded = load_family(stack)
+    loaded = _with_order(load_family(stack), order)
     policy = policy or RegistryPolicy.resolve(allowed, stack=loaded)
     out = console()
     progress = None if as_json else (RichProgress(out) if out.is_terminal else PlainProgress(out))
@@ -288,7 +346,7 @@ def run_build(stack: Path, *, push: bool, parallel: int = 2, only: list[str] | N
 @STACK_ARG
 @click.option("--fleet", "fleet_path", type=click.Path(path_type=Path), required=True,
               help="The fleet file: host groups, the apps they run, links, update rates.")
-@click.option("--host-kind", type=click.Choice(["docker", "containerd"]),
+@click.option("--host-kind", type=click.Choice(["docker", "docker-containerd", "containerd"]),
               help="Model every host as this kind (default: as the fleet file says).")
 @click.option("--compare", type=click.Path(path_type=Path),
               help="A hand-made tree to compare with, as a second stack file.")
@@ -337,7 +395,8 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
     for table in simulate_tables(results, labels):
         out.print(table)
     engine_costs = sorted({f"{r.host_kind}: {r.costs.per_pull:g} s per pull, {r.costs.per_layer:g} s per "
-                           f"layer ({r.costs.source})" for r in results})
+                           f"layer, unpacks {r.costs.unpack_rate / 1e6:.3g} MB/s ({r.costs.source})"
+                           for r in results})
     out.print(f"[dim]{size_note(layer_sizes(the_plan))} Engine costs: {'; '.join(engine_costs)}."
               + (f" Chart: {chart}" if chart else "") + "[/]")
 
@@ -562,33 +621,45 @@ def bench() -> None:
 @STACK_ARG
 @click.option("--bandwidth", default="100Mbit", show_default=True,
               help="The link hosts pull through (a throttling proxy on loopback).")
-@click.option("--host-kind", "host_kinds", type=click.Choice(["docker", "containerd", "both"]),
-              default="both", show_default=True, help="Which kind of host to pull on.")
+@click.option("--host-kind", "host_kinds", multiple=True,
+              type=click.Choice(["docker", "docker-containerd", "containerd", "both", "all"]),
+              help="Which kind of host to pull on; repeatable (default: all three; both: docker and "
+                   "containerd). Kinds this machine cannot run are reported, not measured.")
 @click.option("--no-updates", is_flag=True, help="Only cold and warm pulls, no update per category.")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 20),
+              help="Pulls per case; the case's time is their median.")
+@click.option("--one-order", is_flag=True, help="Only the order the stack file asks for, not also the "
+              "recommended one.")
+@ORDER_OPT
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Folder for the table, JSON and chart (default: bench-pull/ beside the stack file).")
 @build_opts
 @JSON_OPT
-def bench_pull_command(stack: Path, bandwidth: str, host_kinds: str, no_updates: bool,
-                       output: Path | None, builder: str, network: str, allowed: tuple[str, ...],
-                       as_json: bool) -> None:
-    """Real pulls on a Docker Engine host and a containerd host: cold vs warm, layered vs flat,
-    and after an update of each category; measured bytes beside the cost model's prediction.
+def bench_pull_command(stack: Path, bandwidth: str, host_kinds: tuple[str, ...], no_updates: bool, runs: int,
+                       one_order: bool, order: str | None, output: Path | None, builder: str, network: str,
+                       allowed: tuple[str, ...], as_json: bool) -> None:
+    """Real pulls on hosts of each kind (Docker Engine, Docker Engine on the containerd image store,
+    containerd): cold vs warm, layered vs flat, after an update of each category, in the stack
+    file's order and in the recommended one; measured bytes and seconds beside the cost model's.
     STACK may also be a folder written by `layerwise import --refactor-to` (flat = its originals)."""
+    from ..plan.cost import ALL_HOST_KINDS
     from ..units import parse_bandwidth
     try:
         bps = parse_bandwidth(bandwidth)
     except ValueError as e:
         raise UserError(f"--bandwidth: {e}") from None
-    report = run_bench_pull(stack, bps, ["docker", "containerd"] if host_kinds == "both" else [host_kinds],
-                            updates=not no_updates, output=output, quiet=as_json,
-                            options=_build_options(builder, network), allowed=allowed)
+    groups = {"both": ("docker", "containerd"), "all": ALL_HOST_KINDS}
+    kinds = list(dict.fromkeys(k for h in (host_kinds or ("all",)) for k in groups.get(h, (h,))))
+    report = run_bench_pull(stack, bps, kinds, updates=not no_updates, output=output, quiet=as_json,
+                            options=_build_options(builder, network), allowed=allowed, runs=runs,
+                            orders=not one_order, order=order)
     if as_json:
         sys.stdout.write(json_text(report.to_dict()))
 
 
 def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, output: Path | None,
-                   quiet: bool = False, options=None, allowed: tuple[str, ...] = ()):
+                   quiet: bool = False, options=None, allowed: tuple[str, ...] = (), runs: int = 3,
+                   orders: bool = True, order: str | None = None):
     from ..family.loader import load_family
     from ..measure.bench import bench_pull, loopback_policy
     from .report import bench_summary, bench_table, console
@@ -597,7 +668,8 @@ def run_bench_pull(stack: Path, bps: float, kinds: list[str], *, updates: bool, 
     say = (lambda line: None) if quiet else (lambda line: out.print(line, highlight=False, markup=False))
     loaded = load_family(stack)
     report = bench_pull(loaded.path, bps, kinds, updates=updates, say=say,
-                        policy=loopback_policy(loaded, allowed), options=options)
+                        policy=loopback_policy(loaded, allowed), options=options, runs=runs, orders=orders,
+                        order=order)
     folder = output or loaded.root / "bench-pull"
     _write_bench_files(report, folder, bps)
     if not quiet:
@@ -624,7 +696,7 @@ def _write_bench_files(report, folder: Path, bandwidth_bps: float) -> None:
     write_atomically(folder / "bench-pull.txt", text.export_text())
     write_atomically(folder / "bench-pull.json", json_text(report.to_dict()))
     kinds = sorted({c.host_kind for c in report.cases})
-    labels = [f"{c.variant} {c.name}" for c in report.cases if c.host_kind == kinds[0]]
+    labels = [f"{c.family} {c.name}" for c in report.cases if kinds and c.host_kind == kinds[0]]
     series = {k: [c.seconds for c in report.cases if c.host_kind == k] for k in kinds}
     write_atomically(folder / "bench-pull.svg", bar_chart_svg(
         f"pull time through {bandwidth_bps / 1e6:g} Mbit/s", labels, series, unit="seconds"))

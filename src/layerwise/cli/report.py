@@ -86,6 +86,43 @@ def cost_tables(summary: CostSummary) -> list[Table]:
     return tables
 
 
+def order_tables(summary) -> list:
+    """`plan`: the stack file's order of categories beside the recommended one and the floor, per
+    host kind (one host running every app), and why each category moved."""
+    from ..units import format_seconds
+    out: list = []
+    for label, order in summary.orders.items():
+        mark = "  [bold](applied)[/]" if label == summary.applied else ""
+        out.append(f"{label + ' order:':<20} {' → '.join(order)}{mark}")
+    labels = list(summary.orders)
+    t = Table(title=f"updates per month, one host running every app, {summary.bandwidth_bps / 1e6:g} Mbit/s: "
+                    "bytes / time", title_justify="left")
+    t.add_column("host kind")
+    for label in labels:
+        t.add_column(label, justify="right")
+    t.add_column("floor", justify="right")
+    def cell(e, floor) -> str:
+        ratio = (f" ({e.bytes / floor.bytes:.2f}×, {e.seconds / floor.seconds:.2f}×)"
+                 if floor.bytes and floor.seconds else "")
+        return f"{format_size(e.bytes)} / {format_seconds(e.seconds)}{ratio}"
+
+    for kind, by in summary.monthly.items():
+        floor = summary.floor[kind]
+        t.add_row(kind, *(cell(by[l], floor) for l in labels),
+                  f"{format_size(floor.bytes)} / {format_seconds(floor.seconds)}")
+    out.append(t)
+    patched = {kind: "  ".join(f"{by[l] * 100:.1f}%" for l in labels) for kind, by in summary.security.items()}
+    out.append(f"[dim]an update of {summary.patched} as a share of a cold pull ({', '.join(labels)}): "
+               + "; ".join(f"{k} {v}" for k, v in patched.items()) + "[/]")
+    for name, why in summary.reasons.items():
+        out.append(f"  {name}: {why}")
+    costs = sorted({f"{k}: {c.per_pull:g} s/pull, {c.per_layer:g} s/layer, unpacks {c.unpack_rate / 1e6:.3g} MB/s "
+                    f"({c.source})" for k, c in summary.engine.items()})
+    out.append(f"[dim]engine costs: {'; '.join(costs)}. Apply the recommended order with order: optimize "
+               "in the stack file or --order optimize.[/]")
+    return out
+
+
 def size_note(summary: CostSummary) -> str:
     parts = ", ".join(f"{n} {src}" for src, n in summary.size_sources.items())
     note = f"layer sizes: {parts}"
@@ -204,10 +241,11 @@ def simulate_tables(results, labels: list[str]) -> list[Table]:
         t.add_column("floor", justify="right")
         for r in results:
             est = getattr(r, part)
-            floor = r.floor_cold if part == "cold" else r.floor_monthly
+            floor = (format_size(r.floor_cold) if part == "cold"
+                     else f"{format_size(r.floor_monthly)} / {format_seconds(r.floor_seconds)}")
             t.add_row(f"{r.name} ({r.count} × {', '.join(r.apps)})",
                       f"{r.host_kind}, {r.bandwidth_bps / 1e6:g} Mbit/s",
-                      *(_est(est[l]) for l in labels), format_size(floor))
+                      *(_est(est[l]) for l in labels), floor)
         t.add_section()
         t.add_row("[bold]whole fleet[/] (bytes, host time)", "",
                   *(f"{format_size(sum(getattr(r, part)[l].bytes * r.count for r in results))} / "
@@ -263,23 +301,27 @@ def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float]],
 
 def bench_table(report) -> Table:
     from ..units import format_seconds
-    t = Table(title=f"real pulls through {report.bandwidth_bps / 1e6:g} Mbit/s", title_justify="left")
+    t = Table(title=f"real pulls through {report.bandwidth_bps / 1e6:g} Mbit/s (time: median of the runs; "
+                    "predicted time: the time model with the costs fitted below)", title_justify="left")
     for col, just in (("host", "left"), ("family", "left"), ("case", "left"), ("time", "right"),
-                      ("measured", "right"), ("predicted", "right"), ("error", "right"),
-                      ("layers", "right"), ("changed content", "right")):
+                      ("predicted", "right"), ("error", "right"), ("measured", "right"), ("predicted", "right"),
+                      ("error", "right"), ("layers", "right"), ("unpacked", "right"), ("changed content", "right")):
         t.add_column(col, justify=just)
     for c in report.cases:
-        t.add_row(c.host_kind, c.variant, c.name, format_seconds(c.seconds), format_size(c.measured),
-                  format_size(c.predicted), f"{100 * c.error:+.2f}%", str(c.layers),
+        t.add_row(c.host_kind, c.family, c.name, format_seconds(c.seconds), format_seconds(c.predicted_seconds),
+                  f"{100 * c.seconds_error:+.1f}%", format_size(c.measured),
+                  format_size(c.predicted), f"{100 * c.error:+.2f}%", str(c.layers), format_size(c.unpacked),
                   format_size(c.floor) if c.floor is not None else "")
     return t
 
 
 def bench_summary(report) -> list[str]:
-    """The seed's comparison: warm vs cold, layered vs flat, per host kind."""
+    """The seed's comparison: warm vs cold, layered vs flat, per host kind; the fitted costs; the
+    goal figures per order (monthly update bytes and seconds against the floor, the patch)."""
+    from ..units import format_seconds
     lines = []
     for kind in sorted({c.host_kind for c in report.cases}):
-        cases = {(c.variant, c.name.split()[0]): c for c in report.cases if c.host_kind == kind}
+        cases = {(c.variant, c.name.split()[0]): c for c in report.cases if c.host_kind == kind and c.order == "stack"}
         for variant in ("layered", "flat"):
             cold, warm = cases.get((variant, "cold")), cases.get((variant, "warm"))
             if cold and warm and cold.seconds:
@@ -287,8 +329,27 @@ def bench_summary(report) -> list[str]:
                              f"(ratio {warm.seconds / cold.seconds:.3f}; bytes {format_size(warm.measured)} "
                              f"vs {format_size(cold.measured)})")
     for kind, costs in sorted(report.engine_costs.items()):
+        rate = costs.get("unpack_rate") or 0
+        unpack = f"unpacks {rate / 1e6:.1f} MB/s" if rate else "no unpack time beside the link's"
         lines.append(f"{kind}: fixed cost {costs['per_pull']:.2f} s per pull, {costs['per_layer']:.3f} s per "
-                     "layer (fitted to these pulls; `layerwise simulate` uses it)")
+                     f"layer, {unpack} (fitted to these pulls; `layerwise simulate` uses it)")
+        errors = [abs(c.seconds_error) for c in report.cases if c.host_kind == kind]
+        if errors:
+            lines.append(f"{kind}: predicted seconds within {100 * max(errors):.1f}% of measured in every case")
+    for kind, by_order in report.goals().items():
+        for order, g in by_order.items():
+            b, s, p = g["monthly_bytes"], g["monthly_seconds"], g["patch_of_cold"]
+            line = (f"{kind}, {order} order: monthly updates {format_size(b['measured'])} measured "
+                    f"({format_size(b['predicted'])} predicted) vs floor {format_size(b['floor'])}"
+                    f" = {b['measured'] / b['floor']:.2f}× floor" if b["floor"] else "")
+            line += (f"; {format_seconds(s['measured'])} measured ({format_seconds(s['predicted'])} predicted) "
+                     f"vs the floor's unpack {format_seconds(s['floor_unpack'])}"
+                     + (f" = {s['measured'] / s['floor_unpack']:.2f}×" if s["floor_unpack"] else ""))
+            if p:
+                line += f"; update of {p['category']} = {100 * p['measured']:.2f}% of a cold pull"
+            lines.append(line)
+    for kind, why in report.not_run.items():
+        lines.append(f"{kind}: not run: {why}")
     return lines
 
 

@@ -151,12 +151,13 @@ def locked(stack_path: Path, wait: bool = True, say=None) -> Iterator[None]:
 
 
 def with_measured_sizes(plan: Plan, sizes: dict[str, int]) -> Plan:
-    """The plan with each layer's size replaced by its measured compressed size where known."""
+    """The plan with each layer's size replaced by its measured compressed size where known (the
+    size it had, from hints or files, stays as its unpacked size)."""
     if not sizes:
         return plan
     images = tuple(
         replace(img, steps=tuple(
-            replace(s, size=sizes[s.identity], size_source="measured")
+            replace(s, size=sizes[s.identity], size_source="measured", unpacked_size=s.unpacked)
             if s.creates_layer and s.identity in sizes else s
             for s in img.steps))
         for img in plan.images)

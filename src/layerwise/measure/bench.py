@@ -2,16 +2,23 @@
 
 Builds (or reuses) the planned family and a *flat* variant of the same apps (each app its own build
 from the OS base, no shared cache, pushed by the engine as teams do without a plan), and one updated
-family per category. Then, on a Docker Engine host and a containerd host of their own (`hosts`),
-pulls through a throttling proxy in front of the registry (`throttle`) and records per case the
-bytes that crossed the link, the bytes the cost model predicted from the manifests, and the time.
+family per category; for a stack file, all of that twice: in the order it asks for and in the
+order the planner recommends (a copy under `<project>-opt`, unless the two are the same). Then, on
+hosts of their own (`hosts`: Docker Engine, Docker Engine on the containerd image store,
+containerd), pulls through a throttling proxy in front of the registry (`throttle`) and records per
+case the bytes that crossed the link, the bytes and unpacked bytes the cost model predicted from the
+manifests, and the median time of `runs` pulls. It fits each kind's costs per pull and per layer and
+its unpack rate to those times, and gives every case the seconds the fitted model predicts.
 Every process it starts is stopped on the way out, Ctrl-C included; the registry is left as it was.
 """
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,8 +38,9 @@ from ..oci.policy import RegistryPolicy
 from ..oci.reference import Reference
 from ..oci.registry import Registry
 from ..plan import contexts
-from ..plan.cost import CONTAINERD, DOCKER, predict_pulls
+from ..plan.cost import CONTAINERD, DOCKER, DOCKER_CONTAINERD, EngineCosts, Pull, predict_pulls
 from ..plan.model import Plan, sha256_text
+from ..plan.planner import choose_order, order_of
 from ..plan.spec import Stack, load_stack, read_yaml
 
 Say = Callable[[str], None]
@@ -47,13 +55,31 @@ class Case:
     predicted: int = 0      # bytes: manifests, configs and the layers the host's rule fetches
     measured: int = 0       # bytes that crossed the link (HTTP bodies; headers apart)
     headers: int = 0        # HTTP header bytes that crossed the link
-    seconds: float = 0.0
+    seconds: float = 0.0    # the median of the runs
     layers: int = 0         # layers the host downloaded (predicted)
     floor: int | None = None  # bytes of the content that changed (update cases)
+    order: str = "stack"    # the layered family's order of categories: stack | recommended
+    unpacked: int = 0       # uncompressed bytes of the layers whose chain the host lacked (predicted)
+    floor_unpacked: int | None = None   # uncompressed bytes of the content that changed
+    runs: list[float] = field(default_factory=list)   # seconds of each run
+    predicted_seconds: float = 0.0      # the fitted time model's
+    floor_digests: list[str] = field(default_factory=list)   # the blobs of the content that changed
 
     @property
     def error(self) -> float:
         return (self.measured - self.predicted) / self.measured if self.measured else 0.0
+
+    @property
+    def seconds_error(self) -> float:
+        return (self.seconds - self.predicted_seconds) / self.seconds if self.seconds else 0.0
+
+    @property
+    def family(self) -> str:
+        return self.variant if self.variant == "flat" or self.order == "stack" else f"{self.variant} ({self.order})"
+
+    @property
+    def pull(self) -> Pull:
+        return Pull(self.predicted, self.layers, self.unpacked)
 
 
 @dataclass
@@ -61,16 +87,59 @@ class BenchReport:
     bandwidth_bps: float
     cases: list[Case] = field(default_factory=list)
     engine_costs: dict[str, dict[str, float]] = field(default_factory=dict)
+    orders: dict[str, list[str]] = field(default_factory=dict)    # stack | recommended -> categories
+    rates: dict[str, float] = field(default_factory=dict)         # category -> changes per month
+    not_run: dict[str, str] = field(default_factory=dict)         # host kind -> why this machine cannot
+
+    def goals(self) -> dict:
+        """Per host kind and order: monthly update bytes and seconds (the stack file's rates) against
+        the floor, and the patch of the first category against a cold pull; measured and predicted."""
+        out: dict = {}
+        first = next(iter(self.orders.get("stack", [])), None)
+        for kind in sorted({c.host_kind for c in self.cases}):
+            for order in self.orders:
+                cases = {c.name: c for c in self.cases
+                         if c.host_kind == kind and c.variant == "layered" and c.order == order}
+                updates = [(self.rates.get(n.split(" ", 1)[1], 0.0), c) for n, c in cases.items()
+                           if n.startswith("update ")]
+                if not updates:
+                    continue
+                costs = self.engine_costs.get(kind, {})
+                rate = costs.get("unpack_rate") or 0
+                floor_bytes = sum(r * (c.floor or 0) for r, c in updates)
+                floor_unpack = sum(r * (c.floor_unpacked or 0) for r, c in updates) / rate if rate else 0.0
+                cold = next((c for n, c in cases.items() if n.startswith("cold ")), None)
+                patch = cases.get(f"update {first}")
+                out.setdefault(kind, {})[order] = {
+                    "monthly_bytes": {"measured": round(sum(r * c.measured for r, c in updates)),
+                                      "predicted": round(sum(r * c.predicted for r, c in updates)),
+                                      "floor": round(floor_bytes)},
+                    "monthly_seconds": {"measured": round(sum(r * c.seconds for r, c in updates), 3),
+                                        "predicted": round(sum(r * c.predicted_seconds for r, c in updates), 3),
+                                        "floor_unpack": round(floor_unpack, 6)},
+                    "patch_of_cold": ({"category": first, "measured": round(patch.measured / cold.measured, 6),
+                                       "predicted": round(patch.predicted / cold.predicted, 6)}
+                                      if patch and cold and cold.measured and cold.predicted else None),
+                }
+        return out
 
     def to_dict(self) -> dict:
         """`bench pull --json` and bench-pull.json."""
         return {
             "bandwidth_bps": self.bandwidth_bps,
             "engine_costs": self.engine_costs,
-            "cases": [{"host_kind": c.host_kind, "variant": c.variant, "case": c.name, "pulls": c.pulls,
-                       "seconds": round(c.seconds, 3), "measured_bytes": c.measured, "header_bytes": c.headers,
+            "orders": self.orders,
+            "rates": self.rates,
+            "not_run": self.not_run,
+            "goals": self.goals(),
+            "cases": [{"host_kind": c.host_kind, "variant": c.variant, "order": c.order, "case": c.name,
+                       "pulls": c.pulls, "seconds": round(c.seconds, 3), "runs": [round(r, 3) for r in c.runs],
+                       "predicted_seconds": round(c.predicted_seconds, 3),
+                       "seconds_error": round(c.seconds_error, 6),
+                       "measured_bytes": c.measured, "header_bytes": c.headers,
                        "predicted_bytes": c.predicted, "error": round(c.error, 6), "layers": c.layers,
-                       "changed_bytes": c.floor} for c in self.cases],
+                       "unpacked_bytes": c.unpacked, "changed_bytes": c.floor,
+                       "changed_unpacked_bytes": c.floor_unpacked} for c in self.cases],
         }
 
 
@@ -79,6 +148,11 @@ class BenchReport:
 def _name_tag(ref: str) -> tuple[str, str]:
     parsed = Reference.parse(ref)
     return parsed.repository, parsed.reference
+
+
+def flat_tag(plan: Plan, app: str) -> str:
+    """The flat variant's tag for this content: lw-flat-<hash of the app image's fingerprint>."""
+    return "lw-flat-" + sha256_text("flat", plan.image(plan.apps[app]).fingerprint)[:16]
 
 
 def flat_refs(plan: Plan) -> dict[str, str]:
@@ -103,7 +177,7 @@ def build_flat(stack: Family, plan: Plan, say: Say, *, policy: RegistryPolicy | 
         for app, ref in sorted(refs.items()):
             repo = Reference.parse(ref).name
             name, _ = _name_tag(ref)
-            fp_tag = "lw-flat-" + sha256_text("flat", plan.image(plan.apps[app]).fingerprint)[:16]
+            fp_tag = flat_tag(plan, app)
             if registry.manifest_digest(name, fp_tag):
                 say(f"flat {app}: present ({fp_tag})")
                 if registry.manifest_digest(name, "latest") != registry.manifest_digest(name, fp_tag):
@@ -212,49 +286,120 @@ def _images(registry: Registry, refs: list[str]) -> list[RegistryImage]:
 
 
 def _via(proxy_port: int, ref: str) -> str:
-    name, tag = _name_tag(ref)
-    return f"localhost:{proxy_port}/{name}:{tag}"
+    parsed = Reference.parse(ref)
+    at = f"@{parsed.digest}" if parsed.digest else f":{parsed.reference}"
+    return f"localhost:{proxy_port}/{parsed.repository}{at}"
+
+
+def _pinned(registry: Registry, repository: str, tag: str) -> str:
+    """repository@digest of what `tag` names now: the bench pulls by digest, so that nobody pushing
+    to the same tag meanwhile (the registry is shared) changes what is measured."""
+    name = Reference.parse(repository + ":x").repository
+    digest = registry.manifest_digest(name, tag)
+    if not digest:
+        raise UserError(f"{repository}:{tag} is not in the registry after the bench built it")
+    return f"{repository}@{digest}"
+
+
+def _app_refs(registry: Registry, plan: Plan) -> dict[str, str]:
+    """Each app's image, by the digest its fingerprint tag names (unique to its content)."""
+    out = {}
+    for app, key in plan.apps.items():
+        img = plan.image(key)
+        out[app] = _pinned(registry, img.repository, img.fingerprint_tag)
+    return out
+
+
+def uncompressed_sizes(registry: Registry, refs: list[str]) -> dict[str, int]:
+    """Blob digest -> uncompressed bytes of every layer of `refs`: what a host unpacks. Read by
+    streaming each blob once through gunzip (registries list only compressed sizes)."""
+    out: dict[str, int] = {}
+    for image in _images(registry, refs):
+        for i, layer in enumerate(image.layers):
+            if layer.digest in out:
+                continue
+            total = 0
+            with image.open_layer(i) as stored:
+                stream = gzip.GzipFile(fileobj=stored, mode="rb") if layer.compression == "gzip" else stored
+                while chunk := stream.read(1 << 20):
+                    total += len(chunk)
+            out[layer.digest] = total
+    return out
 
 
 def run_cases(host, proxy, registry: Registry, cases: list[Case], setups: dict[str, list[str]],
-              say: Say) -> None:
-    """Each case on a cold host: setup pulls straight from the registry, measured pulls through
-    the throttled proxy."""
+              say: Say, runs: int = 1, unpacked: dict[str, int] | None = None) -> None:
+    """Each case `runs` times on a cold host: setup pulls straight from the registry, measured pulls
+    through the throttled proxy; the case's seconds are the median of its runs."""
     for case in cases:
-        host.wipe()
-        held = setups.get(case.name + "/" + case.variant, [])
-        for ref in held:
-            host.pull(ref)
-        predicted = predict_pulls(_images(registry, case.pulls), _images(registry, held), host.kind)
-        case.predicted, case.layers = predicted.bytes, predicted.layers
-        proxy.reset_counters()
-        case.seconds = sum(host.pull(_via(proxy.port, ref)) for ref in case.pulls)
-        traffic = proxy.reset_counters()
-        case.measured = traffic.body_down
-        case.headers = traffic.bytes_down - traffic.body_down
-        say(f"{host.kind:<10} {case.variant:<7} {case.name:<28} {case.seconds:6.1f} s  "
-            f"{case.measured:>12,} B measured, {case.predicted:>12,} B predicted")
+        held = setups.get(f"{case.name}/{case.variant}/{case.order}", [])
+        predicted = predict_pulls(_images(registry, case.pulls), _images(registry, held), host.kind, unpacked)
+        case.predicted, case.layers, case.unpacked = predicted.bytes, predicted.layers, predicted.unpacked
+        case.runs = []
+        for _ in range(runs):
+            host.wipe()
+            for ref in held:
+                host.pull(ref)
+            proxy.reset_counters()
+            case.runs.append(sum(host.pull(_via(proxy.port, ref)) for ref in case.pulls))
+            traffic = proxy.reset_counters()
+            case.measured = max(case.measured, traffic.body_down)
+            case.headers = max(case.headers, traffic.bytes_down - traffic.body_down)
+        case.seconds = statistics.median(case.runs)
+        say(f"{host.kind:<17} {case.family:<22} {case.name:<28} {case.seconds:6.1f} s (median of "
+            f"{len(case.runs)})  {case.measured:>12,} B measured, {case.predicted:>12,} B predicted")
 
 
 def fit_engine_costs(cases: list[Case], bandwidth_bps: float) -> dict[str, float]:
-    """Least squares for the fixed work per pull and per layer: seconds − bytes/bandwidth."""
-    rows = [(len(c.pulls), c.layers, c.seconds - c.measured * 8 / bandwidth_bps) for c in cases]
-    spp = sum(p * p for p, _, _ in rows)
-    spl = sum(p * l for p, l, _ in rows)
-    sll = sum(l * l for _, l, _ in rows)
-    spr = sum(p * r for p, _, r in rows)
-    slr = sum(l * r for _, l, r in rows)
-    det = spp * sll - spl * spl
-    if det <= 0:
-        per_pull, per_layer = (spr / spp if spp else 0.0), 0.0
-    else:
-        per_pull = (spr * sll - slr * spl) / det
-        per_layer = (spp * slr - spl * spr) / det
-    if per_layer < 0:
-        per_layer, per_pull = 0.0, spr / spp if spp else 0.0
-    if per_pull < 0:
-        per_pull, per_layer = 0.0, slr / sll if sll else 0.0
-    return {"per_pull": round(max(0.0, per_pull), 4), "per_layer": round(max(0.0, per_layer), 4)}
+    """Least squares, none negative, for the seconds beside the link's: per pull, per layer
+    downloaded and per byte unpacked (its inverse is the unpack rate). Every subset of the three is
+    solved and the best fit with no negative cost is kept (three unknowns: eight subsets)."""
+    rows = [((float(len(c.pulls)), float(c.layers), float(c.unpacked)), c.seconds - c.measured * 8 / bandwidth_bps)
+            for c in cases]
+    best: tuple[float, tuple[float, float, float]] = (sum(r * r for _, r in rows), (0.0, 0.0, 0.0))
+    for size in (1, 2, 3):
+        for chosen in itertools.combinations(range(3), size):
+            solved = _least_squares([[x[i] for i in chosen] for x, _ in rows], [r for _, r in rows])
+            if solved is None or any(v < 0 for v in solved):
+                continue
+            coef = [0.0, 0.0, 0.0]
+            for i, v in zip(chosen, solved, strict=True):
+                coef[i] = v
+            residual = sum((r - sum(a * b for a, b in zip(x, coef, strict=True))) ** 2 for x, r in rows)
+            if residual < best[0] - 1e-12:
+                best = (residual, (coef[0], coef[1], coef[2]))
+    per_pull, per_layer, per_byte = best[1]
+    return {"per_pull": round(per_pull, 4), "per_layer": round(per_layer, 4),
+            "unpack_rate": round(1 / per_byte) if per_byte > 0 else 0}
+
+
+def _least_squares(x: list[list[float]], y: list[float]) -> list[float] | None:
+    """The normal equations, solved by Gaussian elimination; None when they are singular. Columns
+    are scaled to unit length first: pulls count in ones, unpacked bytes in hundreds of millions."""
+    n = len(x[0])
+    norms = [sum(row[i] ** 2 for row in x) ** 0.5 for i in range(n)]
+    if not all(norms):
+        return None
+    x = [[row[i] / norms[i] for i in range(n)] for row in x]
+    a = [[sum(row[i] * row[j] for row in x) for j in range(n)] + [sum(row[i] * v for row, v in zip(x, y, strict=True))]
+         for i in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        if abs(a[pivot][col]) < 1e-9:
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(n):
+            if r != col:
+                f = a[r][col] / a[col][col]
+                a[r] = [v - f * w for v, w in zip(a[r], a[col], strict=True)]
+    return [a[i][n] / a[i][i] / norms[i] for i in range(n)]
+
+
+def predict_seconds(cases: list[Case], costs: dict[str, float], bandwidth_bps: float) -> None:
+    """Each case's seconds as the time model gives them with the fitted costs."""
+    model = EngineCosts(costs["per_pull"], costs["per_layer"], "measured", costs["unpack_rate"] or float("inf"))
+    for c in cases:
+        c.predicted_seconds = model.seconds(c.pull, len(c.pulls), bandwidth_bps)
 
 
 def loopback_policy(stack: Family, flags: tuple[str, ...] = ()) -> RegistryPolicy:
@@ -266,13 +411,73 @@ def loopback_policy(stack: Family, flags: tuple[str, ...] = ()) -> RegistryPolic
     return RegistryPolicy(("localhost:*", "127.0.0.1:*", "[::1]:*"), "the bench's default (loopback only)")
 
 
+def ordered_stack(stack: Stack, order: tuple[str, ...], dest: Path) -> Path:
+    """A copy of the stack planned in `order`, under names of its own (`<project>-opt`)."""
+    shutil.copytree(stack.root, dest, copy_function=os.link,
+                    ignore=shutil.ignore_patterns("layerwise.state.json", ".*.tmp-*", ".*.tmp", "bench-pull"))
+    doc = yaml.safe_load(stack.path.read_text())
+    prefix = f"{stack.project}-opt"
+    doc["project"] = prefix
+    for entry in (doc.get("images") or {}).values():
+        entry["name"] = f"{prefix}/{entry['name']}"
+    doc["order"] = list(order)
+    path = dest / stack.path.name
+    _unshare(path)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _host_class(kind: str):
+    from .hosts import ContainerdHost, DockerContainerdHost, DockerHost
+    return {DOCKER: DockerHost, DOCKER_CONTAINERD: DockerContainerdHost, CONTAINERD: ContainerdHost}[kind]
+
+
+def _layered_cases(stack: Stack, plan: Plan, order: str, updates: bool, work: Path, say: Say,
+                   policy: RegistryPolicy, options: BuildOptions | None,
+                   setups: dict[str, list[str]], registry: Registry) -> list[Case]:
+    """Cold, warm and (with updates) one case per category of the layered family in one order."""
+    apps = sorted(plan.apps)
+    layered = _app_refs(registry, plan)
+    first, second = apps[0], apps[-1]
+    cases = [Case(f"cold {second}", "layered", "", [layered[second]], order=order)]
+    if first != second:
+        warm = f"warm {second} (has {first})"
+        cases.append(Case(warm, "layered", "", [layered[second]], order=order))
+        setups[f"{warm}/layered/{order}"] = [layered[first]]
+    if not updates:
+        return cases
+    for cat in plan.categories:
+        if not any(s.category == cat.name for img in plan.images for s in img.steps):
+            continue
+        say(f"building the family ({order} order) after an update of {cat.name}")
+        upd_path = updated_stack(stack, cat.name, work / f"upd-{order}-{cat.name}")
+        upd_stack = load_stack(upd_path)
+        upd_plan, _, upd_results = build_family(upd_stack, push=True, policy=policy, options=options)
+        if any(r.status not in ("built", "skipped") for r in upd_results):
+            raise UserError(f"the family updated in {cat.name} did not build")
+        name = f"update {cat.name}"
+        upd_refs = _app_refs(registry, upd_plan)
+        case = Case(name, "layered", "", [upd_refs[a] for a in apps], order=order)
+        changed = _changed_layers(stack, upd_stack)
+        case.floor, case.floor_digests = sum(changed.values()), sorted(changed)
+        cases.append(case)
+        setups[f"{name}/layered/{order}"] = [layered[a] for a in apps]
+    return cases
+
+
 def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
                updates: bool = True, say: Say = print, policy: RegistryPolicy | None = None,
-               options: BuildOptions | None = None) -> BenchReport:
-    from .hosts import ContainerdHost, DockerHost
+               options: BuildOptions | None = None, runs: int = 3, orders: bool = True,
+               order: str | None = None) -> BenchReport:
+    """`order`: `stack` or `optimize` in place of the stack file's `order:`."""
+    from dataclasses import replace
+
+    from .hosts import HostUnsupported
     from .throttle import ThrottledProxy
 
     stack = load_family(stack_path)
+    if order is not None and isinstance(stack, Stack):
+        stack = replace(stack, order=order)
     policy = policy or loopback_policy(stack)
     say("building the planned family (layerwise build --push)")
     plan, _, results = build_family(stack, push=True, policy=policy, options=options)
@@ -280,57 +485,71 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
     if failed:
         raise UserError(f"the family did not build ({', '.join(failed)}); run layerwise build to see why")
     apps = sorted(plan.apps)
-    layered = {a: plan.image(plan.apps[a]).ref for a in apps}
     say("building the flat variant")
     flat = build_flat(stack, plan, say, policy=policy, options=options)
+    report = BenchReport(bandwidth_bps)
+    report.rates = {c.name: c.changes_per_month for c in plan.categories}
+    report.orders["stack"] = [c.name for c in plan.categories]
 
     first, second = apps[0], apps[-1]
-    cases = [Case(f"cold {second}", "layered", "", [layered[second]]),
-             Case(f"cold {second}", "flat", "", [flat[second]])]
     setups: dict[str, list[str]] = {}
-    if first != second:
-        warm = f"warm {second} (has {first})"
-        cases += [Case(warm, "layered", "", [layered[second]]), Case(warm, "flat", "", [flat[second]])]
-        setups[warm + "/layered"] = [layered[first]]
-        setups[warm + "/flat"] = [flat[first]]
-
     work = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
+    pins = Registry(registry_host(stack))
     try:
+        flat = {a: _pinned(pins, Reference.parse(ref).name, flat_tag(plan, a)) for a, ref in flat.items()}
         if updates and isinstance(stack, ImportedFamily):
             say("no update cases for an import folder (they change a stack file's steps): cold and warm only")
-        elif updates:
-            for cat in plan.categories:
-                if not any(s.category == cat.name for img in plan.images for s in img.steps):
-                    continue
-                say(f"building the family after an update of {cat.name}")
-                upd_path = updated_stack(stack, cat.name, work / f"upd-{cat.name}")
-                upd_stack = load_stack(upd_path)
-                upd_plan, _, upd_results = build_family(upd_stack, push=True, policy=policy, options=options)
-                if any(r.status not in ("built", "skipped") for r in upd_results):
-                    raise UserError(f"the family updated in {cat.name} did not build")
-                name = f"update {cat.name}"
-                case = Case(name, "layered", "", [upd_plan.image(upd_plan.apps[a]).ref for a in apps])
-                case.floor = _changed_bytes(stack, upd_stack)
-                cases.append(case)
-                setups[name + "/layered"] = [layered[a] for a in apps]
+        is_stack = not isinstance(stack, ImportedFamily)
+        cases = _layered_cases(stack, plan, "stack", updates and is_stack, work, say, policy, options, setups,
+                               pins)
+        cases.append(Case(f"cold {second}", "flat", "", [flat[second]]))
+        if first != second:
+            warm = f"warm {second} (has {first})"
+            cases.append(Case(warm, "flat", "", [flat[second]]))
+            setups[f"{warm}/flat/stack"] = [flat[first]]
+        if orders and is_stack:
+            recommended = choose_order(stack).recommended
+            if recommended != order_of(stack):
+                say(f"building the family in the recommended order: {' → '.join(recommended)}")
+                opt_stack = load_stack(ordered_stack(stack, recommended, work / "opt"))
+                opt_plan, _, opt_results = build_family(opt_stack, push=True, policy=policy, options=options)
+                if any(r.status not in ("built", "skipped") for r in opt_results):
+                    raise UserError("the family in the recommended order did not build")
+                report.orders["recommended"] = list(recommended)
+                cases += _layered_cases(opt_stack, opt_plan, "recommended", updates, work, say, policy,
+                                        options, setups, pins)
+            else:
+                say("the recommended order is the stack file's: one order to measure")
 
-        report = BenchReport(bandwidth_bps)
         with Registry(registry_host(stack)) as registry:
-            host_of = {DOCKER: DockerHost, CONTAINERD: ContainerdHost}
+            say("reading the layers' uncompressed sizes from the registry")
+            unpacked = uncompressed_sizes(registry, sorted({r for c in cases for r in c.pulls}
+                                                           | {r for refs in setups.values() for r in refs}))
+            for c in cases:
+                if c.floor is not None:
+                    c.floor_unpacked = sum(unpacked.get(d, 0) for d in c.floor_digests)
             with ThrottledProxy(target=_loopback(stack.registry), bandwidth_bps=bandwidth_bps) as proxy:
                 for kind in host_kinds:
-                    kind_cases = [Case(c.name, c.variant, kind, c.pulls, floor=c.floor) for c in cases]
-                    say(f"pulling on a {kind} host through {bandwidth_bps / 1e6:g} Mbit/s")
-                    with host_of[kind]() as host:
-                        run_cases(host, proxy, registry, kind_cases, setups, say)
+                    kind_cases = [Case(c.name, c.variant, kind, c.pulls, floor=c.floor, order=c.order,
+                                       floor_unpacked=c.floor_unpacked) for c in cases]
+                    say(f"pulling on a {kind} host through {bandwidth_bps / 1e6:g} Mbit/s, {runs} run(s) a case")
+                    try:
+                        with _host_class(kind)() as host:
+                            run_cases(host, proxy, registry, kind_cases, setups, say, runs, unpacked)
+                    except HostUnsupported as e:
+                        say(f"{kind}: not run on this machine: {e}")
+                        report.not_run[kind] = str(e)
+                        continue
                     report.cases += kind_cases
                     report.engine_costs[kind] = fit_engine_costs(kind_cases, bandwidth_bps)
+                    predict_seconds(kind_cases, report.engine_costs[kind], bandwidth_bps)
         with locked(stack.path):      # not while a build of the stack writes it
             state = load_state(stack.path)
             state.pull_costs.update(report.engine_costs)
             state.save()
         return report
     finally:
+        pins.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -338,10 +557,13 @@ def _changed_bytes(before: Stack, after: Stack) -> int:
     """Compressed bytes of content the update really changed: layers of the updated family whose
     blobs the family did not have before, counted once. (A step rebuilt with unchanged output is
     not new: layerwise's layers are reproducible.)"""
+    return sum(_changed_layers(before, after).values())
+
+
+def _changed_layers(before: Stack, after: Stack) -> dict[str, int]:
     known = {l.digest for rec in load_state(before.path).images.values() for l in rec.layers}
-    new = {l.digest: l.size for rec in load_state(after.path).images.values() for l in rec.layers
-           if l.digest not in known}
-    return sum(new.values())
+    return {l.digest: l.size for rec in load_state(after.path).images.values() for l in rec.layers
+            if l.digest not in known}
 
 
 def _loopback(registry: str) -> tuple[str, int]:

@@ -10,6 +10,10 @@ project's main Docker Engine (/var/run/docker.sock) nor a system containerd:
   its own, so two dockerds can never see each other's containers, leases or plugins.
 * `ContainerdHost` runs a `containerd` of its own (own root, state, socket, minimal config file, no
   CRI plugin, content isolated per namespace), driven with `ctr -n layerwise-bench`.
+* `DockerContainerdHost` is a `DockerHost` on the containerd image store: its dockerd has the
+  `containerd-snapshotter` feature on and is pointed (`--containerd`) at a `ContainerdHost` of its
+  own, started first and stopped last. A dockerd that has no such store (before Docker Engine 24)
+  is stopped again and the host reports `HostUnsupported`.
 
 Both only ever pull from a loopback registry, over plain HTTP.
 """
@@ -155,6 +159,10 @@ def _ctr_error(result: subprocess.CompletedProcess) -> str:
     lines = [l.strip() for l in (result.stderr or result.stdout or "").splitlines() if l.strip()]
     errors = [l for l in lines if l.startswith("ctr: ") or "level=error" in l or "level=fatal" in l]
     return (errors[-1] if errors else " / ".join(lines[-3:]))[-500:] or f"exit code {result.returncode}"
+
+
+class HostUnsupported(UserError):
+    """This machine cannot run a host of this kind (its engine lacks what the kind needs)."""
 
 
 def _pull_failed(ref: str, kind: str, why: str) -> UserError:
@@ -726,3 +734,58 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             if names:
                 left.append(f"{len(names)} {what} on disk under {self.root}")
         return left
+
+
+class DockerContainerdHost(DockerHost):
+    """A Docker Engine on the containerd image store (the default of fresh Docker Engine 29+
+    installs): images and layers live in its containerd's content store and snapshotter, not in
+    dockerd's own layer store. Pulls and wipes go through the engine API as on `DockerHost`; what is
+    left after a wipe is checked in the containerd."""
+
+    kind = "docker-containerd"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.containerd = ContainerdHost(self.data_dir / "containerd", run_dir=self.run_dir / "ctd",
+                                         start_timeout=self.start_timeout, stop_timeout=self.stop_timeout)
+
+    def _prepare(self) -> None:
+        self.config_file.write_text(json.dumps({"features": {"containerd-snapshotter": True}}) + "\n")
+        self.containerd.start()
+
+    def _command(self) -> list[str]:
+        return super()._command() + [f"--containerd={self.containerd.socket}"]
+
+    def _connected(self) -> None:
+        super()._connected()
+        info = self._api().info()
+        status = dict(tuple(pair) for pair in info.get("DriverStatus") or [] if len(pair) == 2)
+        if "snapshotter" not in str(status.get("driver-type", "")):
+            raise HostUnsupported(
+                f"dockerd {info.get('ServerVersion', '?')} does not run on the containerd image store "
+                "(its containerd-snapshotter feature needs Docker Engine 24 or later): no "
+                "docker-containerd host here")
+        self.containerd_address = str(self.containerd.socket)
+
+    def _pidfiles(self) -> list[Path]:
+        return [self._own_pidfile]
+
+    def _after_stop(self) -> None:
+        self.containerd.stop()
+
+    def blobs(self) -> set[str]:
+        return self.containerd.blobs()
+
+    def wipe(self) -> None:
+        api = self._api()
+        for c in api.containers(all=True):
+            api.remove_container(c["Id"], force=True, v=True)
+        for image_id in self.images():
+            try:
+                api.remove_image(image_id, force=True, noprune=False)
+            except docker.errors.NotFound:
+                pass
+        api.prune_images(filters={"dangling": False})
+        self.containerd.wipe()
+        if self.images():
+            raise UserError(f"wiping the bench {self.kind} host left {len(self.images())} image(s)")

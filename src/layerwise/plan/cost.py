@@ -1,10 +1,17 @@
 """The cost model: bytes a host pulls cold, when an app arrives, and on each update.
 
 Every layer of an app gets three identities:
-- `chain`: the layer with everything below it. The **Docker Engine** reuses a layer only when it
-  holds the same chain; from the first miss on it downloads everything.
-- `blob`: the compressed blob. **containerd** reuses any blob it holds, whatever sits below it.
+- `chain`: the layer with everything below it. The **Docker Engine** (classic store, host kind
+  `docker`) reuses a layer only when it holds the same chain; from the first miss on it downloads
+  everything.
+- `blob`: the compressed blob. **containerd** (`containerd`) and the Docker Engine on the containerd
+  image store (`docker-containerd`) reuse any blob they hold, whatever sits below it.
 - `content`: what the step put there, for the **floor** (only the changed content, counted once).
+Every kind keys its unpacked filesystems (snapshots, layer store) by chain: a layer whose chain is
+new is unpacked again even when no byte of it is downloaded (`Pull.unpacked`).
+
+Seconds of a pull (`Estimate.add`): bytes / bandwidth + per pull + per layer downloaded + unpacked
+(uncompressed) bytes / the host's unpack rate; the engine costs are fitted by `bench pull`.
 
 Variants of the same apps:
 - **planned** (layerwise): shared images are built once; layers are byte-reproducible, so a step
@@ -39,8 +46,9 @@ from .model import Plan, Step
 if TYPE_CHECKING:   # only a type here: the pure cost rules import no I/O
     from ..oci.images import Image
 
-DOCKER, CONTAINERD = "docker", "containerd"
-HOST_KINDS = (DOCKER, CONTAINERD)
+DOCKER, DOCKER_CONTAINERD, CONTAINERD = "docker", "docker-containerd", "containerd"
+ALL_HOST_KINDS = (DOCKER, DOCKER_CONTAINERD, CONTAINERD)   # what fleet files, plan, simulate, bench accept
+HOST_KINDS = (DOCKER, CONTAINERD)    # the two download rules (docker-containerd downloads as containerd)
 PLANNED, FLAT, TREE = "planned", "flat", "tree"
 
 
@@ -68,15 +76,17 @@ class Ids:
 
 
 class HostLayer(NamedTuple):
-    """One layer as hosts see it: `chain` (Docker Engine), `blob` (containerd), `content` (floor)."""
+    """One layer as hosts see it: `chain` (Docker Engine), `blob` (containerd), `content` (floor);
+    `size` is what crosses the link (compressed once measured), `unpacked` what is written to disk."""
     chain: Key
     blob: Key
     content: Key
     size: int
     category: str = ""
+    unpacked: int = 0
 
     def key(self, host_kind: str) -> Key:
-        return self.chain if host_kind == DOCKER else self.blob
+        return host_key(host_kind)(self)
 
 
 def next_chain(ids: Ids, chain: Key, blob: Key) -> int:
@@ -84,12 +94,13 @@ def next_chain(ids: Ids, chain: Key, blob: Key) -> int:
     return ids(chain, blob)
 
 
-def chained(ids: Ids, layers: Iterable[tuple[Key, Key, int]]) -> list[HostLayer]:
-    """(blob, content, size) bottom first → HostLayers with their chain ids: an image as pulled."""
+def chained(ids: Ids, layers: Iterable[tuple]) -> list[HostLayer]:
+    """(blob, content, size[, unpacked]) bottom first → HostLayers with their chain ids: an image as
+    pulled. Without the unpacked size, the size stands for it."""
     out, chain = [], None
-    for blob, content, size in layers:
+    for blob, content, size, *unpacked in layers:
         chain = next_chain(ids, chain, blob)
-        out.append(HostLayer(chain, blob, content, size))
+        out.append(HostLayer(chain, blob, content, size, "", unpacked[0] if unpacked else size))
     return out
 
 
@@ -136,45 +147,92 @@ def as_built(ids: Ids, steps: Iterable[tuple[Step, bool]], variant: str = PLANNE
         chain = table.get(parts)
         if chain is None:
             chain = table[parts] = len(table)
-        out.append(_new(HostLayer, (chain, blob, content, step.size or 0, step.category)))
+        out.append(_new(HostLayer, (chain, blob, content, step.size or 0, step.category, step.unpacked)))
     return out, Below(chain, content_below, rebuilt)
 
 
 @dataclass
 class Pull:
-    """What one host downloads in one case."""
+    """What one host downloads in one case: bytes and layers over the link, and the uncompressed
+    bytes of the layers it unpacks (every layer whose chain it did not hold)."""
     bytes: int
     layers: int
+    unpacked: int = 0
 
     def __iadd__(self, other: "Pull") -> "Pull":
         self.bytes += other.bytes
         self.layers += other.layers
+        self.unpacked += other.unpacked
         return self
 
 
 def _distinct(wanted: Iterable[HostLayer], key: Callable[[HostLayer], Key],
-              held: Container[Key] = ()) -> Pull:
-    sizes: dict[str, int] = {}
+              held: Container[Key] = (), unpack_key: Callable[[HostLayer], Key] | None = None) -> Pull:
+    unpack_key = unpack_key or _chain
+    sizes: dict[Key, int] = {}
+    unpack: dict[Key, int] = {}
     for h in wanted:
         k = key(h)
         if k not in held:
             sizes[k] = h.size
-    return Pull(sum(sizes.values()), len(sizes))
+        u = unpack_key(h)
+        if u not in held:
+            unpack[u] = h.unpacked
+    return Pull(sum(sizes.values()), len(sizes), sum(unpack.values()))
+
+
+def _chain(h: HostLayer) -> Key:
+    return h.chain
+
+
+def _blob(h: HostLayer) -> Key:
+    return h.blob
 
 
 def host_key(host_kind: str) -> Callable[[HostLayer], Key]:
-    """What a host of this kind reuses a layer by: the chain (Docker Engine) or the blob (containerd)."""
-    return (lambda h: h.chain) if host_kind == DOCKER else (lambda h: h.blob)
+    """What a host of this kind reuses a downloaded layer by.
+    - `docker` (classic store): the chain; the distribution code fetches every layer from the first
+      chain it lacks.
+    - `containerd`: the blob; its content store skips any digest it holds.
+    - `docker-containerd`: the blob too. moby's daemon/containerd/image_pull.go, ImageService.pullTag,
+      pulls with containerd's client.Pull(..., WithPullUnpack, WithPullSnapshotter): containerd's
+      unpacker (core/unpack/unpacker.go, Unpacker.unpack) skips a layer whose snapshot (keyed by
+      chain ID) exists, and otherwise fetches it through remotes.FetchHandler / Fetch
+      (core/remotes/handlers.go), where content.OpenWriter answers AlreadyExists for a blob already
+      in the content store and the handler skips it. So bytes follow the blob and unpacking the
+      chain, as on containerd. (Read in moby at b985e2313a86, vendoring containerd v2.)"""
+    if host_kind not in ALL_HOST_KINDS:
+        raise ValueError(f"unknown host kind {host_kind!r} (known: {', '.join(ALL_HOST_KINDS)})")
+    return _chain if host_kind == DOCKER else _blob
+
+
+def holding(layers: Iterable[HostLayer]) -> set[Key]:
+    """What a host holding `layers` holds: their chains (unpacked) and their blobs (downloaded).
+    Chain ids and blob ids never collide (one `Ids` table, or digests against integers)."""
+    out: set[Key] = set()
+    for h in layers:
+        out.add(h.chain)
+        out.add(h.blob)
+    return out
 
 
 def pulled(wanted: Iterable[HostLayer], host_kind: str, held: Container[Key] = ()) -> Pull:
-    """Bytes a host pulls: every wanted layer whose key (`host_key`) is not in `held`, each once."""
+    """What a host pulls: every wanted layer whose key (`host_key`) is not in `held`, each once, and
+    unpacks every one whose chain is not in `held`. `held`: `holding(...)` of what it has."""
     return _distinct(wanted, host_key(host_kind), held)
 
 
+def _content(h: HostLayer) -> Key:
+    return h.content
+
+
+def content_pull(layers: Iterable[HostLayer], held: Container[Key] = ()) -> Pull:
+    """The floor: content not in `held`, each counted once, downloaded and unpacked once."""
+    return _distinct(layers, _content, held, _content)
+
+
 def content_bytes(layers: Iterable[HostLayer], held: Container[Key] = ()) -> int:
-    """The floor: content not in `held`, each counted once."""
-    return _distinct(layers, lambda h: h.content, held).bytes
+    return content_pull(layers, held).bytes
 
 
 # ----------------------------------------------------------------------------- per-node figures
@@ -262,8 +320,7 @@ class PlanCosts:
         if updated is None:
             return pulled((h for k in union for h in built[k][0]), host_kind)
         after = self._nodes(variant, updated)
-        key = host_key(host_kind)
-        held = {key(h) for k in union for h in built[k][0]}
+        held = holding(h for k in union for h in built[k][0])
         # Nodes left as built hold nothing new; only rebuilt ones are looked at.
         return pulled((h for k in union if after[k] is not built[k] for h in after[k][0]), host_kind, held)
 
@@ -300,7 +357,8 @@ class PlanCosts:
                 own = self._flat_own(key)
                 above = out[None]
                 for category, pull in own.items():
-                    out[category] = Pull(pull.bytes + above.bytes, pull.layers + above.layers)
+                    out[category] = Pull(pull.bytes + above.bytes, pull.layers + above.layers,
+                                         pull.unpacked + above.unpacked)
             self._flat[app] = out
         return self._flat[app]
 
@@ -311,7 +369,8 @@ class PlanCosts:
             out: dict[str | None, Pull] = {None: Pull(0, 0)}
             for s in reversed(self.plan.image(key).steps):
                 if s.creates_layer:
-                    out[None] = Pull(out[None].bytes + (s.size or 0), out[None].layers + 1)
+                    out[None] = Pull(out[None].bytes + (s.size or 0), out[None].layers + 1,
+                                     out[None].unpacked + s.unpacked)
                 out[s.category] = out[None]
             self._flat_nodes[key] = out
         return self._flat_nodes[key]
@@ -328,20 +387,25 @@ class PlanCosts:
             below = total[img.parent] if img.parent else Pull(0, 0)
             self.work += 1
             if after is None:
-                own = [h.size for h in cold[img.key][0]]
+                own = cold[img.key][0]
             elif after[img.key] is cold[img.key]:
-                own = []
+                own = ()
             else:
-                own = [h.size for h, c in zip(after[img.key][0], cold[img.key][0]) if h.chain != c.chain]
-            total[img.key] = Pull(below.bytes + sum(own), below.layers + len(own))
+                own = [h for h, c in zip(after[img.key][0], cold[img.key][0]) if h.chain != c.chain]
+            total[img.key] = Pull(below.bytes + sum(h.size for h in own), below.layers + len(own),
+                                  below.unpacked + sum(h.unpacked for h in own))
         return {app: total[self.plan.apps[app]] for app in self.plan.apps}
 
     # -- the floor: only changed content, counted once -----------------------------------------------
 
     def floor(self, apps: tuple[str, ...], updated: str | None = None) -> int:
+        return self.floor_pull(apps, updated).bytes
+
+    def floor_pull(self, apps: tuple[str, ...], updated: str | None = None) -> Pull:
+        """The floor as a pull: the changed content only, downloaded and unpacked once."""
         if updated is None:
-            return content_bytes(self.host_layers(apps))
-        return content_bytes(h for h in self.host_layers(apps, PLANNED, updated) if h.category == updated)
+            return content_pull(self.host_layers(apps))
+        return content_pull(h for h in self.host_layers(apps, PLANNED, updated) if h.category == updated)
 
 
 # One question at a time (tests, exploring); the summary and the simulation use PlanCosts
@@ -466,14 +530,27 @@ def summarize(plan: Plan, host_kind: str = DOCKER, costs: PlanCosts | None = Non
 
 @dataclass(frozen=True)
 class EngineCosts:
-    """Fixed work per pull and per layer downloaded, beside the bytes."""
+    """Fixed work per pull and per layer downloaded, and the rate layers are unpacked at, beside
+    the bytes."""
     per_pull: float
     per_layer: float
     source: str          # "fleet file", "measured" or "assumed"
+    unpack_rate: float = 100e6    # uncompressed bytes per second; 0: no time beside the link's
+    #                               (a fit that finds unpacking hidden in the download, as on dockerd)
+
+    def seconds(self, pull: Pull, pulls: int, bandwidth_bps: float) -> float:
+        """The time model: bytes over the link + per pull + per layer downloaded + unpacking. A pull
+        that finds every layer held still costs its per-pull time (manifest, config, bookkeeping)."""
+        return (pull.bytes * 8 / bandwidth_bps + pull.layers * self.per_layer + pulls * self.per_pull
+                + (pull.unpacked / self.unpack_rate if self.unpack_rate else 0.0))
+
+    def to_dict(self) -> dict:
+        return {"per_pull": self.per_pull, "per_layer": self.per_layer, "unpack_rate": self.unpack_rate,
+                "source": self.source}
 
 
 # Used only when neither the fleet file nor a bench measurement gives them; said so in the output.
-ASSUMED_COSTS = EngineCosts(per_pull=0.3, per_layer=0.05, source="assumed")
+ASSUMED_COSTS = EngineCosts(per_pull=0.3, per_layer=0.05, source="assumed", unpack_rate=100e6)
 
 
 @dataclass
@@ -481,16 +558,17 @@ class Estimate:
     bytes: float = 0.0
     seconds: float = 0.0
     layers: float = 0.0
+    unpacked: float = 0.0
 
     def add(self, pull: Pull, pulls: int, rate: float, bandwidth_bps: float, costs: EngineCosts) -> None:
         self.bytes += rate * pull.bytes
         self.layers += rate * pull.layers
-        if pull.layers:
-            self.seconds += rate * (pull.bytes * 8 / bandwidth_bps + pull.layers * costs.per_layer
-                                    + pulls * costs.per_pull)
+        self.unpacked += rate * pull.unpacked
+        self.seconds += rate * costs.seconds(pull, pulls, bandwidth_bps)
 
     def to_dict(self) -> dict:
-        return {"bytes": round(self.bytes), "seconds": round(self.seconds, 3), "layers": round(self.layers, 3)}
+        return {"bytes": round(self.bytes), "seconds": round(self.seconds, 3), "layers": round(self.layers, 3),
+                "unpacked": round(self.unpacked)}
 
 
 @dataclass
@@ -505,15 +583,17 @@ class GroupResult:
     floor_cold: int
     floor_monthly: float
     costs: EngineCosts
+    floor_seconds: float = 0.0       # one host's monthly updates, if only the changed content came
+    floor_detail: Estimate | None = None   # the same floor: bytes, seconds, layers, unpacked
 
     def to_dict(self, labels: list[str]) -> dict:
         return {"name": self.name, "count": self.count, "apps": list(self.apps), "host_kind": self.host_kind,
                 "bandwidth_bps": self.bandwidth_bps,
-                "engine_costs": {"per_pull": self.costs.per_pull, "per_layer": self.costs.per_layer,
-                                 "source": self.costs.source},
+                "engine_costs": self.costs.to_dict(),
                 "cold": {l: self.cold[l].to_dict() for l in labels},
                 "monthly": {l: self.monthly[l].to_dict() for l in labels},
-                "floor": {"cold": self.floor_cold, "monthly": round(self.floor_monthly)}}
+                "floor": {"cold": self.floor_cold, "monthly": round(self.floor_monthly),
+                          "monthly_seconds": round(self.floor_seconds, 3)}}
 
 
 def fleet_dict(results: list[GroupResult], labels: list[str], rates: dict[str, float]) -> dict:
@@ -545,24 +625,105 @@ def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: in
                 pulls = sum(plan_costs.has_category(a, category) for a in apps)
                 monthly[label].add(plan_costs.pull(apps, host_kind, variant, category), pulls,
                                    rate, bandwidth_bps, costs)
-    floor_monthly = sum(rate * first.floor(apps, c) for c, rate in rates.items())
+    floor = Estimate()
+    for category, rate in rates.items():
+        if rate:
+            floor.add(first.floor_pull(apps, category), sum(first.has_category(a, category) for a in apps),
+                      rate, bandwidth_bps, costs)
     return GroupResult(name, count, apps, host_kind, bandwidth_bps, cold, monthly,
-                       first.floor(apps), floor_monthly, costs)
+                       first.floor(apps), floor.bytes, costs, floor.seconds, floor)
+
+
+# ----------------------------------------------------------------------------- the order's cost
+
+# The hosts an order of categories is judged on when no fleet is given: one host running every
+# app, of each kind, on this link, with the assumed engine costs (the stack file alone decides).
+ORDER_BANDWIDTH_BPS = 100e6
+
+
+def monthly_by_kind(plan: Plan, bandwidth_bps: float = ORDER_BANDWIDTH_BPS,
+                    engine: dict[str, EngineCosts] | None = None,
+                    costs: PlanCosts | None = None) -> dict[str, GroupResult]:
+    """Per host kind, one host running every app: cold start, monthly updates and their floor."""
+    costs = costs or PlanCosts(plan)
+    rates = {c.name: c.changes_per_month for c in plan.categories}
+    apps = tuple(sorted(plan.apps))
+    engine = engine or {}
+    return {kind: simulate_group({"planned": (costs, PLANNED)}, kind, 1, apps, kind, bandwidth_bps, rates,
+                                 engine.get(kind, ASSUMED_COSTS))
+            for kind in ALL_HOST_KINDS}
+
+
+def order_objective(plan: Plan) -> tuple[float, float]:
+    """What a plan's order of categories costs a month: seconds summed over the host kinds
+    (`monthly_by_kind`), then bytes (compared as a pair)."""
+    by_kind = monthly_by_kind(plan)
+    return (round(sum(g.monthly["planned"].seconds for g in by_kind.values()), 6),
+            round(sum(g.monthly["planned"].bytes for g in by_kind.values())))
+
+
+@dataclass
+class OrderSummary:
+    """`plan`'s comparison of orders of categories: per host kind, one host running every app, its
+    monthly updates under each order (label -> Estimate) and the floor (bytes and seconds)."""
+    orders: dict[str, tuple[str, ...]]             # label -> categories, bottom first
+    applied: str                                   # the label of the order the plan uses
+    monthly: dict[str, dict[str, Estimate]]        # host kind -> label -> estimate
+    floor: dict[str, Estimate]                     # host kind -> the floor
+    security: dict[str, dict[str, float]]          # host kind -> label -> bytes of an update of `patched` / cold pull
+    reasons: dict[str, str]                        # category -> why it moved
+    bandwidth_bps: float
+    engine: dict[str, EngineCosts]
+    patched: str = ""
+
+    def to_dict(self) -> dict:
+        return {"orders": {k: list(v) for k, v in self.orders.items()}, "applied": self.applied,
+                "bandwidth_bps": self.bandwidth_bps, "reasons": self.reasons,
+                "engine_costs": {k: v.to_dict() for k, v in self.engine.items()},
+                "monthly": {kind: {label: e.to_dict() for label, e in by.items()}
+                            | {"floor": self.floor[kind].to_dict()} for kind, by in self.monthly.items()},
+                "patch_of_cold_pull": {"category": self.patched, "share": self.security}}
+
+
+def compare_orders(plans: dict[str, Plan], applied: str, reasons: dict[str, str], patched: str,
+                   engine: dict[str, EngineCosts] | None = None,
+                   bandwidth_bps: float = ORDER_BANDWIDTH_BPS) -> OrderSummary:
+    """The same apps planned in several orders (label -> plan), per host kind; `patched`: the
+    category whose update is shown beside a cold pull (the security patch)."""
+    engine = {kind: (engine or {}).get(kind, ASSUMED_COSTS) for kind in ALL_HOST_KINDS}
+    monthly: dict[str, dict[str, Estimate]] = {kind: {} for kind in ALL_HOST_KINDS}
+    floor: dict[str, Estimate] = {}
+    patch: dict[str, dict[str, float]] = {kind: {} for kind in ALL_HOST_KINDS}
+    for label, plan in plans.items():
+        costs = PlanCosts(plan)
+        apps = tuple(sorted(plan.apps))
+        for kind, group in monthly_by_kind(plan, bandwidth_bps, engine, costs).items():
+            monthly[kind][label] = group.monthly["planned"]
+            floor[kind] = group.floor_detail
+            cold = costs.pull(apps, kind, PLANNED).bytes
+            patch[kind][label] = round(costs.pull(apps, kind, PLANNED, patched).bytes / cold, 6) if cold else 0.0
+    return OrderSummary({label: tuple(c.name for c in p.categories) for label, p in plans.items()}, applied,
+                        monthly, floor, patch, reasons, bandwidth_bps, engine, patched)
 
 
 # ----------------------------------------------------------------------------- real pulls
 
-def registry_layers(ids: Ids, image: Image) -> list[HostLayer]:
-    """An image's layers as hosts pulling it see them: the blob digest, chained."""
-    return chained(ids, ((layer.digest, layer.digest, layer.size) for layer in image.layers))
+def registry_layers(ids: Ids, image: Image, unpacked: dict[str, int] | None = None) -> list[HostLayer]:
+    """An image's layers as hosts pulling it see them: the blob digest, chained; `unpacked`: the
+    uncompressed bytes per blob digest, when known."""
+    unpacked = unpacked or {}
+    return chained(ids, ((layer.digest, layer.digest, layer.size, unpacked.get(layer.digest, layer.size))
+                         for layer in image.layers))
 
 
-def predict_pulls(pulls: list[Image], held: list[Image], host_kind: str) -> Pull:
+def predict_pulls(pulls: list[Image], held: list[Image], host_kind: str,
+                  unpacked: dict[str, int] | None = None) -> Pull:
     """Bytes and layers a host downloads to pull the images `pulls` (from a registry, in order)
     while holding `held`: manifests and configs, and every layer its rule (`pulled`) does not let
-    it reuse. Exact where the cost model estimates: digests and sizes come from the registry."""
-    key, ids = host_key(host_kind), Ids()
-    have = {key(h) for image in held for h in registry_layers(ids, image)}
-    layers = pulled((h for image in pulls for h in registry_layers(ids, image)), host_kind, have)
+    it reuse; and the bytes it unpacks. Exact where the cost model estimates: digests and sizes
+    come from the registry."""
+    ids = Ids()
+    have = holding(h for image in held for h in registry_layers(ids, image, unpacked))
+    layers = pulled((h for image in pulls for h in registry_layers(ids, image, unpacked)), host_kind, have)
     return Pull(layers.bytes + sum(len(image.manifest_raw or b"") + len(image.config_raw) for image in pulls),
-                layers.layers)
+                layers.layers, layers.unpacked)

@@ -1,13 +1,14 @@
 """The fleet file for `layerwise simulate`: host groups, the apps each runs, links and update rates.
 
     bandwidth: 100Mbit            # default link of every host
-    host_kind: docker             # docker (chain rule) or containerd (blob rule)
+    host_kind: docker             # docker (classic store), docker-containerd (containerd image store), containerd
     groups:
       inference: {count: 40, apps: [app1, app2]}
       batch:     {count: 10, apps: [app2], bandwidth: 1Gbit, host_kind: containerd}
     updates: {code: 30}           # changes per month, overriding the stack file's
     per_pull: 0.3s                # engine costs; measured by `layerwise bench pull` when left out
     per_layer: 50ms
+    unpack_rate: 60MB/s           # uncompressed bytes unpacked per second
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
 from ..units import parse_bandwidth, parse_duration
-from .cost import ASSUMED_COSTS, EngineCosts
+from .cost import ALL_HOST_KINDS, ASSUMED_COSTS, EngineCosts
 from .model import Plan
 from .spec import read_yaml, validate_model
+
+HostKind = Literal["docker", "docker-containerd", "containerd"]
+assert set(HostKind.__args__) == set(ALL_HOST_KINDS)
 
 
 class GroupSpec(BaseModel):
@@ -30,15 +34,16 @@ class GroupSpec(BaseModel):
     count: int = Field(default=1, ge=0)
     apps: list[str] = Field(min_length=1)
     bandwidth: str | float | None = None
-    host_kind: Literal["docker", "containerd"] | None = None
+    host_kind: HostKind | None = None
 
 
 class FleetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bandwidth: str | float = "100Mbit"
-    host_kind: Literal["docker", "containerd"] = "docker"
+    host_kind: HostKind = "docker"
     per_pull: str | float | None = None
     per_layer: str | float | None = None
+    unpack_rate: str | float | None = None
     groups: dict[str, GroupSpec] = Field(min_length=1)
     updates: dict[str, float] = Field(default_factory=dict)
 
@@ -59,15 +64,18 @@ class Fleet:
     updates: dict[str, float]            # category -> changes per month (overrides)
     per_pull: float | None               # seconds, when the fleet file sets them
     per_layer: float | None
+    unpack_rate: float | None = None     # bytes per second, when the fleet file sets it
 
     def engine_costs(self, host_kind: str, measured: dict[str, dict[str, float]]) -> EngineCosts:
-        """The fixed costs per pull and per layer: the fleet file's, else the bench's, else assumed."""
-        if self.per_pull is not None or self.per_layer is not None:
+        """The costs per pull, per layer and of unpacking: the fleet file's, else the bench's, else assumed."""
+        if self.per_pull is not None or self.per_layer is not None or self.unpack_rate is not None:
             return EngineCosts(self.per_pull if self.per_pull is not None else ASSUMED_COSTS.per_pull,
                                self.per_layer if self.per_layer is not None else ASSUMED_COSTS.per_layer,
-                               "fleet file")
+                               "fleet file",
+                               self.unpack_rate if self.unpack_rate is not None else ASSUMED_COSTS.unpack_rate)
         if host_kind in measured:
-            return EngineCosts(**measured[host_kind], source="measured")
+            known = {k: v for k, v in measured[host_kind].items() if k in ("per_pull", "per_layer", "unpack_rate")}
+            return EngineCosts(**known, source="measured")
         return ASSUMED_COSTS
 
 
@@ -103,5 +111,15 @@ def load_fleet(path: str | Path, plan: Plan) -> Fleet:
         path=path, groups=tuple(groups), updates=dict(spec.updates),
         per_pull=parsed(parse_duration, spec.per_pull, ("per_pull",)) if spec.per_pull is not None else None,
         per_layer=parsed(parse_duration, spec.per_layer, ("per_layer",)) if spec.per_layer is not None else None,
+        unpack_rate=(parsed(_unpack_rate, spec.unpack_rate, ("unpack_rate",))
+                     if spec.unpack_rate is not None else None),
     )
+
+
+def _unpack_rate(text: str | float) -> float:
+    """Bytes per second from "60MB/s" (any bandwidth unit, converted) or a plain number of bytes/s."""
+    rate = float(text) if isinstance(text, (int, float)) and not isinstance(text, bool) else parse_bandwidth(text) / 8
+    if rate <= 0:
+        raise ValueError(f"unpack_rate must be above zero: {text!r}")
+    return rate
 

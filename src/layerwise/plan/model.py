@@ -45,6 +45,7 @@ class Category:
     owner: str
     changes_per_month: float = 0.0
     merge: bool = False
+    needs: tuple[str, ...] = ()     # categories whose steps must lie below this one's (any order)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Step:
     sources: tuple[str, ...] = ()        # those files, relative to the stack file's folder
     size: int | None = None              # bytes the layer adds, when known
     size_source: str = "unknown"         # hint | context | measured | unknown | empty
+    unpacked_size: int | None = None     # uncompressed bytes, when `size` is compressed (measured)
 
     # Computed once per step: plans of thousands of apps ask for them millions of times.
     @cached
@@ -71,6 +73,11 @@ class Step:
     @cached
     def creates_layer(self) -> bool:
         return self.keyword in LAYER_KEYWORDS
+
+    @property
+    def unpacked(self) -> int:
+        """Bytes the layer takes once unpacked: hints and file sizes are uncompressed already."""
+        return self.unpacked_size if self.unpacked_size is not None else (self.size or 0)
 
     @cached
     def identity(self) -> str:
@@ -122,7 +129,7 @@ def _step_dict(s: Step) -> dict:
     # Field by field rather than asdict(), which deep-copies: plans hold a hundred thousand steps.
     return {"instruction": s.instruction, "category": s.category, "context_digest": s.context_digest,
             "sources": list(s.sources), "size": s.size, "size_source": s.size_source,
-            "creates_layer": s.creates_layer}
+            "unpacked_size": s.unpacked_size, "creates_layer": s.creates_layer}
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,7 @@ class Plan:
                 steps=tuple(
                     Step(instruction=s["instruction"], category=s["category"],
                          context_digest=s["context_digest"], sources=tuple(s["sources"]),
-                         size=s["size"], size_source=s["size_source"])
+                         size=s["size"], size_source=s["size_source"], unpacked_size=s.get("unpacked_size"))
                     for s in i["steps"]
                 ),
             )
@@ -220,6 +227,6 @@ class Plan:
         )
         return cls(
             registry=data["registry"], project=data["project"], base=data["base"],
-            categories=tuple(Category(**c) for c in data["categories"]),
+            categories=tuple(Category(**{**c, "needs": tuple(c.get("needs", ()))}) for c in data["categories"]),
             images=images, apps=dict(data["apps"]), base_digest=data.get("base_digest"),
         )

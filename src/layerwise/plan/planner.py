@@ -1,17 +1,19 @@
 """Steps per app → plan: the seed's Fig. 6 → 7 → 8 as small pure functions (DESIGN.md rules 1–6).
 
-    chains (category order) → merge_layers (Fig. 7) → prefix_tree (Fig. 8) → cut_images → plan
+    order (choose_order) → chains (category order) → merge_layers (Fig. 7) → prefix_tree (Fig. 8)
+    → cut_images → plan
 No I/O here: the stack file and its contexts were read by `spec`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..dockerfiles import can_join, join_runs, parse_fragment, prefetch
 from ..errors import UserError
+from .cost import PlanCosts, order_objective
 from .model import Category, ImageNode, Plan, Step, sha256_text
 
 if TYPE_CHECKING:   # a type only: the planner reads no stack file itself
@@ -149,12 +151,17 @@ def image_runs(nodes: list[TreeNode], named: dict[int, str], owners: dict[str, s
 
 # ----------------------------------------------------------------------------- rules 5–6: plan
 
-def build_plan(stack: Stack, base_digest: str | None = None) -> Plan:
-    """The whole pipeline: a deterministic plan for a loaded stack file.
+def build_plan(stack: Stack, base_digest: str | None = None, order: tuple[str, ...] | None = None) -> Plan:
+    """The whole pipeline: a deterministic plan for a loaded stack file, its categories in `order`
+    (default: the order the stack file asks for, `order_of`).
 
     With the OS base's digest (known once the registry or engine was asked), fingerprints follow
     the base's content; without it, its reference.
     """
+    return _plan(in_order(stack, order or order_of(stack)), base_digest)
+
+
+def _plan(stack: Stack, base_digest: str | None) -> Plan:
     chains = {app: merge_layers(steps, stack.categories) for app, steps in stack.apps.items()}
     nodes, paths = prefix_tree(chains)
     named = named_nodes(nodes, paths, stack.names)
@@ -217,3 +224,176 @@ def _depth(by_key: dict[str, ImageNode], img: ImageNode) -> int:
         img = by_key[img.parent]
         depth += 1
     return depth
+
+
+# ----------------------------------------------------------------------------- the order of categories
+#
+# Which category sits on which decides what an update costs: an update of a category rebuilds
+# every layer above it, and hosts pull (Docker Engine) or unpack (every kind) those layers again.
+# "Most stable first" ignores sizes: a 1 kB security layer patched monthly at the bottom makes every
+# host fetch everything above it each month. The cheapest order puts low churn per byte at the
+# bottom (for bytes on one chain that is exactly the rule: ascending changes per month / bytes,
+# Smith's rule for weighted completion time); the planner starts there and then improves the order
+# by moving one category at a time while the full cost model (cost.order_objective, over every host
+# kind) finds it cheaper. `needs:` bounds every move, and steps of one category keep their order.
+# The order is decided from the stack file alone (hints and file sizes, uncompressed), so `plan`,
+# `generate`, `build` and `bench` all get the same order whatever was measured since.
+
+MAX_ORDER_EVALUATIONS = 400     # full-model evaluations per choice; the search stops there
+ORDER_SAMPLE_APPS = 24          # larger families are judged on this many of their apps (every n-th)
+
+
+def declared_order(stack: Stack) -> tuple[str, ...]:
+    return tuple(c.name for c in stack.categories)
+
+
+def order_of(stack: Stack) -> tuple[str, ...]:
+    """The order the stack file asks for: as listed, optimized, or its explicit list."""
+    asked = getattr(stack, "order", "stack")
+    if asked == "optimize":
+        return choose_order(stack).recommended
+    if isinstance(asked, tuple):
+        return asked
+    return declared_order(stack)
+
+
+def in_order(stack: Stack, order: tuple[str, ...]) -> Stack:
+    """The stack with its categories, and every app's steps, in `order` (bottom first). A category's
+    steps keep their order; the steps of app settings (ENV, ENTRYPOINT...) stay last, in the app's
+    last category."""
+    if order == declared_order(stack):
+        return stack
+    rank = {name: i for i, name in enumerate(order)}
+    by_name = {c.name: c for c in stack.categories}
+    apps = {}
+    for app, steps in stack.apps.items():
+        tail = stack.settings_steps.get(app, 0)
+        own = sorted(steps[:len(steps) - tail], key=lambda s: rank[s.category])   # stable
+        settings = steps[len(steps) - tail:]
+        if settings and own:
+            settings = tuple(replace(s, category=own[-1].category) for s in settings)
+        apps[app] = tuple(own) + tuple(settings)
+    return replace(stack, categories=tuple(by_name[n] for n in order), apps=apps)
+
+
+def allowed(order: tuple[str, ...], categories: tuple[Category, ...]) -> bool:
+    """Every category above all it needs."""
+    at = {n: i for i, n in enumerate(order)}
+    return all(at[need] < at[c.name] for c in categories for need in c.needs)
+
+
+@dataclass
+class OrderChoice:
+    """The stack file's order and the recommended one, with the objective of each (monthly seconds
+    over the reference hosts, then bytes) and, per category that moved, why."""
+    declared: tuple[str, ...]
+    recommended: tuple[str, ...]
+    declared_cost: tuple[float, float]
+    recommended_cost: tuple[float, float]
+    reasons: dict[str, str]
+    evaluations: int
+
+
+def choose_order(stack: Stack) -> OrderChoice:
+    """The order of categories with the least expected monthly update cost, within `needs:`.
+    A family of more than ORDER_SAMPLE_APPS apps is judged on every n-th app, so that the choice
+    costs about the same at any size (the figures `plan` shows for the orders are of all apps)."""
+    names = sorted(stack.apps)
+    if len(names) > ORDER_SAMPLE_APPS:
+        step = len(names) / ORDER_SAMPLE_APPS
+        kept = {names[int(i * step)] for i in range(ORDER_SAMPLE_APPS)}
+        stack = replace(stack, apps={a: s for a, s in stack.apps.items() if a in kept})
+    cats = stack.categories
+    declared = declared_order(stack)
+    cache: dict[tuple[str, ...], tuple[float, float] | None] = {}
+
+    def cost(order: tuple[str, ...]) -> tuple[float, float] | None:
+        if order not in cache:
+            try:
+                cache[order] = order_objective(_plan(in_order(stack, order), None))
+            except UserError:      # e.g. a named image that would split: not a possible order
+                cache[order] = None
+        return cache[order]
+
+    base = cost(declared)
+    if base is None:      # only when the sample of a large family misses a named image's apps
+        return OrderChoice(declared, declared, (0.0, 0.0), (0.0, 0.0), {}, len(cache))
+    churn = _churn(stack, declared)
+    best = min((o for o in (declared, _smith(cats, churn)) if cost(o) is not None), key=cost)
+    improved = True
+    while improved and len(cache) < MAX_ORDER_EVALUATIONS:
+        improved = False
+        for move in _moves(best, cats):
+            found = cost(move)
+            if found is not None and found < cost(best):
+                best, improved = move, True
+            if len(cache) >= MAX_ORDER_EVALUATIONS:
+                break
+    return OrderChoice(declared, best, base, cost(best), _reasons(declared, best, cats, churn), len(cache))
+
+
+def _churn(stack: Stack, order: tuple[str, ...]) -> dict[str, tuple[float, int]]:
+    """Per category: (changes per month, bytes one update of it changes) in the stack's plan."""
+
+    plan = _plan(in_order(stack, order), None)
+    costs = PlanCosts(plan)
+    apps = tuple(sorted(plan.apps))
+    return {c.name: (c.changes_per_month, costs.floor_pull(apps, c.name).unpacked) for c in stack.categories}
+
+
+def _smith(cats: tuple[Category, ...], churn: dict[str, tuple[float, int]]) -> tuple[str, ...]:
+    """Lowest changes per byte first, each category once all it needs is placed."""
+    left = {c.name: c for c in cats}
+    out: list[str] = []
+    while left:
+        ready = [n for n, c in left.items() if all(need in out for need in c.needs)]
+        pick = min(ready, key=lambda n: churn[n][0] / max(churn[n][1], 1))    # ties: as listed
+        out.append(pick)
+        del left[pick]
+    return tuple(out)
+
+
+def _moves(order: tuple[str, ...], cats: tuple[Category, ...]):
+    """Every order one category move away (taken out and put elsewhere) that keeps the needs."""
+    for i in range(len(order)):
+        rest = order[:i] + order[i + 1:]
+        for j in range(len(order)):
+            if j == i:
+                continue
+            moved = rest[:j] + (order[i],) + rest[j:]
+            if moved != order and allowed(moved, cats):
+                yield moved
+
+
+def _reasons(declared: tuple[str, ...], chosen: tuple[str, ...], cats: tuple[Category, ...],
+             churn: dict[str, tuple[float, int]]) -> dict[str, str]:
+    """Per category that moved: where to, and why (its churn per byte against the categories it
+    passed, or, where bytes are too few to matter, the layers rebuilt a month)."""
+    from ..units import format_size
+
+    def per_byte(n: str) -> float:
+        return churn[n][0] / max(churn[n][1], 1)
+
+    needs = {c.name: c.needs for c in cats}
+    out = {}
+    for name in declared:
+        old, new = declared.index(name), chosen.index(name)
+        if old == new:
+            continue
+        rate, size = churn[name]
+        down = new < old
+        passed = [n for n in declared if n != name and (declared.index(n) < old) != (chosen.index(n) < new)]
+        text = (f"{'down' if down else 'up'} {abs(new - old)}: {rate:g} changes/month over "
+                f"{format_size(size)}; ")
+        if all((per_byte(n) > per_byte(name)) == down for n in passed):
+            text += (f"less churn per byte than {', '.join(passed)}: their updates no longer rebuild it"
+                     if down else f"more churn per byte than {', '.join(passed)}: its updates no longer "
+                     "rebuild them")
+        else:
+            text += (f"too few bytes to matter: with it {'below' if down else 'above'} {', '.join(passed)} "
+                     "fewer layers are rebuilt a month (the engine's cost per layer and pull)")
+        held = [n for n in needs[name] if chosen.index(n) == new - 1]
+        if held:
+            text += f"; kept above {', '.join(held)} (needs)"
+        out[name] = text
+    return out

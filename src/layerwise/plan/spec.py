@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,6 +34,9 @@ class CategorySpec(BaseModel):
     owner: str = Field(min_length=1)
     changes_per_month: float = Field(default=0.0, ge=0)
     merge: bool = False
+    # The categories whose steps this one's steps use (a venv, a tool): they stay below it whatever
+    # order is chosen. Steps of one category always keep their order.
+    needs: list[str] = Field(default_factory=list)
 
     @field_validator("owner")
     @classmethod
@@ -70,6 +73,10 @@ class PolicySpec(BaseModel):
 class StackSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: PolicySpec | None = None
+    # The order of the categories in every image chain: `stack` (as listed under categories:),
+    # `optimize` (the order the planner finds cheapest for monthly updates, see planner.choose_order),
+    # or the category names in the order wanted (bottom first).
+    order: Literal["stack", "optimize"] | list[str] = "stack"
     registry: str = Field(min_length=1)
     project: str = Field(pattern=REPOSITORY)
     base: str = Field(min_length=1)
@@ -92,6 +99,9 @@ class Stack:
     app_tags: dict[str, str]               # app -> the human tag of its image
     allowed_registries: tuple[str, ...] = ()   # `policy: {registries: [...]}`; empty: no policy here
     policy_line: int | None = None
+    order: str | tuple[str, ...] = "stack"     # "stack", "optimize" or category names, bottom first
+    settings_steps: dict[str, int] = field(default_factory=dict)   # app -> its last steps that come
+    #                                          from app settings (ENV, ENTRYPOINT...): they stay last
 
     @property
     def root(self) -> Path:
@@ -502,6 +512,7 @@ def load_stack(path: str | Path) -> Stack:
                             lines.at(("categories", cat_index)))
         names_seen.add(cat.name)
     declared = [c.name for c in spec.categories]
+    order = _check_order(spec, declared, path, lines)
 
     for key in spec.images:
         if key not in declared:
@@ -512,6 +523,7 @@ def load_stack(path: str | Path) -> Stack:
     prefetch(_all_texts(spec.apps, declared))
     files: dict = {}
     apps: dict[str, tuple[Step, ...]] = {}
+    settings_steps: dict[str, int] = {}
     for app_name, app in spec.apps.items():
         if not isinstance(app_name, str) or not re.match(NAME, app_name):
             raise UserError(f"app name {app_name!r} must be lower-case letters, digits, '.', '_' or '-'",
@@ -535,7 +547,9 @@ def load_stack(path: str | Path) -> Stack:
         config_texts = _app_config_texts(app)
         if config_texts:
             texts = [(t, lines.at(("apps", app_name))) for t in config_texts]
+            before = len(steps)
             steps += _steps_of(texts, steps[-1].category, None, path.parent, path, files)
+            settings_steps[app_name] = len(steps) - before
         apps[app_name] = tuple(steps)
 
     return Stack(
@@ -543,10 +557,48 @@ def load_stack(path: str | Path) -> Stack:
         registry=spec.registry.rstrip("/"),
         project=spec.project,
         base=spec.base,
-        categories=tuple(Category(c.name, c.owner, c.changes_per_month, c.merge) for c in spec.categories),
+        categories=tuple(Category(c.name, c.owner, c.changes_per_month, c.merge, tuple(c.needs))
+                         for c in spec.categories),
         names={k: (v.name, v.tag) for k, v in spec.images.items()},
         apps=apps,
         app_tags={name: app.tag for name, app in spec.apps.items()},
         allowed_registries=tuple(spec.policy.registries) if spec.policy else (),
         policy_line=lines.at(("policy", "registries")) if spec.policy else None,
+        order=order,
+        settings_steps=settings_steps,
     )
+
+
+def _check_order(spec: StackSpec, declared: list[str], path: Path, lines: Lines) -> str | tuple[str, ...]:
+    """`needs:` names declared categories, none needs itself and the listed order keeps each below
+    what needs it; an explicit `order:` lists every category once and keeps the needs too."""
+    for i, cat in enumerate(spec.categories):
+        for j, need in enumerate(cat.needs):
+            where = lines.at(("categories", i, "needs", j))
+            if need not in declared:
+                raise UserError(f"categories[{i}].needs: {need!r} is not a declared category "
+                                f"({', '.join(declared)})", path, where)
+            if need == cat.name:
+                raise UserError(f"categories[{i}].needs: {cat.name} cannot need itself", path, where)
+            if declared.index(need) > i:
+                raise UserError(f"{cat.name} needs {need}, listed after it: list {need} first "
+                                "(the listed order is the order the stack file's images are built in)",
+                                path, where)
+    if not isinstance(spec.order, list):
+        return spec.order
+    where = lines.at(("order",))
+    if sorted(spec.order) != sorted(declared):
+        missing = sorted(set(declared) - set(spec.order))
+        extra = sorted(set(spec.order) - set(declared))
+        twice = sorted({c for c in spec.order if spec.order.count(c) > 1})
+        what = "; ".join(p for p in (missing and f"missing: {', '.join(missing)}",
+                                     extra and f"not declared: {', '.join(extra)}",
+                                     twice and f"listed twice: {', '.join(twice)}") if p)
+        raise UserError(f"order: list every declared category once ({what}); or write order: stack "
+                        "or order: optimize", path, where)
+    for cat in spec.categories:
+        for need in cat.needs:
+            if spec.order.index(need) > spec.order.index(cat.name):
+                raise UserError(f"order: {cat.name} needs {need}, so {need} must come before it",
+                                path, where)
+    return tuple(spec.order)
