@@ -32,7 +32,8 @@ def is_previous_output(folder: Path) -> bool:
         return False
 
 
-def _check_folders(plan: Plan) -> None:
+def check_folders(plan: Plan) -> None:
+    """Refuse image names whose folders would nest (`a` and `a/b`): one image's folder would hold another's."""
     keys = sorted(img.key for img in plan.images)
     for a, b in zip(keys, keys[1:]):
         if b.startswith(a + "/"):
@@ -107,6 +108,6 @@ def write_tree(plan: Plan, stack: Stack, root: Path) -> None:
 
 def generate(plan: Plan, stack: Stack, out: Path, force: bool = False) -> Path:
     """Write the family into `out` atomically: build it beside, then swap it in."""
-    _check_folders(plan)
+    check_folders(plan)
     return replace_folder(out, lambda tmp: write_tree(plan, stack, tmp), force=force,
                           is_ours=is_previous_output, marker="plan.json")

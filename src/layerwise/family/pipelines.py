@@ -38,7 +38,7 @@ from ..plan import contexts
 from ..plan.graph import mermaid
 from ..plan.model import ImageNode, Plan
 from ..plan.spec import Stack
-from .generate import PRELUDE, _check_folders, is_previous_output
+from .generate import PRELUDE, check_folders, is_previous_output
 from .loader import Family
 
 LAYOUTS = ("per-team", "monorepo")
@@ -103,7 +103,7 @@ def generate_layout(plan: Plan, family: Family, out: Path, *, layout: str, ci: s
         raise UserError(f"--layout must be one of {', '.join(LAYOUTS)} and --ci one of {', '.join(CI_SYSTEMS)}")
     if shutil.which("git") is None:
         raise UserError("--layout writes git repositories and needs git, which is not installed")
-    _check_folders(plan)
+    check_folders(plan)
     repos = plan_repos(plan, layout)
     counted: list[int] = []
 

@@ -522,8 +522,8 @@ class DockerHost(_Host):
     def images(self) -> list[str]:
         return [img["Id"] for img in self._api().images(all=True)]
 
-    def wipe(self) -> None:
-        """Remove every container, image and layer it holds, then check nothing is left."""
+    def _remove_all(self):
+        """Remove every container and image through the engine API; the API client, for more."""
         api = self._api()
         for c in api.containers(all=True):
             api.remove_container(c["Id"], force=True, v=True)
@@ -533,6 +533,11 @@ class DockerHost(_Host):
             except docker.errors.NotFound:
                 pass        # went with the image it was the parent of
         api.prune_images(filters={"dangling": False})
+        return api
+
+    def wipe(self) -> None:
+        """Remove every container, image and layer it holds, then check nothing is left."""
+        api = self._remove_all()
         try:
             api.prune_builds()
         except docker.errors.APIError:
@@ -777,15 +782,7 @@ class DockerContainerdHost(DockerHost):
         return self.containerd.blobs()
 
     def wipe(self) -> None:
-        api = self._api()
-        for c in api.containers(all=True):
-            api.remove_container(c["Id"], force=True, v=True)
-        for image_id in self.images():
-            try:
-                api.remove_image(image_id, force=True, noprune=False)
-            except docker.errors.NotFound:
-                pass
-        api.prune_images(filters={"dangling": False})
+        self._remove_all()
         self.containerd.wipe()
         if self.images():
             raise UserError(f"wiping the bench {self.kind} host left {len(self.images())} image(s)")
