@@ -159,7 +159,16 @@ def test_the_fit_never_gives_a_negative_cost():
     # Seconds that fall as layers rise: a negative per-layer cost would fit best; it is held at 0.
     cases = [_case(1, 1, 0, 0, 2.0), _case(1, 5, 0, 0, 1.0), _case(1, 9, 0, 0, 0.5)]
     fitted = fit_engine_costs(cases, bps)
-    assert fitted["per_layer"] == 0 and fitted["per_pull"] == pytest.approx(3.5 / 3, abs=1e-4)
+    # The per-pull cost a alone, minimizing the relative errors sum(((a - t) / t)^2): a = sum(1/t) / sum(1/t^2)
+    assert fitted["per_layer"] == 0 and fitted["per_pull"] == pytest.approx(3.5 / 5.25, abs=1e-4)
+
+
+def test_the_fit_minimizes_relative_errors():
+    bps = 8e6
+    # Two cases only a per-pull cost explains: 0.1 s and 10 s. In per cent, 0.1 s weighs as much as
+    # 10 s: a = (1/0.1 + 1/10) / (1/0.1^2 + 1/10^2) = 10.1 / 100.01, close to the small case.
+    fitted = fit_engine_costs([_case(1, 0, 0, 0, 0.1), _case(1, 0, 0, 0, 10.0)], bps)
+    assert fitted["per_pull"] == pytest.approx(10.1 / 100.01, abs=1e-4)
 
 
 def test_goal_figures_by_hand():

@@ -353,9 +353,16 @@ def run_cases(host, proxy, registry: Registry, cases: list[Case], setups: dict[s
 def fit_engine_costs(cases: list[Case], bandwidth_bps: float) -> dict[str, float]:
     """Least squares, none negative, for the seconds beside the link's: per pull, per layer
     downloaded and per byte unpacked (its inverse is the unpack rate). Every subset of the three is
-    solved and the best fit with no negative cost is kept (three unknowns: eight subsets)."""
-    rows = [((float(len(c.pulls)), float(c.layers), float(c.unpacked)), c.seconds - c.measured * 8 / bandwidth_bps)
-            for c in cases]
+    solved and the best fit with no negative cost is kept (three unknowns: eight subsets).
+
+    The errors minimized are relative (each case's row divided by its measured seconds): the model is
+    judged by its error in per cent of each case, and an absolute fit lets the 10-second pulls set a
+    per-pull cost that triples a 0.1-second one."""
+    rows = []
+    for c in cases:
+        weight = 1 / max(c.seconds, 0.01)
+        rows.append(((len(c.pulls) * weight, c.layers * weight, c.unpacked * weight),
+                     (c.seconds - c.measured * 8 / bandwidth_bps) * weight))
     best: tuple[float, tuple[float, float, float]] = (sum(r * r for _, r in rows), (0.0, 0.0, 0.0))
     for size in (1, 2, 3):
         for chosen in itertools.combinations(range(3), size):
