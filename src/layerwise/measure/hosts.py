@@ -286,8 +286,8 @@ class _Host:
             self._atexit = True
         try:
             self._wait_until_answering(began)
-        except KeyboardInterrupt:     # Ctrl-C, SIGTERM: nothing left behind
-            self.stop()
+        except (KeyboardInterrupt, HostUnsupported):   # Ctrl-C, SIGTERM, a kind this machine lacks: nothing left
+            self.stop()                                 # behind (but the log)
             raise
         except BaseException:
             self.stop(remove=False)   # keep the log for the error message
