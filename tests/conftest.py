@@ -354,7 +354,8 @@ def write_blob(root: Path, data: bytes) -> str:
     return digest
 
 
-# -- a registry with TLS and basic auth, reached as registry.test (not loopback by name) -------------
+# -- registries of a test's own: plain HTTP (the faults tier kills it, fills its disk, restarts it), and
+#    with TLS and basic auth, reached as registry.test (not loopback by name) --------------------------
 
 TEST_ALIAS = "registry.test"
 CERTS_D = Path("/etc/docker/certs.d")
@@ -365,106 +366,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-class TLSRegistry:
-    """The distribution registry on 127.0.0.1:PORT with TLS (a trustme CA) and htpasswd auth, named
-    registry.test:PORT so layerwise takes its HTTPS path. `docker_config(dir, password)` writes a
-    Docker config.json with credentials for it."""
-
-    user = "lw-user"
-    password = "lw-pass-" + "7f3e9a"
-
-    def __init__(self, root: Path):
-        import bcrypt
-        import trustme
-
-        self.root = root
-        self.port = free_port()
-        self.host = f"{TEST_ALIAS}:{self.port}"
-        ca = trustme.CA()
-        cert = ca.issue_cert(TEST_ALIAS)
-        self.ca_pem = root / "ca.pem"
-        ca.cert_pem.write_to_path(str(self.ca_pem))
-        cert.private_key_and_cert_chain_pem.write_to_path(str(root / "server.pem"))
-        cert.private_key_pem.write_to_path(str(root / "key.pem"))
-        cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
-        hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=5)).decode()
-        (root / "htpasswd").write_text(f"{self.user}:{hashed}\n")
-        (root / "config.yml").write_text(textwrap.dedent(f"""\
-            version: 0.1
-            log: {{level: warn}}
-            storage:
-              filesystem: {{rootdirectory: {root / "data"}}}
-              delete: {{enabled: true}}
-            http:
-              addr: 127.0.0.1:{self.port}
-              tls: {{certificate: {root / "cert.pem"}, key: {root / "key.pem"}}}
-            auth:
-              htpasswd: {{realm: layerwise-test, path: {root / "htpasswd"}}}
-            """))
-        self.log = open(root / "registry.log", "wb")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        self._engine_ca: Path | None = None
-        self._wait()
-
-    def _wait(self) -> None:
-        import time
-        for _ in range(100):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {(self.root / 'registry.log').read_text()[-500:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("docker-registry did not start")
-
-    def docker_config(self, folder: Path, password: str | None = None) -> Path:
-        import base64
-        folder.mkdir(parents=True, exist_ok=True)
-        auth = base64.b64encode(f"{self.user}:{password or self.password}".encode()).decode()
-        (folder / "config.json").write_text(json.dumps({"auths": {self.host: {"auth": auth}}}))
-        return folder
-
-    def trust_in_engine(self) -> None:
-        """Let the Docker Engine pull from it: its CA under /etc/docker/certs.d/HOST:PORT/ (removed
-        by stop())."""
-        folder = CERTS_D / self.host
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "ca.crt").write_bytes(self.ca_pem.read_bytes())
-        self._engine_ca = folder
-
-    def stop(self) -> None:
-        import shutil
-        if self._engine_ca:
-            shutil.rmtree(self._engine_ca, ignore_errors=True)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
-@pytest.fixture
-def tls_registry(tmp_path):
-    import shutil
-    if not shutil.which("docker-registry"):
-        pytest.skip("the docker-registry binary is not installed (scripts/setup installs it)")
-    try:
-        socket.gethostbyname(TEST_ALIAS)
-    except OSError:
-        pytest.skip(f"{TEST_ALIAS} does not resolve; scripts/services start adds it to /etc/hosts")
-    folder = tmp_path / "tls-registry"
-    folder.mkdir()
-    registry = TLSRegistry(folder)
-    yield registry
-    registry.stop()
-
-
-# -- a plain-HTTP registry of a test's own (the faults tier kills it, fills its disk, restarts it) -----
 
 class LocalRegistry:
     """The distribution registry on 127.0.0.1:PORT over `storage`, logging every request (level info)
@@ -478,18 +379,23 @@ class LocalRegistry:
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.log_path = root / "registry.log"
+        (root / "config.yml").write_text(self._config(htpasswd))
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def _config(self, htpasswd: Path | None, *, log: str = "{level: info, accesslog: {disabled: false}}",
+                http: str = "") -> str:
+        """The registry's config.yml; `http`: more keys under `http:` (TLS)."""
         auth = f"auth:\n  htpasswd: {{realm: layerwise-test, path: {htpasswd}}}\n" if htpasswd else ""
-        (root / "config.yml").write_text(textwrap.dedent(f"""\
+        return textwrap.dedent(f"""\
             version: 0.1
-            log: {{level: info, accesslog: {{disabled: false}}}}
+            log: {log}
             storage:
               filesystem: {{rootdirectory: {self.storage}}}
               delete: {{enabled: true}}
             http:
               addr: 127.0.0.1:{self.port}
-            """) + auth)
-        self.proc: subprocess.Popen | None = None
-        self.start()
+            """) + (f"  {http}\n" if http else "") + auth
 
     def start(self) -> None:
         import time
@@ -526,6 +432,73 @@ class LocalRegistry:
         text = self.log_path.read_text(errors="replace")
         return re.findall(r'"PUT /v2/[^ ]*/blobs/uploads/[^ "]*[?&]digest=(sha256(?::|%3A)[a-f0-9]{64})[^"]*" 201',
                           text.replace("%3A", ":"))
+
+
+class TLSRegistry(LocalRegistry):
+    """The distribution registry on 127.0.0.1:PORT with TLS (a trustme CA) and htpasswd auth, named
+    registry.test:PORT so layerwise takes its HTTPS path. `docker_config(dir, password)` writes a
+    Docker config.json with credentials for it."""
+
+    user = "lw-user"
+    password = "lw-pass-" + "7f3e9a"
+
+    def __init__(self, root: Path):
+        import bcrypt
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert(TEST_ALIAS)
+        self.ca_pem = root / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_pem))
+        cert.private_key_and_cert_chain_pem.write_to_path(str(root / "server.pem"))
+        cert.private_key_pem.write_to_path(str(root / "key.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+        hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=5)).decode()
+        (root / "htpasswd").write_text(f"{self.user}:{hashed}\n")
+        self._engine_ca: Path | None = None
+        super().__init__(root, htpasswd=root / "htpasswd")
+        self.host = f"{TEST_ALIAS}:{self.port}"
+
+    def _config(self, htpasswd: Path | None, **_) -> str:
+        return super()._config(htpasswd, log="{level: warn}",
+                               http=f"tls: {{certificate: {self.root / 'cert.pem'}, key: {self.root / 'key.pem'}}}")
+
+    def docker_config(self, folder: Path, password: str | None = None) -> Path:
+        import base64
+        folder.mkdir(parents=True, exist_ok=True)
+        auth = base64.b64encode(f"{self.user}:{password or self.password}".encode()).decode()
+        (folder / "config.json").write_text(json.dumps({"auths": {self.host: {"auth": auth}}}))
+        return folder
+
+    def trust_in_engine(self) -> None:
+        """Let the Docker Engine pull from it: its CA under /etc/docker/certs.d/HOST:PORT/ (removed
+        by stop())."""
+        folder = CERTS_D / self.host
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ca.crt").write_bytes(self.ca_pem.read_bytes())
+        self._engine_ca = folder
+
+    def stop(self) -> None:
+        import shutil
+        if self._engine_ca:
+            shutil.rmtree(self._engine_ca, ignore_errors=True)
+        super().stop()
+
+
+@pytest.fixture
+def tls_registry(tmp_path):
+    import shutil
+    if not shutil.which("docker-registry"):
+        pytest.skip("the docker-registry binary is not installed (scripts/setup installs it)")
+    try:
+        socket.gethostbyname(TEST_ALIAS)
+    except OSError:
+        pytest.skip(f"{TEST_ALIAS} does not resolve; scripts/services start adds it to /etc/hosts")
+    folder = tmp_path / "tls-registry"
+    folder.mkdir()
+    registry = TLSRegistry(folder)
+    yield registry
+    registry.stop()
 
 
 @pytest.fixture
