@@ -174,14 +174,17 @@ def test_plan_costs_match_the_per_app_answers(write_stack):
     assert costs.pull(("a",), CONTAINERD, PLANNED, "lib").bytes == 10   # the code COPY's blob stays
     # ... but unpacks both: its snapshots are keyed by chain, and the code layer's chain changed.
     assert costs.pull(("a",), CONTAINERD, PLANNED, "lib").unpacked == 11
-    assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib") == Pull(10, 1, 11)
-    assert costs.flat("a") == {None: Pull(111, 3, 111), "tools": Pull(111, 3, 111), "lib": Pull(11, 2, 11),
-                               "code": Pull(1, 1, 1)}
+    # The time model's stage: lib downloaded and unpacked, then code unpacked only.
+    assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib") == Pull(10, 1, 11, (((10, 10), (0, 1)),))
+    assert costs.pull(("a",), DOCKER, PLANNED, "lib").stages == (((10, 10), (1, 1)),)
+    every = ((100, 100), (10, 10), (1, 1))
+    assert costs.flat("a") == {None: Pull(111, 3, 111, (every,)), "tools": Pull(111, 3, 111, (every,)),
+                               "lib": Pull(11, 2, 11, (every[1:],)), "code": Pull(1, 1, 1, (every[2:],))}
     # b arrives on a host holding a: only its own code layer.
     assert costs.arrivals(("a", "b"), lambda h: h.chain)["b"] == Pull(1, 1, 1)
 
 
-from layerwise.plan.cost import DOCKER_CONTAINERD, Pull  # noqa: E402
+from layerwise.plan.cost import DOCKER_CONTAINERD, PIPELINES, EngineCosts, Pull, download_done, pull_seconds  # noqa: E402,I001
 
 
 class _Listed(Image):
@@ -210,14 +213,57 @@ def test_predict_pulls():
     assert manifest(app1) > 100
     # Cold: everything of both, shared layers once, plus two manifests and configs.
     # (Without uncompressed sizes, a layer's size stands for what it unpacks to.)
+    # Per image pulled, in order, its layers for the time model: app2 finds base and tools fetched.
     assert predict_pulls([app1, app2], [], DOCKER) == Pull(manifest(app1) + manifest(app2) + 1000 + 200 + 30 + 40, 4,
-                                                           1000 + 200 + 30 + 40)
+                                                           1000 + 200 + 30 + 40,
+                                                           (((1000, 1000), (200, 200), (30, 30)), ((40, 40),)))
     # Warm: app2 while holding app1: only its own layer.
-    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest(app2) + 40, 1, 40)
+    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest(app2) + 40, 1, 40, (((40, 40),),))
     # Another base below: the Docker Engine pulls every layer from the first miss on ...
-    assert predict_pulls([moved], [app2], DOCKER) == Pull(manifest(moved) + 900 + 200 + 40, 3, 900 + 200 + 40)
+    assert predict_pulls([moved], [app2], DOCKER).bytes == manifest(moved) + 900 + 200 + 40
     # ... containerd only the blob it lacks, but unpacks every layer above it again (chains changed).
     unpacked = {o: 9000, t: 2000, two: 400}
-    assert predict_pulls([moved], [app2], CONTAINERD, unpacked) == Pull(manifest(moved) + 900, 1, 9000 + 2000 + 400)
-    assert predict_pulls([moved], [app2], DOCKER_CONTAINERD, unpacked) == Pull(manifest(moved) + 900, 1, 11400)
-    assert predict_pulls([app2], [app1], CONTAINERD, unpacked) == Pull(manifest(app2) + 40, 1, 400)
+    # (The stage: the new base downloaded and unpacked; tools and the app unpacked only.)
+    unpack_only = (((900, 9000), (0, 2000), (0, 400)),)
+    assert predict_pulls([moved], [app2], CONTAINERD, unpacked) == Pull(manifest(moved) + 900, 1, 9000 + 2000 + 400,
+                                                                        unpack_only)
+    assert predict_pulls([moved], [app2], DOCKER_CONTAINERD, unpacked) == Pull(manifest(moved) + 900, 1, 11400,
+                                                                               unpack_only)
+    assert predict_pulls([app2], [app1], CONTAINERD, unpacked).unpacked == 400
+
+
+# -- the time model: each image pull through its engine's pipeline -------------------------------
+
+def test_downloads_share_the_link_at_most_so_many_at_once():
+    # Three at once at 100 B/s: each gets a third, all end at 3 s; the fourth then has it alone.
+    assert download_done([100, 100, 100, 100], 100, 3) == pytest.approx([3, 3, 3, 4])
+    # Halves until the small one ends at 2 s (the big one has 200 B left), then the big one alone;
+    # a layer already held (0 bytes) is done at once.
+    assert download_done([300, 100, 0], 100, 3) == pytest.approx([4, 2, 0])
+    # 0: every layer at once (containerd's fetch).
+    assert download_done([100, 100, 100, 100], 100, 0) == pytest.approx([4, 4, 4, 4])
+
+
+def test_unpacking_overlaps_the_downloads_only_where_the_engine_does():
+    small_first = ((100, 100), (300, 300))     # bytes downloaded, bytes unpacked; 100 B/s = 800 bit/s
+    # Docker Engine: the small layer is in at 2 s and unpacked (1 s + 0.5 s a layer) while the big
+    # one still downloads (in at 4 s), which then takes 3.5 s: 7.5 s.
+    assert pull_seconds(small_first, 800, PIPELINES[DOCKER], 100, 0.5) == pytest.approx(7.5)
+    # containerd (ctr): every download first (4 s), then both unpacks: 4 + 1.5 + 3.5.
+    assert pull_seconds(small_first, 800, PIPELINES[CONTAINERD], 100, 0.5) == pytest.approx(9)
+    # Big one first: its unpack can only start at 4 s, so overlapping gains nothing.
+    big_first = small_first[::-1]
+    assert pull_seconds(big_first, 800, PIPELINES[DOCKER], 100, 0.5) == pytest.approx(9)
+    # A blob held but its chain new (containerd): unpacked, nothing downloaded; a chain held: only
+    # downloaded (None), no unpack and no per-layer work.
+    assert pull_seconds(((0, 50),), 800, PIPELINES[CONTAINERD], 100, 0.5) == pytest.approx(1.0)
+    assert pull_seconds(((100, None),), 800, PIPELINES[CONTAINERD], 100, 0.5) == pytest.approx(1.0)
+
+
+def test_seconds_of_a_pull_add_the_stages_and_fall_back_to_the_sum():
+    costs = EngineCosts(per_pull=0.25, per_layer=0.5, source="test", unpack_rate=100)
+    staged = Pull(410, 2, 400, (((100, 100), (300, 300)),))   # 10 B of manifests beside the layers
+    # per pull + the manifests' 10 B at 100 B/s + the pipeline's 7.5 s
+    assert costs.seconds(staged, 1, 800, DOCKER) == pytest.approx(0.25 + 0.1 + 7.5)
+    # Without the kind (or the layers): link + per layer + unpack, summed.
+    assert costs.seconds(staged, 1, 800) == pytest.approx(4.1 + 1.0 + 0.25 + 4.0)

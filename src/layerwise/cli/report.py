@@ -342,9 +342,11 @@ def bench_summary(report) -> list[str]:
             line = (f"{kind}, {order} order: monthly updates {format_size(b['measured'])} measured "
                     f"({format_size(b['predicted'])} predicted) vs floor {format_size(b['floor'])}"
                     f" = {b['measured'] / b['floor']:.2f}× floor" if b["floor"] else "")
-            line += (f"; {format_seconds(s['measured'])} measured ({format_seconds(s['predicted'])} predicted) "
-                     f"vs the floor's unpack {format_seconds(s['floor_unpack'])}"
-                     + (f" = {s['measured'] / s['floor_unpack']:.2f}×" if s["floor_unpack"] else ""))
+            line += (f"; {format_seconds(s['measured'])} measured ({format_seconds(s['predicted'])} predicted)"
+                     + (f" vs the floor's {format_seconds(s['floor_measured'])} measured "
+                        f"({format_seconds(s['floor_predicted'])} predicted) = "
+                        f"{s['measured'] / s['floor_measured']:.2f}× floor" if s.get("floor_measured") else "")
+                     + f", of which the floor's unpacking {format_seconds(s['floor_unpack'])}")
             if p:
                 line += f"; update of {p['category']} = {100 * p['measured']:.2f}% of a cold pull"
             lines.append(line)

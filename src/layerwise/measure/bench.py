@@ -15,7 +15,8 @@ Every process it starts is stopped on the way out, Ctrl-C included; the registry
 from __future__ import annotations
 
 import gzip
-import itertools
+import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -38,7 +39,9 @@ from ..oci.policy import RegistryPolicy
 from ..oci.reference import Reference
 from ..oci.registry import Registry
 from ..plan import contexts
-from ..plan.cost import CONTAINERD, DOCKER, DOCKER_CONTAINERD, EngineCosts, Pull, predict_pulls
+from ..oci.mediatypes import OCI_MANIFEST
+from ..plan.cost import (CONTAINERD, DOCKER, DOCKER_CONTAINERD, PIPELINES, EngineCosts, Pull, Stage, download_done,
+                         predict_pulls, pull_seconds)
 from ..plan.model import Plan, sha256_text
 from ..plan.planner import choose_order, order_of
 from ..plan.spec import Stack, load_stack, read_yaml
@@ -64,6 +67,7 @@ class Case:
     runs: list[float] = field(default_factory=list)   # seconds of each run
     predicted_seconds: float = 0.0      # the fitted time model's
     floor_digests: list[str] = field(default_factory=list)   # the blobs of the content that changed
+    stages: tuple[Stage, ...] = ()      # per image pulled, the layers it downloads or unpacks (predicted)
 
     @property
     def error(self) -> float:
@@ -79,7 +83,7 @@ class Case:
 
     @property
     def pull(self) -> Pull:
-        return Pull(self.predicted, self.layers, self.unpacked)
+        return Pull(self.predicted, self.layers, self.unpacked, self.stages)
 
 
 @dataclass
@@ -93,7 +97,8 @@ class BenchReport:
 
     def goals(self) -> dict:
         """Per host kind and order: monthly update bytes and seconds (the stack file's rates) against
-        the floor, and the patch of the first category against a cold pull; measured and predicted."""
+        the floor, and the patch of the first category against a cold pull; measured and predicted.
+        The floor's seconds are measured too: pulls of the changed layers alone (`floor_images`)."""
         out: dict = {}
         first = next(iter(self.orders.get("stack", [])), None)
         for kind in sorted({c.host_kind for c in self.cases}):
@@ -102,6 +107,8 @@ class BenchReport:
                          if c.host_kind == kind and c.variant == "layered" and c.order == order}
                 updates = [(self.rates.get(n.split(" ", 1)[1], 0.0), c) for n, c in cases.items()
                            if n.startswith("update ")]
+                floors = [(self.rates.get(n.split(" ", 1)[1], 0.0), c) for n, c in cases.items()
+                          if n.startswith("floor ")]
                 if not updates:
                     continue
                 costs = self.engine_costs.get(kind, {})
@@ -116,6 +123,8 @@ class BenchReport:
                                       "floor": round(floor_bytes)},
                     "monthly_seconds": {"measured": round(sum(r * c.seconds for r, c in updates), 3),
                                         "predicted": round(sum(r * c.predicted_seconds for r, c in updates), 3),
+                                        "floor_measured": round(sum(r * c.seconds for r, c in floors), 3),
+                                        "floor_predicted": round(sum(r * c.predicted_seconds for r, c in floors), 3),
                                         "floor_unpack": round(floor_unpack, 6)},
                     "patch_of_cold": ({"category": first, "measured": round(patch.measured / cold.measured, 6),
                                        "predicted": round(patch.predicted / cold.predicted, 6)}
@@ -139,7 +148,8 @@ class BenchReport:
                        "measured_bytes": c.measured, "header_bytes": c.headers,
                        "predicted_bytes": c.predicted, "error": round(c.error, 6), "layers": c.layers,
                        "unpacked_bytes": c.unpacked, "changed_bytes": c.floor,
-                       "changed_unpacked_bytes": c.floor_unpacked} for c in self.cases],
+                       "changed_unpacked_bytes": c.floor_unpacked,
+                       "stages": [[list(layer) for layer in stage] for stage in c.stages]} for c in self.cases],
         }
 
 
@@ -327,86 +337,129 @@ def uncompressed_sizes(registry: Registry, refs: list[str]) -> dict[str, int]:
     return out
 
 
+def floor_images(registry: Registry, refs: list[str], changed: set[str]) -> list[str]:
+    """The floor of an update as images to pull: per app in turn, the changed layers (blob digests)
+    no earlier one carries, alone on an empty root filesystem, in the app's own repository (which
+    holds the blobs) and pushed by digest, no tag. On a cold host they cost what any scheme must:
+    the changed content downloaded and unpacked once, and a pull of each app that has some."""
+    out: list[str] = []
+    taken: set[str] = set()
+    for ref, image in zip(refs, _images(registry, refs), strict=True):
+        picked = [layer for layer in image.layers if layer.digest in changed and layer.digest not in taken]
+        if not picked:
+            continue
+        taken.update(layer.digest for layer in picked)
+        name = Reference.parse(ref).repository
+        source = json.loads(image.config_raw)
+        config = _canonical({"architecture": source.get("architecture", "amd64"), "os": source.get("os", "linux"),
+                             "config": {}, "rootfs": {"type": "layers", "diff_ids": [l.diff_id for l in picked]}})
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        registry.upload_blob(name, config_digest, config, len(config))
+        manifest = json.loads(image.manifest_raw or b"{}")
+        media_type = manifest.get("mediaType") or OCI_MANIFEST
+        descriptors = {d["digest"]: d for d in manifest.get("layers", [])}
+        raw = _canonical({"schemaVersion": 2, "mediaType": media_type,
+                          "config": {**manifest["config"], "digest": config_digest, "size": len(config)},
+                          "layers": [descriptors[layer.digest] for layer in picked]})
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        registry.put_manifest_bytes(name, digest, raw, media_type)
+        out.append(f"{Reference.parse(ref).registry}/{name}@{digest}")
+    return out
+
+
+def _canonical(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+SHORT_CASE_SECONDS = 1.0     # a case this quick gets three times the runs: its noise is a larger share
+
+
 def run_cases(host, proxy, registry: Registry, cases: list[Case], setups: dict[str, list[str]],
               say: Say, runs: int = 1, unpacked: dict[str, int] | None = None) -> None:
-    """Each case `runs` times on a cold host: setup pulls straight from the registry, measured pulls
-    through the throttled proxy; the case's seconds are the median of its runs."""
+    """Each case `runs` times on a cold host (three times that for a case under SHORT_CASE_SECONDS):
+    setup pulls straight from the registry, measured pulls through the throttled proxy; the case's
+    seconds are the median of its runs. Before each measured pull the host's disk is synced, so that
+    no case pays for the writeback of the one before or of its own setup."""
     for case in cases:
         held = setups.get(f"{case.name}/{case.variant}/{case.order}", [])
         predicted = predict_pulls(_images(registry, case.pulls), _images(registry, held), host.kind, unpacked)
         case.predicted, case.layers, case.unpacked = predicted.bytes, predicted.layers, predicted.unpacked
+        case.stages = predicted.stages
         case.runs = []
-        for _ in range(runs):
+        wanted = runs
+        while len(case.runs) < wanted:
             host.wipe()
             for ref in held:
                 host.pull(ref)
+            os.sync()
             proxy.reset_counters()
             case.runs.append(sum(host.pull(_via(proxy.port, ref)) for ref in case.pulls))
             traffic = proxy.reset_counters()
             case.measured = max(case.measured, traffic.body_down)
             case.headers = max(case.headers, traffic.bytes_down - traffic.body_down)
+            if len(case.runs) == runs and statistics.median(case.runs) < SHORT_CASE_SECONDS:
+                wanted = 3 * runs
         case.seconds = statistics.median(case.runs)
         say(f"{host.kind:<17} {case.family:<22} {case.name:<28} {case.seconds:6.1f} s (median of "
             f"{len(case.runs)})  {case.measured:>12,} B measured, {case.predicted:>12,} B predicted")
 
 
-def fit_engine_costs(cases: list[Case], bandwidth_bps: float) -> dict[str, float]:
-    """Least squares, none negative, for the seconds beside the link's: per pull, per layer
-    downloaded and per byte unpacked (its inverse is the unpack rate). Every subset of the three is
-    solved and the best fit with no negative cost is kept (three unknowns: eight subsets).
+def fit_engine_costs(cases: list[Case], bandwidth_bps: float, host_kind: str) -> dict[str, float]:
+    """The engine costs that make the time model (`EngineCosts.seconds`, through the kind's pipeline)
+    fit these pulls best: per pull, per layer unpacked and the unpack rate, none negative.
 
-    The errors minimized are relative (each case's row divided by its measured seconds): the model is
-    judged by its error in per cent of each case, and an absolute fit lets the 10-second pulls set a
-    per-pull cost that triples a 0.1-second one."""
-    rows = []
+    The errors minimized are relative (each case's error over its measured seconds): the model is
+    judged in per cent of each case, and an absolute fit lets the 10-second pulls set a per-pull cost
+    that triples a 0.1-second one. The unpack rate and the per-layer cost sit inside the pipeline
+    (an unpack waits for its download), so they are searched on a grid, coarse then fine; for each
+    pair the per-pull cost, linear, is solved exactly."""
+    pipeline = PIPELINES[host_kind]
+    bytes_per_second = bandwidth_bps / 8
+    # What does not depend on the costs, once: when each layer's download ends, and the link time of
+    # the bytes outside the layers.
+    prepared = []
     for c in cases:
-        weight = 1 / max(c.seconds, 0.01)
-        rows.append(((len(c.pulls) * weight, c.layers * weight, c.unpacked * weight),
-                     (c.seconds - c.measured * 8 / bandwidth_bps) * weight))
-    best: tuple[float, tuple[float, float, float]] = (sum(r * r for _, r in rows), (0.0, 0.0, 0.0))
-    for size in (1, 2, 3):
-        for chosen in itertools.combinations(range(3), size):
-            solved = _least_squares([[x[i] for i in chosen] for x, _ in rows], [r for _, r in rows])
-            if solved is None or any(v < 0 for v in solved):
-                continue
-            coef = [0.0, 0.0, 0.0]
-            for i, v in zip(chosen, solved, strict=True):
-                coef[i] = v
-            residual = sum((r - sum(a * b for a, b in zip(x, coef, strict=True))) ** 2 for x, r in rows)
-            if residual < best[0] - 1e-12:
-                best = (residual, (coef[0], coef[1], coef[2]))
-    per_pull, per_layer, per_byte = best[1]
-    return {"per_pull": round(per_pull, 4), "per_layer": round(per_layer, 4),
-            "unpack_rate": round(1 / per_byte) if per_byte > 0 else 0}
+        staged = sum(d for stage in c.stages for d, _ in stage)
+        done = [download_done([d for d, _ in stage], bytes_per_second, pipeline.downloads) for stage in c.stages]
+        prepared.append((c, max(0, c.predicted - staged) / bytes_per_second, done, 1 / max(c.seconds, 0.01)))
+
+    def fitted(rate: float, per_layer: float) -> tuple[float, float]:
+        """(residual, per pull) for this unpack rate and cost per layer."""
+        rows = []
+        for c, extra, done, weight in prepared:
+            model = extra + sum(pull_seconds(stage, bandwidth_bps, pipeline, rate, per_layer, ends)
+                                for stage, ends in zip(c.stages, done, strict=True))
+            rows.append((len(c.pulls) * weight, (c.seconds - model) * weight))
+        squares = sum(x * x for x, _ in rows)
+        per_pull = max(0.0, sum(x * y for x, y in rows) / squares) if squares else 0.0
+        return sum((y - per_pull * x) ** 2 for x, y in rows), per_pull
+
+    def best_of(rates: list[float], per_layers: list[float], best: tuple) -> tuple:
+        for rate in rates:
+            for per_layer in per_layers:
+                residual, per_pull = fitted(rate, per_layer)
+                if residual < best[0] - 1e-12:
+                    best = (residual, per_pull, per_layer, rate)
+        return best
+
+    # Unpack rates from 10 MB/s to 10 GB/s (0: unpacking hidden), per layer 0 to 0.2 s; then around
+    # the best pair, in steps halved each round.
+    rates = [0.0] + [10e6 * 1.15 ** i for i in range(50)]
+    best = best_of(rates, [0.005 * i for i in range(41)], (float("inf"), 0.0, 0.0, 0.0))
+    for round_ in range(1, 8):
+        _, _, per_layer, rate = best
+        ratio, step = 1.15 ** (1 / 2 ** round_), 0.005 / 2 ** round_
+        best = best_of([rate * ratio ** i for i in range(-4, 5)] if rate else [0.0],
+                       [per_layer + step * i for i in range(-4, 5) if per_layer + step * i >= 0], best)
+    _, per_pull, per_layer, rate = best
+    return {"per_pull": round(per_pull, 4), "per_layer": round(per_layer, 4), "unpack_rate": round(rate)}
 
 
-def _least_squares(x: list[list[float]], y: list[float]) -> list[float] | None:
-    """The normal equations, solved by Gaussian elimination; None when they are singular. Columns
-    are scaled to unit length first: pulls count in ones, unpacked bytes in hundreds of millions."""
-    n = len(x[0])
-    norms = [sum(row[i] ** 2 for row in x) ** 0.5 for i in range(n)]
-    if not all(norms):
-        return None
-    x = [[row[i] / norms[i] for i in range(n)] for row in x]
-    a = [[sum(row[i] * row[j] for row in x) for j in range(n)] + [sum(row[i] * v for row, v in zip(x, y, strict=True))]
-         for i in range(n)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        if abs(a[pivot][col]) < 1e-9:
-            return None
-        a[col], a[pivot] = a[pivot], a[col]
-        for r in range(n):
-            if r != col:
-                f = a[r][col] / a[col][col]
-                a[r] = [v - f * w for v, w in zip(a[r], a[col], strict=True)]
-    return [a[i][n] / a[i][i] / norms[i] for i in range(n)]
-
-
-def predict_seconds(cases: list[Case], costs: dict[str, float], bandwidth_bps: float) -> None:
+def predict_seconds(cases: list[Case], costs: dict[str, float], bandwidth_bps: float, host_kind: str) -> None:
     """Each case's seconds as the time model gives them with the fitted costs."""
-    model = EngineCosts(costs["per_pull"], costs["per_layer"], "measured", costs["unpack_rate"] or float("inf"))
+    model = EngineCosts(costs["per_pull"], costs["per_layer"], "measured", costs["unpack_rate"])
     for c in cases:
-        c.predicted_seconds = model.seconds(c.pull, len(c.pulls), bandwidth_bps)
+        c.predicted_seconds = model.seconds(c.pull, len(c.pulls), bandwidth_bps, host_kind)
 
 
 def loopback_policy(stack: Family, flags: tuple[str, ...] = ()) -> RegistryPolicy:
@@ -469,6 +522,9 @@ def _layered_cases(stack: Stack, plan: Plan, order: str, updates: bool, work: Pa
         case.floor, case.floor_digests = sum(changed.values()), sorted(changed)
         cases.append(case)
         setups[f"{name}/layered/{order}"] = [layered[a] for a in apps]
+        floor = floor_images(registry, case.pulls, set(changed))
+        if floor:       # pulled on a cold host: the changed content alone
+            cases.append(Case(f"floor {cat.name}", "layered", "", floor, order=order))
     return cases
 
 
@@ -548,8 +604,8 @@ def bench_pull(stack_path: Path, bandwidth_bps: float, host_kinds: list[str], *,
                         report.not_run[kind] = str(e)
                         continue
                     report.cases += kind_cases
-                    report.engine_costs[kind] = fit_engine_costs(kind_cases, bandwidth_bps)
-                    predict_seconds(kind_cases, report.engine_costs[kind], bandwidth_bps)
+                    report.engine_costs[kind] = fit_engine_costs(kind_cases, bandwidth_bps, kind)
+                    predict_seconds(kind_cases, report.engine_costs[kind], bandwidth_bps, kind)
         with locked(stack.path):      # not while a build of the stack writes it
             state = load_state(stack.path)
             state.pull_costs.update(report.engine_costs)

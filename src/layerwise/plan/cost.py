@@ -151,33 +151,39 @@ def as_built(ids: Ids, steps: Iterable[tuple[Step, bool]], variant: str = PLANNE
     return out, Below(chain, content_below, rebuilt)
 
 
+# One image pull: per layer it downloads or unpacks, bottom first, (bytes downloaded, 0 if held;
+# bytes unpacked, None if its chain is held).
+Stage = tuple[tuple[int, int | None], ...]
+
+
 @dataclass
 class Pull:
     """What one host downloads in one case: bytes and layers over the link, and the uncompressed
-    bytes of the layers it unpacks (every layer whose chain it did not hold)."""
+    bytes of the layers it unpacks (every layer whose chain it did not hold). `stages`: the same
+    layers per image pulled, for the time model (`pull_seconds`); empty where only the totals are
+    known, and the seconds are then their sum."""
     bytes: int
     layers: int
     unpacked: int = 0
+    stages: tuple[Stage, ...] = ()
 
     def __iadd__(self, other: "Pull") -> "Pull":
         self.bytes += other.bytes
         self.layers += other.layers
         self.unpacked += other.unpacked
+        self.stages += other.stages
         return self
 
 
-def _distinct(wanted: Iterable[HostLayer], key: Callable[[HostLayer], Key],
-              held: Container[Key] = (), unpack_key: Callable[[HostLayer], Key] | None = None) -> Pull:
-    unpack_key = unpack_key or _chain
+def _distinct(wanted: Iterable[HostLayer], key: Callable[[HostLayer], Key], held: Container[Key] = ()) -> Pull:
     sizes: dict[Key, int] = {}
     unpack: dict[Key, int] = {}
     for h in wanted:
         k = key(h)
         if k not in held:
             sizes[k] = h.size
-        u = unpack_key(h)
-        if u not in held:
-            unpack[u] = h.unpacked
+        if h.chain not in held:
+            unpack[h.chain] = h.unpacked
     return Pull(sum(sizes.values()), len(sizes), sum(unpack.values()))
 
 
@@ -206,6 +212,23 @@ def host_key(host_kind: str) -> Callable[[HostLayer], Key]:
     return _chain if host_kind == DOCKER else _blob
 
 
+def stage_of(layers: Iterable[HostLayer], key: Callable[[HostLayer], Key], held: Container[Key],
+             fetched: set[Key]) -> Stage:
+    """One image pull for the time model: each layer it downloads (`key` neither held nor fetched
+    by an earlier pull of the same host) or unpacks (its chain likewise), bottom first. Adds what it
+    takes to `fetched`."""
+    stage = []
+    for h in layers:
+        blob, chain = key(h), h.chain
+        down = blob not in held and blob not in fetched
+        unpack = chain not in held and chain not in fetched
+        if down or unpack:
+            fetched.add(blob)
+            fetched.add(chain)
+            stage.append((h.size if down else 0, h.unpacked if unpack else None))
+    return tuple(stage)
+
+
 def holding(layers: Iterable[HostLayer]) -> set[Key]:
     """What a host holding `layers` holds: their chains (unpacked) and their blobs (downloaded).
     Chain ids and blob ids never collide (one `Ids` table, or digests against integers)."""
@@ -227,8 +250,14 @@ def _content(h: HostLayer) -> Key:
 
 
 def content_pull(layers: Iterable[HostLayer], held: Container[Key] = ()) -> Pull:
-    """The floor: content not in `held`, each counted once, downloaded and unpacked once."""
-    return _distinct(layers, _content, held, _content)
+    """The floor: content not in `held`, each counted once, downloaded and unpacked once; its one
+    stage is those layers alone."""
+    seen: dict[Key, HostLayer] = {}
+    for h in layers:
+        if h.content not in held:
+            seen[h.content] = h
+    stage = tuple((h.size, h.unpacked) for h in seen.values())
+    return Pull(sum(s for s, _ in stage), len(stage), sum(u for _, u in stage), (stage,) if stage else ())
 
 
 def content_bytes(layers: Iterable[HostLayer], held: Container[Key] = ()) -> int:
@@ -318,11 +347,31 @@ class PlanCosts:
         union = self.union(apps)
         built = self._nodes(variant, None)
         if updated is None:
-            return pulled((h for k in union for h in built[k][0]), host_kind)
+            out = pulled((h for k in union for h in built[k][0]), host_kind)
+            out.stages = self._stages(apps, host_kind, built, None, set())
+            return out
         after = self._nodes(variant, updated)
         held = holding(h for k in union for h in built[k][0])
         # Nodes left as built hold nothing new; only rebuilt ones are looked at.
-        return pulled((h for k in union if after[k] is not built[k] for h in after[k][0]), host_kind, held)
+        out = pulled((h for k in union if after[k] is not built[k] for h in after[k][0]), host_kind, held)
+        out.stages = self._stages(apps, host_kind, after, built, held)
+        return out
+
+    def _stages(self, apps: tuple[str, ...], host_kind: str, nodes: dict, unchanged: dict | None,
+                held: set[Key]) -> tuple[Stage, ...]:
+        """The host's pulls one app after the other, each its layers bottom first: what each
+        downloads (its kind's key not held nor fetched before) and unpacks (its chain likewise).
+        `unchanged`: nodes as built, skipped (they hold nothing new) when looking at an update."""
+        key = host_key(host_kind)
+        fetched: set[Key] = set()
+        out = []
+        for app in apps:
+            stage = stage_of((h for k in self._paths[app] if unchanged is None or nodes[k] is not unchanged[k]
+                              for h in nodes[k][0]), key, held, fetched)
+            self.work += len(stage)
+            if stage:
+                out.append(stage)
+        return tuple(out)
 
     def arrivals(self, apps: tuple[str, ...], key: Callable[[HostLayer], Key],
                  variant: str = PLANNED) -> dict[str, Pull]:
@@ -358,7 +407,8 @@ class PlanCosts:
                 above = out[None]
                 for category, pull in own.items():
                     out[category] = Pull(pull.bytes + above.bytes, pull.layers + above.layers,
-                                         pull.unpacked + above.unpacked)
+                                         pull.unpacked + above.unpacked,
+                                         (pull.stages[0] + (above.stages[0] if above.stages else ()),))
             self._flat[app] = out
         return self._flat[app]
 
@@ -366,11 +416,12 @@ class PlanCosts:
         """One image's own layers (None) and, per category, its layers from that category's first step."""
         if key not in self._flat_nodes:
             self.work += 1
-            out: dict[str | None, Pull] = {None: Pull(0, 0)}
+            out: dict[str | None, Pull] = {None: Pull(0, 0, 0, ((),))}
             for s in reversed(self.plan.image(key).steps):
                 if s.creates_layer:
-                    out[None] = Pull(out[None].bytes + (s.size or 0), out[None].layers + 1,
-                                     out[None].unpacked + s.unpacked)
+                    top = out[None]
+                    out[None] = Pull(top.bytes + (s.size or 0), top.layers + 1, top.unpacked + s.unpacked,
+                                     (((s.size or 0, s.unpacked),) + top.stages[0],))
                 out[s.category] = out[None]
             self._flat_nodes[key] = out
         return self._flat_nodes[key]
@@ -402,7 +453,8 @@ class PlanCosts:
         return self.floor_pull(apps, updated).bytes
 
     def floor_pull(self, apps: tuple[str, ...], updated: str | None = None) -> Pull:
-        """The floor as a pull: the changed content only, downloaded and unpacked once."""
+        """The floor as a pull: the changed content only, downloaded and unpacked once (one pull of
+        those layers alone, for the time model)."""
         if updated is None:
             return content_pull(self.host_layers(apps))
         return content_pull(h for h in self.host_layers(apps, PLANNED, updated) if h.category == updated)
@@ -529,18 +581,90 @@ def summarize(plan: Plan, host_kind: str = DOCKER, costs: PlanCosts | None = Non
 # ----------------------------------------------------------------------------- fleet simulation
 
 @dataclass(frozen=True)
+class Pipeline:
+    """How an engine schedules one image pull: `downloads` layers at once sharing the link (0: all
+    of them), and whether it unpacks each layer as soon as it and the one below are in (`overlap`),
+    or only once every download is done."""
+    downloads: int
+    overlap: bool
+
+
+PIPELINES = {
+    # moby's distribution/xfer LayerDownloadManager: max-concurrent-downloads (3 by default); each
+    # layer is registered (unpacked) when its download is done and its parent is registered. Seen in
+    # the engine's pull progress: the 4th download starts when one of 3 ends, extracting follows in
+    # order, the 268 MB model layer's while the layers above it still download.
+    DOCKER: Pipeline(downloads=3, overlap=True),
+    # dockerd on the containerd store pulls through containerd's client.Pull with WithPullUnpack: its
+    # unpacker fetches (dockerd's limit, 3) and applies each layer once fetched, in order. Read, not
+    # measured here (the machine's dockerd predates the store).
+    DOCKER_CONTAINERD: Pipeline(downloads=3, overlap=True),
+    # What the bench's containerd host runs: `ctr images pull` (containerd 1.6, its local path,
+    # cmd/ctr/commands/images/pull.go): content.Fetch of every blob at once, then Image.Unpack.
+    CONTAINERD: Pipeline(downloads=0, overlap=False),
+}
+
+
+def download_done(sizes: list[int], bytes_per_second: float, downloads: int) -> list[float]:
+    """When each layer's download ends: layers start in order, at most `downloads` at once (0: all),
+    sharing the link equally; a layer of 0 bytes (held) is done at once."""
+    done = [0.0] * len(sizes)
+    waiting = [i for i, size in enumerate(sizes) if size > 0]
+    waiting.reverse()                         # pop() takes the lowest layer first
+    active: dict[int, float] = {}             # layer -> bytes left
+    now = 0.0
+    while waiting or active:
+        while waiting and (downloads <= 0 or len(active) < downloads):
+            i = waiting.pop()
+            active[i] = float(sizes[i])
+        share = bytes_per_second / len(active)
+        first = min(active.values())
+        now += first / share
+        for i in list(active):
+            active[i] -= first
+            if active[i] <= 1e-6 * sizes[i]:
+                del active[i]
+                done[i] = now
+    return done
+
+
+def pull_seconds(stage: Stage, bandwidth_bps: float, pipeline: Pipeline, unpack_rate: float,
+                 per_layer: float, done: list[float] | None = None) -> float:
+    """One image pull's layers through the engine's pipeline: downloads sharing the link, then each
+    layer unpacked in order (uncompressed bytes / unpack rate + the fixed work of a layer). `done`:
+    `download_done` of the stage, when already known."""
+    if done is None:
+        done = download_done([d for d, _ in stage], bandwidth_bps / 8, pipeline.downloads)
+    unpacks = [(i, u / unpack_rate if unpack_rate else 0.0) for i, (_, u) in enumerate(stage) if u is not None]
+    last = max(done, default=0.0)
+    if not pipeline.overlap:
+        return last + sum(t + per_layer for _, t in unpacks)
+    at = 0.0
+    for i, t in unpacks:
+        at = max(at, done[i]) + t + per_layer
+    return max(at, last)
+
+
+@dataclass(frozen=True)
 class EngineCosts:
-    """Fixed work per pull and per layer downloaded, and the rate layers are unpacked at, beside
-    the bytes."""
+    """Fixed work per pull and per layer unpacked, and the rate layers are unpacked at, beside the
+    bytes."""
     per_pull: float
     per_layer: float
     source: str          # "fleet file", "measured" or "assumed"
     unpack_rate: float = 100e6    # uncompressed bytes per second; 0: no time beside the link's
-    #                               (a fit that finds unpacking hidden in the download, as on dockerd)
 
-    def seconds(self, pull: Pull, pulls: int, bandwidth_bps: float) -> float:
-        """The time model: bytes over the link + per pull + per layer downloaded + unpacking. A pull
-        that finds every layer held still costs its per-pull time (manifest, config, bookkeeping)."""
+    def seconds(self, pull: Pull, pulls: int, bandwidth_bps: float, host_kind: str | None = None) -> float:
+        """The time model: per pull (manifest, config, bookkeeping: a pull that finds every layer held
+        still costs it) + each image pull's layers through the host kind's pipeline
+        (`pull_seconds`) + the bytes outside any layer (manifests, configs) over the link. Without
+        the layers (`pull.stages`) or the kind: the sum of link time, per layer and unpacking."""
+        if pull.stages and host_kind is not None:
+            pipeline = PIPELINES[host_kind]
+            staged = sum(d for stage in pull.stages for d, _ in stage)
+            return (pulls * self.per_pull + max(0, pull.bytes - staged) * 8 / bandwidth_bps
+                    + sum(pull_seconds(stage, bandwidth_bps, pipeline, self.unpack_rate, self.per_layer)
+                          for stage in pull.stages))
         return (pull.bytes * 8 / bandwidth_bps + pull.layers * self.per_layer + pulls * self.per_pull
                 + (pull.unpacked / self.unpack_rate if self.unpack_rate else 0.0))
 
@@ -560,11 +684,12 @@ class Estimate:
     layers: float = 0.0
     unpacked: float = 0.0
 
-    def add(self, pull: Pull, pulls: int, rate: float, bandwidth_bps: float, costs: EngineCosts) -> None:
+    def add(self, pull: Pull, pulls: int, rate: float, bandwidth_bps: float, costs: EngineCosts,
+            host_kind: str | None = None) -> None:
         self.bytes += rate * pull.bytes
         self.layers += rate * pull.layers
         self.unpacked += rate * pull.unpacked
-        self.seconds += rate * costs.seconds(pull, pulls, bandwidth_bps)
+        self.seconds += rate * costs.seconds(pull, pulls, bandwidth_bps, host_kind)
 
     def to_dict(self) -> dict:
         return {"bytes": round(self.bytes), "seconds": round(self.seconds, 3), "layers": round(self.layers, 3),
@@ -618,18 +743,18 @@ def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: in
     first = next(iter(plans.values()))[0]
     for label, (plan_costs, variant) in plans.items():
         cold[label] = Estimate()
-        cold[label].add(plan_costs.pull(apps, host_kind, variant), len(apps), 1, bandwidth_bps, costs)
+        cold[label].add(plan_costs.pull(apps, host_kind, variant), len(apps), 1, bandwidth_bps, costs, host_kind)
         monthly[label] = Estimate()
         for category, rate in rates.items():
             if rate:
                 pulls = sum(plan_costs.has_category(a, category) for a in apps)
                 monthly[label].add(plan_costs.pull(apps, host_kind, variant, category), pulls,
-                                   rate, bandwidth_bps, costs)
+                                   rate, bandwidth_bps, costs, host_kind)
     floor = Estimate()
     for category, rate in rates.items():
         if rate:
             floor.add(first.floor_pull(apps, category), sum(first.has_category(a, category) for a in apps),
-                      rate, bandwidth_bps, costs)
+                      rate, bandwidth_bps, costs, host_kind)
     return GroupResult(name, count, apps, host_kind, bandwidth_bps, cold, monthly,
                        first.floor(apps), floor.bytes, costs, floor.seconds, floor)
 
@@ -724,6 +849,9 @@ def predict_pulls(pulls: list[Image], held: list[Image], host_kind: str,
     come from the registry."""
     ids = Ids()
     have = holding(h for image in held for h in registry_layers(ids, image, unpacked))
-    layers = pulled((h for image in pulls for h in registry_layers(ids, image, unpacked)), host_kind, have)
+    wanted = [registry_layers(ids, image, unpacked) for image in pulls]
+    layers = pulled((h for image in wanted for h in image), host_kind, have)
+    fetched: set[Key] = set()
+    stages = tuple(stage_of(image, host_key(host_kind), have, fetched) for image in wanted)
     return Pull(layers.bytes + sum(len(image.manifest_raw or b"") + len(image.config_raw) for image in pulls),
-                layers.layers, layers.unpacked)
+                layers.layers, layers.unpacked, stages)
