@@ -35,13 +35,23 @@ from ..family.loader import Family, ImportedFamily, load_family
 from ..family.state import LOCK_SUFFIX, STATE_FILE, load_state, locked
 from ..oci.engine import BuildOptions
 from ..oci.images import RegistryImage
+from ..oci.mediatypes import OCI_MANIFEST
 from ..oci.policy import RegistryPolicy
 from ..oci.reference import Reference
 from ..oci.registry import Registry
 from ..plan import contexts
-from ..oci.mediatypes import OCI_MANIFEST
-from ..plan.cost import (CONTAINERD, DOCKER, DOCKER_CONTAINERD, PIPELINES, EngineCosts, Pull, Stage, download_done,
-                         predict_pulls, pull_seconds)
+from ..plan.cost import (
+    CONTAINERD,
+    DOCKER,
+    DOCKER_CONTAINERD,
+    PIPELINES,
+    EngineCosts,
+    Pull,
+    Stage,
+    download_done,
+    predict_pulls,
+    pull_seconds,
+)
 from ..plan.model import Plan, sha256_text
 from ..plan.planner import choose_order, order_of
 from ..plan.spec import Stack, load_stack, read_yaml
