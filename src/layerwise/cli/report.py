@@ -130,8 +130,12 @@ def order_tables(summary) -> list:
         return "; ".join(sorted(f"{k}: {c.per_pull:g} s/pull, {c.per_layer:g} s/layer, unpacks "
                                 f"{c.unpack_rate / 1e6:.3g} MB/s ({c.source})" for k, c in engine.items()))
 
-    fleet_costs = (f" The fleet's row, as simulate takes them: {costs(summary.fleet_engine)} (the order itself "
-                   "is judged with the fleet file's costs, else assumed ones)." if summary.fleet else "")
+    fleet_costs = ""
+    if summary.fleet:
+        same = all(summary.engine.get(k) == c for k, c in summary.fleet_engine.items())
+        fleet_costs = (" The fleet's row: the same" if same else
+                       f" The fleet's row, as simulate takes them: {costs(summary.fleet_engine)}")
+        fleet_costs += "; the order is judged with the fleet file's costs, else assumed ones."
     out.append(f"[dim]engine costs: {costs(summary.engine)}.{fleet_costs} Apply the recommended order with "
                "order: optimize in the stack file or --order optimize.[/]")
     return out

@@ -589,11 +589,11 @@ def _load_fleet(stack: Stack, written: str, line: int | None) -> Fleet:
     from .fleet import load_fleet  # here, not at the top: fleet.py imports this module
     path = stack.root / written
     try:
-        found, folder = path.is_file(), path.is_dir()
+        found, folder, there = path.is_file(), path.is_dir(), path.exists()
     except OSError:                 # e.g. a name too long for the file system
-        found = folder = False
+        found = folder = there = False
     if not found:
-        what = "is a folder" if folder else "is not there"
+        what = "is a folder" if folder else "is not a file" if there else "is not there"
         raise UserError(f"fleet: {written!r} {what}; give the path of a fleet file (see `simulate --fleet`), "
                         "relative to the stack file, or remove the key", stack.path, line)
     return load_fleet(path, stack)
