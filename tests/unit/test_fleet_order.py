@@ -157,7 +157,7 @@ def test_measured_engine_costs_do_not_change_the_choice(write_stack, tmp_path):
     # A fleet without engine costs of its own: the order is judged with the assumed ones, whatever
     # the bench measured since, so generate, build and bench all get one order.
     fleet = "bandwidth: 8Mbit\ngroups:\n  k8s: {count: 5, apps: [a], host_kind: containerd}\n"
-    path = write(write_stack, tmp_path, None, fleet_text=fleet)
+    path = write(write_stack, tmp_path, None, fleet_text=fleet, extra="order: optimize")
     before = choose_order(load_stack(path))
     plan_before = json.loads(run_cli("plan", str(path), "--json").stdout)["order"]
     # Costs that would pick the other order: unpacking at 1 MB/s makes every sec update that
@@ -172,6 +172,10 @@ def test_measured_engine_costs_do_not_change_the_choice(write_stack, tmp_path):
     assert choose_order(load_stack(path)) == before
     plan_after = json.loads(run_cli("plan", str(path), "--json").stdout)["order"]
     assert plan_after["orders"] == plan_before["orders"]
+    result = run_cli("generate", str(path), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    generated = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert tuple(c["name"] for c in generated["categories"]) == before.recommended
     # The fleet row shows what simulate would, with the measured costs.
     assert plan_after["fleet_engine_costs"]["containerd"]["source"] == "measured"
     assert plan_after["fleet_monthly"] != plan_before["fleet_monthly"]
@@ -193,6 +197,7 @@ def test_a_large_familys_sample_keeps_the_groups_it_reaches(write_stack, tmp_pat
 @pytest.mark.parametrize("fleet_value,fleet_text,message,where", [
     ("nowhere.yaml", None, "fleet: 'nowhere.yaml' is not there", "layerwise.yaml:4"),
     ("models", None, "fleet: 'models' is a folder", "layerwise.yaml:4"),
+    ("/dev/null", None, "fleet: '/dev/null' is not a file", "layerwise.yaml:4"),
     ("[fleet.yaml]", None, "fleet: Input should be a valid string", "layerwise.yaml:4"),
     ("fleet.yaml", "groups:\n  g: {apps: [a, z]}\n", "group 'g' runs 'z', which is not an app", "fleet.yaml:2"),
     ("fleet.yaml", "groups:\n  g: {apps: [a]}\nupdates: {code: 3}\n", "updates.code: not a category",
