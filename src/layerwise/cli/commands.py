@@ -149,7 +149,10 @@ def _order_summary(loaded, applied_plan, state):
     engine = {k: EngineCosts(**{f: v for f, v in c.items() if f in ("per_pull", "per_layer", "unpack_rate")},
                              source="measured") for k, c in state.pull_costs.items()}
     patched = choice.declared[0]
-    summary = compare_orders(plans, label, choice.reasons, patched, engine)
+    fleet = loaded.fleet.path if loaded.fleet else None     # named as the stack file names it
+    fleet_name = str(fleet.relative_to(loaded.root) if fleet and fleet.is_relative_to(loaded.root) else fleet or "")
+    summary = compare_orders(plans, label, choice.reasons, patched, engine, fleet=loaded.fleet,
+                             measured=state.pull_costs, fleet_name=fleet_name)
     other = plans.get("recommended") if order_of(loaded) != choice.recommended else None
     return summary, other
 

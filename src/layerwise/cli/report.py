@@ -6,6 +6,7 @@ import re
 import threading
 
 from rich.console import Console
+from rich.markup import escape as markup_escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -88,15 +89,18 @@ def cost_tables(summary: CostSummary) -> list[Table]:
 
 def order_tables(summary) -> list:
     """`plan`: the stack file's order of categories beside the recommended one and the floor, per
-    host kind (one host running every app), and why each category moved."""
+    host kind (one host running every app) and, with a fleet, for all its hosts; which hosts the
+    order was judged on, and why each category moved."""
     from ..units import format_seconds
     out: list = []
     for label, order in summary.orders.items():
         mark = "  [bold](applied)[/]" if label == summary.applied else ""
         out.append(f"{label + ' order:':<20} {' → '.join(order)}{mark}")
+    out.append(markup_escape(f"{'judged on:':<20} {judged_on_text(summary.judged_on)}"))
     labels = list(summary.orders)
-    t = Table(title=f"updates per month, one host running every app, {summary.bandwidth_bps / 1e6:g} Mbit/s: "
-                    "bytes / time", title_justify="left")
+    t = Table(title=f"updates per month, one host running every app, {summary.bandwidth_bps / 1e6:g} Mbit/s"
+                    f"{' (and every host of the fleet)' if summary.fleet else ''}: bytes / time",
+              title_justify="left")
     t.add_column("host kind")
     for label in labels:
         t.add_column(label, justify="right")
@@ -110,17 +114,40 @@ def order_tables(summary) -> list:
         floor = summary.floor[kind]
         t.add_row(kind, *(cell(by[l], floor) for l in labels),
                   f"{format_size(floor.bytes)} / {format_seconds(floor.seconds)}")
+    if summary.fleet:
+        floor = summary.fleet["floor"]
+        hosts = sum(g["count"] for g in summary.judged_on["groups"])
+        t.add_row(markup_escape(f"fleet {summary.judged_on['fleet']} ({hosts} hosts)"),
+                  *(cell(summary.fleet[l], floor) for l in labels),
+                  f"{format_size(floor.bytes)} / {format_seconds(floor.seconds)}")
     out.append(t)
     patched = {kind: "  ".join(f"{by[l] * 100:.1f}%" for l in labels) for kind, by in summary.security.items()}
     out.append(f"[dim]an update of {summary.patched} as a share of a cold pull ({', '.join(labels)}): "
                + "; ".join(f"{k} {v}" for k, v in patched.items()) + "[/]")
     for name, why in summary.reasons.items():
         out.append(f"  {name}: {why}")
-    costs = sorted({f"{k}: {c.per_pull:g} s/pull, {c.per_layer:g} s/layer, unpacks {c.unpack_rate / 1e6:.3g} MB/s "
-                    f"({c.source})" for k, c in summary.engine.items()})
-    out.append(f"[dim]engine costs: {'; '.join(costs)}. Apply the recommended order with order: optimize "
-               "in the stack file or --order optimize.[/]")
+    def costs(engine: dict) -> str:
+        return "; ".join(sorted(f"{k}: {c.per_pull:g} s/pull, {c.per_layer:g} s/layer, unpacks "
+                                f"{c.unpack_rate / 1e6:.3g} MB/s ({c.source})" for k, c in engine.items()))
+
+    fleet_costs = ""
+    if summary.fleet:
+        same = all(summary.engine.get(k) == c for k, c in summary.fleet_engine.items())
+        fleet_costs = (" The fleet's row: the same" if same else
+                       f" The fleet's row, as simulate takes them: {costs(summary.fleet_engine)}")
+        fleet_costs += "; the order is judged with the fleet file's costs, else assumed ones."
+    out.append(f"[dim]engine costs: {costs(summary.engine)}.{fleet_costs} Apply the recommended order with "
+               "order: optimize in the stack file or --order optimize.[/]")
     return out
+
+
+def judged_on_text(judged: dict) -> str:
+    """`OrderSummary.judged_on` in words: the fleet's groups, or the reference hosts."""
+    if "fleet" not in judged:
+        return (f"{judged['reference']} ({', '.join(judged['host_kinds'])}), "
+                f"{judged['bandwidth_bps'] / 1e6:g} Mbit/s, assumed engine costs")
+    groups = ", ".join(f"{g['name']} {g['count']}× {g['host_kind']}" for g in judged["groups"])
+    return f"the fleet {judged['fleet']}: {groups}"
 
 
 def size_note(summary: CostSummary) -> str:

@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .model import Plan, Step
 
-if TYPE_CHECKING:   # only a type here: the pure cost rules import no I/O
+if TYPE_CHECKING:   # only types here: the pure cost rules import no I/O
     from ..oci.images import Image
+    from .fleet import Fleet
 
 DOCKER, DOCKER_CONTAINERD, CONTAINERD = "docker", "docker-containerd", "containerd"
 ALL_HOST_KINDS = (DOCKER, DOCKER_CONTAINERD, CONTAINERD)   # what fleet files, plan, simulate, bench accept
@@ -779,18 +780,46 @@ def monthly_by_kind(plan: Plan, bandwidth_bps: float = ORDER_BANDWIDTH_BPS,
             for kind in ALL_HOST_KINDS}
 
 
-def order_objective(plan: Plan) -> tuple[float, float]:
-    """What a plan's order of categories costs a month: seconds summed over the host kinds
-    (`monthly_by_kind`), then bytes (compared as a pair)."""
-    by_kind = monthly_by_kind(plan)
-    return (round(sum(g.monthly["planned"].seconds for g in by_kind.values()), 6),
-            round(sum(g.monthly["planned"].bytes for g in by_kind.values())))
+def monthly_of_fleet(plan: Plan, fleet: Fleet, measured: dict[str, dict[str, float]] | None = None,
+                     costs: PlanCosts | None = None) -> list[GroupResult]:
+    """One host of each group of `fleet`, as `simulate` figures it: the group's apps, kind and link,
+    the fleet's update rates, the fleet file's engine costs, else `measured` ones (the state file's),
+    else the assumed ones. Only the apps of `plan` count (a sample of a large family): a group left
+    without apps is skipped."""
+    costs = costs or PlanCosts(plan)
+    rates = {c.name: fleet.updates.get(c.name, c.changes_per_month) for c in plan.categories}
+    out = []
+    for g in fleet.groups:
+        apps = tuple(a for a in g.apps if a in plan.apps)
+        if apps:
+            out.append(simulate_group({"planned": (costs, PLANNED)}, g.name, g.count, apps, g.host_kind,
+                                      g.bandwidth_bps, rates, fleet.engine_costs(g.host_kind, measured or {})))
+    return out
+
+
+def fleet_total(groups: Iterable[GroupResult], label: str | None = "planned") -> Estimate:
+    """Every host of the groups: count × one host's monthly updates (`label`), or the floor (None)."""
+    total = Estimate()
+    for g in groups:
+        one = g.monthly[label] if label else g.floor_detail
+        for part in ("bytes", "seconds", "layers", "unpacked"):
+            setattr(total, part, getattr(total, part) + g.count * getattr(one, part))
+    return total
+
+
+def order_objective(plan: Plan, fleet: Fleet | None = None) -> tuple[float, float]:
+    """What a plan's order of categories costs a month, in seconds, then bytes (compared as a
+    pair): over the fleet's hosts (never with measured engine costs: every command gets the same
+    order), or without a fleet over one reference host per kind (`monthly_by_kind`)."""
+    total = fleet_total(monthly_by_kind(plan).values() if fleet is None else monthly_of_fleet(plan, fleet))
+    return round(total.seconds, 6), round(total.bytes)
 
 
 @dataclass
 class OrderSummary:
     """`plan`'s comparison of orders of categories: per host kind, one host running every app, its
-    monthly updates under each order (label -> Estimate) and the floor (bytes and seconds)."""
+    monthly updates under each order (label -> Estimate) and the floor (bytes and seconds); with a
+    fleet, the same for all the fleet's hosts; and which hosts the order was judged on."""
     orders: dict[str, tuple[str, ...]]             # label -> categories, bottom first
     applied: str                                   # the label of the order the plan uses
     monthly: dict[str, dict[str, Estimate]]        # host kind -> label -> estimate
@@ -800,25 +829,48 @@ class OrderSummary:
     bandwidth_bps: float
     engine: dict[str, EngineCosts]
     patched: str = ""
+    judged_on: dict = field(default_factory=dict)  # the fleet file and its groups, or the reference hosts
+    fleet: dict[str, Estimate] | None = None       # label -> every host of the fleet; "floor" too
+    fleet_engine: dict[str, EngineCosts] = field(default_factory=dict)   # host kind -> the fleet row's
 
     def to_dict(self) -> dict:
-        return {"orders": {k: list(v) for k, v in self.orders.items()}, "applied": self.applied,
-                "bandwidth_bps": self.bandwidth_bps, "reasons": self.reasons,
-                "engine_costs": {k: v.to_dict() for k, v in self.engine.items()},
-                "monthly": {kind: {label: e.to_dict() for label, e in by.items()}
-                            | {"floor": self.floor[kind].to_dict()} for kind, by in self.monthly.items()},
-                "patch_of_cold_pull": {"category": self.patched, "share": self.security}}
+        doc = {"orders": {k: list(v) for k, v in self.orders.items()}, "applied": self.applied,
+               "bandwidth_bps": self.bandwidth_bps, "reasons": self.reasons,
+               "engine_costs": {k: v.to_dict() for k, v in self.engine.items()},
+               "monthly": {kind: {label: e.to_dict() for label, e in by.items()}
+                           | {"floor": self.floor[kind].to_dict()} for kind, by in self.monthly.items()},
+               "patch_of_cold_pull": {"category": self.patched, "share": self.security},
+               "judged_on": self.judged_on}
+        if self.fleet is not None:
+            doc["fleet_monthly"] = {label: e.to_dict() for label, e in self.fleet.items()}
+            doc["fleet_engine_costs"] = {k: v.to_dict() for k, v in self.fleet_engine.items()}
+        return doc
+
+
+def judged_on(fleet: Fleet | None, name: str = "") -> dict:
+    """The hosts the order is judged on, for `plan`: the fleet file (`name` as the stack file
+    gives it) and its groups, or the reference hosts."""
+    if fleet is None:
+        return {"reference": "one host per kind, each running every app", "host_kinds": list(ALL_HOST_KINDS),
+                "bandwidth_bps": ORDER_BANDWIDTH_BPS}
+    return {"fleet": name or str(fleet.path),
+            "groups": [{"name": g.name, "count": g.count, "host_kind": g.host_kind, "apps": list(g.apps),
+                        "bandwidth_bps": g.bandwidth_bps} for g in fleet.groups]}
 
 
 def compare_orders(plans: dict[str, Plan], applied: str, reasons: dict[str, str], patched: str,
                    engine: dict[str, EngineCosts] | None = None,
-                   bandwidth_bps: float = ORDER_BANDWIDTH_BPS) -> OrderSummary:
-    """The same apps planned in several orders (label -> plan), per host kind; `patched`: the
-    category whose update is shown beside a cold pull (the security patch)."""
+                   bandwidth_bps: float = ORDER_BANDWIDTH_BPS, fleet: Fleet | None = None,
+                   measured: dict[str, dict[str, float]] | None = None, fleet_name: str = "") -> OrderSummary:
+    """The same apps planned in several orders (label -> plan), per host kind and, with a fleet,
+    for all its hosts (engine costs as `simulate` takes them: the fleet file's, else `measured`);
+    `patched`: the category whose update is shown beside a cold pull (the security patch)."""
     engine = {kind: (engine or {}).get(kind, ASSUMED_COSTS) for kind in ALL_HOST_KINDS}
     monthly: dict[str, dict[str, Estimate]] = {kind: {} for kind in ALL_HOST_KINDS}
     floor: dict[str, Estimate] = {}
     patch: dict[str, dict[str, float]] = {kind: {} for kind in ALL_HOST_KINDS}
+    on_fleet: dict[str, Estimate] | None = None if fleet is None else {}
+    fleet_engine: dict[str, EngineCosts] = {}
     for label, plan in plans.items():
         costs = PlanCosts(plan)
         apps = tuple(sorted(plan.apps))
@@ -827,8 +879,14 @@ def compare_orders(plans: dict[str, Plan], applied: str, reasons: dict[str, str]
             floor[kind] = group.floor_detail
             cold = costs.pull(apps, kind, PLANNED).bytes
             patch[kind][label] = round(costs.pull(apps, kind, PLANNED, patched).bytes / cold, 6) if cold else 0.0
+        if on_fleet is not None:
+            groups = monthly_of_fleet(plan, fleet, measured, costs)
+            on_fleet[label] = fleet_total(groups)
+            on_fleet["floor"] = fleet_total(groups, None)
+            fleet_engine = {g.host_kind: g.costs for g in groups}
     return OrderSummary({label: tuple(c.name for c in p.categories) for label, p in plans.items()}, applied,
-                        monthly, floor, patch, reasons, bandwidth_bps, engine, patched)
+                        monthly, floor, patch, reasons, bandwidth_bps, engine, patched,
+                        judged_on(fleet, fleet_name), on_fleet, dict(sorted(fleet_engine.items())))
 
 
 # ----------------------------------------------------------------------------- real pulls

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..units import parse_bandwidth, parse_duration
 from .cost import ALL_HOST_KINDS, ASSUMED_COSTS, EngineCosts
 from .model import Plan
-from .spec import read_yaml, validate_model
+from .spec import Stack, read_yaml, validate_model
 
 HostKind = Literal["docker", "docker-containerd", "containerd"]
 assert set(HostKind.__args__) == set(ALL_HOST_KINDS)
@@ -79,7 +79,9 @@ class Fleet:
         return ASSUMED_COSTS
 
 
-def load_fleet(path: str | Path, plan: Plan) -> Fleet:
+def load_fleet(path: str | Path, plan: Plan | Stack) -> Fleet:
+    """The fleet file, its apps and categories checked against those of `plan` (or of a stack
+    file naming it under `fleet:`)."""
     path = Path(path)
     data, lines = read_yaml(path)
     spec = validate_model(FleetSpec, data, path, lines, "with groups: of hosts and the apps they run")

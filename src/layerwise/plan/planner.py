@@ -234,13 +234,17 @@ def _depth(by_key: dict[str, ImageNode], img: ImageNode) -> int:
 # host fetch everything above it each month. The cheapest order puts low churn per byte at the
 # bottom (for bytes on one chain that is exactly the rule: ascending changes per month / bytes,
 # Smith's rule for weighted completion time); the planner starts there and then improves the order
-# by moving one category at a time while the full cost model (cost.order_objective, over every host
-# kind) finds it cheaper. `needs:` bounds every move, and steps of one category keep their order.
-# The order is decided from the stack file alone (hints and file sizes, uncompressed), so `plan`,
-# `generate`, `build` and `bench` all get the same order whatever was measured since.
+# by moving one category at a time while the full cost model (cost.order_objective) finds it
+# cheaper: on the team's own fleet when the stack file names one (`fleet:`: every group's hosts, of
+# their kind, link and apps, at the fleet's update rates), else on one reference host per kind.
+# `needs:` bounds every move, and steps of one category keep their order. The order is decided from
+# the stack file and its fleet file alone (hints and file sizes, uncompressed; the fleet file's
+# engine costs or assumed ones), so `plan`, `generate`, `build` and `bench` all get the same order
+# whatever was measured since.
 
 MAX_ORDER_EVALUATIONS = 400     # full-model evaluations per choice; the search stops there
-ORDER_SAMPLE_APPS = 24          # larger families are judged on this many of their apps (every n-th)
+ORDER_SAMPLE_APPS = 24          # larger families are judged on this many of their apps (every n-th);
+#                                 a fleet's groups keep the sampled apps they run
 
 
 def declared_order(stack: Stack) -> tuple[str, ...]:
@@ -285,7 +289,7 @@ def allowed(order: tuple[str, ...], categories: tuple[Category, ...]) -> bool:
 @dataclass
 class OrderChoice:
     """The stack file's order and the recommended one, with the objective of each (monthly seconds
-    over the reference hosts, then bytes) and, per category that moved, why."""
+    over the stack file's fleet or the reference hosts, then bytes) and, per category that moved, why."""
     declared: tuple[str, ...]
     recommended: tuple[str, ...]
     declared_cost: tuple[float, float]
@@ -295,7 +299,8 @@ class OrderChoice:
 
 
 def choose_order(stack: Stack) -> OrderChoice:
-    """The order of categories with the least expected monthly update cost, within `needs:`.
+    """The order of categories with the least expected monthly update cost, within `needs:`, on
+    the stack file's fleet (`fleet:`) or, without one, on one reference host per kind.
     A family of more than ORDER_SAMPLE_APPS apps is judged on every n-th app, so that the choice
     costs about the same at any size (the figures `plan` shows for the orders are of all apps)."""
     names = sorted(stack.apps)
@@ -310,7 +315,7 @@ def choose_order(stack: Stack) -> OrderChoice:
     def cost(order: tuple[str, ...]) -> tuple[float, float] | None:
         if order not in cache:
             try:
-                cache[order] = order_objective(_plan(in_order(stack, order), None))
+                cache[order] = order_objective(_plan(in_order(stack, order), None), stack.fleet)
             except UserError:      # e.g. a named image that would split: not a possible order
                 cache[order] = None
         return cache[order]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -21,6 +21,9 @@ from ..oci.reference import Reference
 from ..units import parse_size
 from . import contexts
 from .model import Category, Step
+
+if TYPE_CHECKING:   # a type only: fleet.py reads its YAML with this module's loader
+    from .fleet import Fleet
 
 NAME = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
 REPOSITORY = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
@@ -77,6 +80,13 @@ class StackSpec(BaseModel):
     # `optimize` (the order the planner finds cheapest for monthly updates, see planner.choose_order),
     # or the category names in the order wanted (bottom first).
     order: Literal["stack", "optimize"] | list[str] = "stack"
+    # The team's own fleet (a fleet file, as `simulate --fleet` reads; relative to this file):
+    #     fleet: fleet.yaml
+    # When given, `order: optimize` and the order `plan` recommends are judged on it: the monthly
+    # update seconds of every group's hosts (their kind, link, apps and the fleet's update rates;
+    # the fleet file's engine costs, else the assumed ones, never measured ones, so that every
+    # command gets the same order), then bytes. Without it: one reference host per kind.
+    fleet: str | None = None
     registry: str = Field(min_length=1)
     project: str = Field(pattern=REPOSITORY)
     base: str = Field(min_length=1)
@@ -102,6 +112,7 @@ class Stack:
     order: str | tuple[str, ...] = "stack"     # "stack", "optimize" or category names, bottom first
     settings_steps: dict[str, int] = field(default_factory=dict)   # app -> its last steps that come
     #                                          from app settings (ENV, ENTRYPOINT...): they stay last
+    fleet: Fleet | None = None             # `fleet:`, the hosts the order of categories is judged on
 
     @property
     def root(self) -> Path:
@@ -552,7 +563,7 @@ def load_stack(path: str | Path) -> Stack:
             settings_steps[app_name] = len(steps) - before
         apps[app_name] = tuple(steps)
 
-    return Stack(
+    stack = Stack(
         path=path,
         registry=spec.registry.rstrip("/"),
         project=spec.project,
@@ -567,6 +578,25 @@ def load_stack(path: str | Path) -> Stack:
         order=order,
         settings_steps=settings_steps,
     )
+    if spec.fleet is None:
+        return stack
+    return replace(stack, fleet=_load_fleet(stack, spec.fleet, lines.at(("fleet",))))
+
+
+def _load_fleet(stack: Stack, written: str, line: int | None) -> Fleet:
+    """`fleet:`: a file that is not there is an error at that line; the fleet file's own errors
+    name the fleet file, as `simulate` gives them."""
+    from .fleet import load_fleet  # here, not at the top: fleet.py imports this module
+    path = stack.root / written
+    try:
+        found, folder, there = path.is_file(), path.is_dir(), path.exists()
+    except OSError:                 # e.g. a name too long for the file system
+        found = folder = there = False
+    if not found:
+        what = "is a folder" if folder else "is not a file" if there else "is not there"
+        raise UserError(f"fleet: {written!r} {what}; give the path of a fleet file (see `simulate --fleet`), "
+                        "relative to the stack file, or remove the key", stack.path, line)
+    return load_fleet(path, stack)
 
 
 def _check_order(spec: StackSpec, declared: list[str], path: Path, lines: Lines) -> str | tuple[str, ...]:
