@@ -14,23 +14,29 @@ from layerwise.plan.cost import order_objective
 from layerwise.plan.planner import build_plan, choose_order
 from layerwise.plan.spec import load_stack
 
-# One app, two categories; sizes by hint (bytes). `sec` is a small RUN changed twice a month, `model`
-# a big COPY changed once. The fleet file's link and engine costs make the numbers round:
-# 1 MB/s (8 Mbit), 0.5 s per pull, 0.1 s per layer downloaded, unpacking 100 MB/s.
+# One app, two categories; sizes by hint (bytes, unpacked alike). `sec` is a 1 MB RUN changed twice a
+# month, `model` a 2 MB COPY changed once. The fleet file's link and engine costs make the numbers
+# round: 1 MB/s (8 Mbit), 0.5 s per pull, 0.1 s per layer unpacked, unpacking 100 MB/s.
 #
-# One host, by hand (seconds = bytes / 1e6 + 0.5 per pull + 0.1 per layer + unpacked / 1e8):
-# docker (chain rule: everything above the change is downloaded and unpacked again)
-#   sec, model:  sec ×2: 1000 + 2e6 B, 2 layers  → 2.001 + 0.5 + 0.2 + 0.02001 = 2.72101 → 5.44202
-#                model ×1: 2e6 B, 1 layer        → 2 + 0.5 + 0.1 + 0.02          = 2.62    → 8.06202 s
-#                bytes 2 × 2,001,000 + 2,000,000 = 6,002,000
-#   model, sec:  model ×1: 2e6 + 1000 B (the RUN above gets a new blob), 2 layers → 2.72101
-#                sec ×2: 1000 B, 1 layer         → 0.001 + 0.5 + 0.1 + 0.00001  = 0.60101 → 3.92303 s
-#                bytes 2,001,000 + 2 × 1000 = 2,003,000
-# containerd (blob rule: the COPY above an updated sec keeps its blob; it is only unpacked again)
-#   sec, model:  sec ×2: 1000 B, 1 layer, 2,001,000 unpacked → 0.62101 → 1.24202; model ×1: 2.62
-#                → 3.86202 s, bytes 2 × 1000 + 2,000,000 = 2,002,000
-#   model, sec:  as on docker: 3.92303 s, 2,003,000 bytes
-# So classic Docker hosts want the big, rarer model at the bottom, containerd hosts the small sec.
+# One host, by hand. Each pull: 0.5 s + its layers through the kind's pipeline, where a layer
+# unpacks in bytes / 1e8 + 0.1 s.
+# docker (chain rule: everything above the change is downloaded and unpacked again; 3 downloads
+# share the link, each layer unpacked once it and the one below are in)
+#   sec, model:  sec ×2: sec and model share the link: sec in at 2 s (unpacked by 2.11), model at 3 s,
+#                        unpacked by 3.12                                   → 3.62 → 7.24
+#                model ×1: 2 MB in at 2 s, unpacked by 2.12                 → 2.62 → 9.86 s
+#                bytes 2 × 3e6 + 2e6 = 8,000,000
+#   model, sec:  model ×1: model and the RUN above it (a new blob) share the link: sec in at 2 s,
+#                        model at 3 s, unpacked by 3.12, then sec by 3.23   → 3.73
+#                sec ×2: 1 MB in at 1 s, unpacked by 1.11                   → 1.61 → 3.22 → 6.95 s
+#                bytes 3e6 + 2 × 1e6 = 5,000,000
+# containerd (blob rule: the COPY above an updated sec keeps its blob and is only unpacked again;
+# ctr downloads everything, then unpacks)
+#   sec, model:  sec ×2: 1 s of download, then sec 0.11 and model 0.12     → 1.73 → 3.46
+#                model ×1: 2.62                                            → 6.08 s, bytes 4,000,000
+#   model, sec:  as on docker (both downloaded, 3 s, then 0.12 + 0.11):    3.73 + 3.22 = 6.95 s, 5,000,000
+# So classic Docker hosts want the big, rarer model at the bottom (2.91 s less a host), containerd
+# hosts the sec (0.87 s less): one classic host outweighs three containerd ones, not ten.
 STACK = """\
 registry: localhost:5000
 project: fleetorder
@@ -41,7 +47,7 @@ categories:
   - {{name: model, owner: ml,     changes_per_month: 1}}
 apps:
   a:
-    sec:   {{steps: RUN patch, size: 1000}}
+    sec:   {{steps: RUN patch, size: 1000000}}
     model: {{steps: COPY models/m.bin /m.bin, size: 2000000}}
 """
 FILES = {"models/m.bin": "weights\n"}
@@ -54,10 +60,10 @@ groups:
 {groups}
 {updates}
 """
-DOCKER_SECONDS = {("sec", "model"): 8.06202, ("model", "sec"): 3.92303}
-CONTAINERD_SECONDS = {("sec", "model"): 3.86202, ("model", "sec"): 3.92303}
-DOCKER_BYTES = {("sec", "model"): 6_002_000, ("model", "sec"): 2_003_000}
-CONTAINERD_BYTES = {("sec", "model"): 2_002_000, ("model", "sec"): 2_003_000}
+DOCKER_SECONDS = {("sec", "model"): 9.86, ("model", "sec"): 6.95}
+CONTAINERD_SECONDS = {("sec", "model"): 6.08, ("model", "sec"): 6.95}
+DOCKER_BYTES = {("sec", "model"): 8_000_000, ("model", "sec"): 5_000_000}
+CONTAINERD_BYTES = {("sec", "model"): 4_000_000, ("model", "sec"): 5_000_000}
 
 
 def write(write_stack, tmp_path, groups: dict[str, tuple[int, str]] | None, updates: str = "",
@@ -73,13 +79,13 @@ def write(write_stack, tmp_path, groups: dict[str, tuple[int, str]] | None, upda
 
 
 @pytest.mark.parametrize("groups,chosen,declared_cost,chosen_cost", [
-    ({"old": (1, "docker")}, ("model", "sec"), (8.06202, 6_002_000), (3.92303, 2_003_000)),
-    ({"k8s": (1, "containerd")}, ("sec", "model"), (3.86202, 2_002_000), (3.86202, 2_002_000)),
-    # The mix decides: one classic host outweighs ten containerd nodes, not a hundred.
-    ({"old": (1, "docker"), "k8s": (10, "containerd")}, ("model", "sec"),
-     (8.06202 + 10 * 3.86202, 6_002_000 + 10 * 2_002_000), (11 * 3.92303, 11 * 2_003_000)),
-    ({"old": (1, "docker"), "k8s": (100, "containerd")}, ("sec", "model"),
-     (8.06202 + 100 * 3.86202, 6_002_000 + 100 * 2_002_000), (8.06202 + 100 * 3.86202, 6_002_000 + 100 * 2_002_000)),
+    ({"old": (1, "docker")}, ("model", "sec"), (9.86, 8_000_000), (6.95, 5_000_000)),
+    ({"k8s": (1, "containerd")}, ("sec", "model"), (6.08, 4_000_000), (6.08, 4_000_000)),
+    # The mix decides: one classic host outweighs three containerd nodes, not ten.
+    ({"old": (1, "docker"), "k8s": (3, "containerd")}, ("model", "sec"),
+     (9.86 + 3 * 6.08, 8_000_000 + 3 * 4_000_000), (4 * 6.95, 4 * 5_000_000)),
+    ({"old": (1, "docker"), "k8s": (10, "containerd")}, ("sec", "model"),
+     (9.86 + 10 * 6.08, 8_000_000 + 10 * 4_000_000), (9.86 + 10 * 6.08, 8_000_000 + 10 * 4_000_000)),
 ])
 def test_the_order_follows_the_fleets_host_mix(write_stack, tmp_path, groups, chosen, declared_cost, chosen_cost):
     stack = load_stack(write(write_stack, tmp_path, groups))
@@ -108,13 +114,13 @@ def test_order_optimize_applies_the_fleets_order(write_stack, tmp_path):
 
 def test_the_fleets_update_rates_count(write_stack, tmp_path):
     # containerd, model changed 0.1 a month instead of 1:
-    #   sec, model: sec 2 × 0.62101 + model 0.1 × 2.62    = 1.50402
-    #   model, sec: model 0.1 × 2.72101 + sec 2 × 0.60101 = 1.474121
+    #   sec, model: sec 2 × 1.73 + model 0.1 × 2.62 = 3.722
+    #   model, sec: model 0.1 × 3.73 + sec 2 × 1.61 = 3.593
     stack = load_stack(write(write_stack, tmp_path, {"k8s": (1, "containerd")}, updates="updates: {model: 0.1}"))
     choice = choose_order(stack)
     assert choice.recommended == ("model", "sec")
-    assert choice.declared_cost[0] == pytest.approx(1.50402, abs=1e-5)
-    assert choice.recommended_cost[0] == pytest.approx(1.474121, abs=1e-5)
+    assert choice.declared_cost[0] == pytest.approx(3.722, abs=1e-5)
+    assert choice.recommended_cost[0] == pytest.approx(3.593, abs=1e-5)
 
 
 def test_without_a_fleet_the_reference_hosts_judge(write_stack, tmp_path):
@@ -130,26 +136,26 @@ def test_without_a_fleet_the_reference_hosts_judge(write_stack, tmp_path):
 
 
 def test_plan_shows_the_fleet_row(write_stack, tmp_path):
-    path = write(write_stack, tmp_path, {"old": (1, "docker"), "k8s": (10, "containerd")})
+    path = write(write_stack, tmp_path, {"old": (1, "docker"), "k8s": (3, "containerd")})
     doc = json.loads(run_cli("plan", str(path), "--json").stdout)["order"]
     assert doc["orders"] == {"stack file": ["sec", "model"], "recommended": ["model", "sec"]}
     assert doc["judged_on"] == {"fleet": "fleet.yaml", "groups": [
         {"name": "old", "count": 1, "host_kind": "docker", "apps": ["a"], "bandwidth_bps": 8e6},
-        {"name": "k8s", "count": 10, "host_kind": "containerd", "apps": ["a"], "bandwidth_bps": 8e6}]}
+        {"name": "k8s", "count": 3, "host_kind": "containerd", "apps": ["a"], "bandwidth_bps": 8e6}]}
     fleet = doc["fleet_monthly"]
-    assert fleet["stack file"]["seconds"] == pytest.approx(8.06202 + 10 * 3.86202, abs=1e-3)
-    assert fleet["stack file"]["bytes"] == 6_002_000 + 10 * 2_002_000
-    assert fleet["recommended"]["seconds"] == pytest.approx(11 * 3.92303, abs=1e-3)
-    assert fleet["recommended"]["bytes"] == 11 * 2_003_000
-    # The floor, per host: sec 2 × (1000 B, 1 layer: 0.60101 s) + model 1 × (2e6 B, 1 layer: 2.62 s).
-    assert fleet["floor"]["bytes"] == 11 * 2_002_000
-    assert fleet["floor"]["seconds"] == pytest.approx(11 * 3.82202, abs=1e-3)
+    assert fleet["stack file"]["seconds"] == pytest.approx(9.86 + 3 * 6.08, abs=1e-3)
+    assert fleet["stack file"]["bytes"] == 8_000_000 + 3 * 4_000_000
+    assert fleet["recommended"]["seconds"] == pytest.approx(4 * 6.95, abs=1e-3)
+    assert fleet["recommended"]["bytes"] == 4 * 5_000_000
+    # The floor, per host: sec 2 × (1 MB alone: 1.61 s) + model 1 × (2 MB alone: 2.62 s).
+    assert fleet["floor"]["bytes"] == 4 * 4_000_000
+    assert fleet["floor"]["seconds"] == pytest.approx(4 * 5.84, abs=1e-3)
     assert {k: v["source"] for k, v in doc["fleet_engine_costs"].items()} == {"containerd": "fleet file",
                                                                              "docker": "fleet file"}
     assert set(doc["monthly"]) == {"docker", "docker-containerd", "containerd"}    # the per-kind rows stay
     text = run_cli("plan", str(path)).stdout
-    assert "judged on:           the fleet fleet.yaml: old 1× docker, k8s 10× containerd" in text
-    assert "fleet fleet.yaml (11 hosts)" in text
+    assert "judged on:           the fleet fleet.yaml: old 1× docker, k8s 3× containerd" in text
+    assert "fleet fleet.yaml (4 hosts)" in text
     assert "model: down 1" in text          # the reasons stay
 
 
@@ -182,7 +188,7 @@ def test_measured_engine_costs_do_not_change_the_choice(write_stack, tmp_path):
 
 
 def test_a_large_familys_sample_keeps_the_groups_it_reaches(write_stack, tmp_path, monkeypatch):
-    apps = "".join(f"  {n}:\n    sec:   {{steps: RUN patch {n}, size: 1000}}\n"
+    apps = "".join(f"  {n}:\n    sec:   {{steps: RUN patch {n}, size: 1000000}}\n"
                    f"    model: {{steps: COPY models/m.bin /m.bin, size: 2000000}}\n" for n in "abcd")
     text = STACK.format(fleet="fleet: fleet.yaml").split("apps:")[0] + "apps:\n" + apps
     (tmp_path / "fleet.yaml").write_text(FLEET.format(updates="", groups=(
@@ -216,3 +222,23 @@ def test_fleet_errors_are_one_file_line_error(write_stack, tmp_path, fleet_value
     result = run_cli("plan", str(path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and f"{where}:" in result.stderr, result.stderr
+
+
+def test_the_benchs_copies_name_the_same_fleet(tmp_path):
+    """The bench plans copies of the stack elsewhere (the other order, each update): a fleet file
+    outside the stack's folder is still found, so every copy is judged on the same hosts."""
+    from layerwise.measure.bench import ordered_stack, updated_stack
+
+    stack_dir = tmp_path / "stack"
+    stack_dir.mkdir()
+    (tmp_path / "fleet.yaml").write_text(FLEET.format(
+        groups="  old: {count: 1, apps: [a], host_kind: docker}", updates=""))
+    (stack_dir / "models").mkdir()
+    (stack_dir / "models" / "m.bin").write_text("weights\n")
+    path = stack_dir / "layerwise.yaml"
+    path.write_text(STACK.format(fleet="fleet: ../fleet.yaml"))
+    stack = load_stack(path)
+    for copy in (ordered_stack(stack, ("model", "sec"), tmp_path / "work" / "opt"),
+                 updated_stack(stack, "sec", tmp_path / "work" / "upd-sec")):
+        copied = load_stack(copy)
+        assert copied.fleet is not None and copied.fleet.path == (tmp_path / "fleet.yaml").resolve()

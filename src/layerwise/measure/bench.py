@@ -254,6 +254,7 @@ def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
     doc, _ = read_yaml(stack.path)     # the loader with the limits, as every YAML reader
     prefix = f"{stack.project}-upd-{category}"
     doc["project"] = prefix
+    _keep_fleet(stack, doc)
     for entry in (doc.get("images") or {}).values():
         entry["name"] = f"{prefix}/{entry['name']}"
     touched: set[str] = set()
@@ -282,6 +283,12 @@ def updated_stack(stack: Stack, category: str, dest: Path) -> Path:
     _unshare(path)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _keep_fleet(stack: Stack, doc: dict) -> None:
+    """A copy elsewhere names the same fleet file (`fleet:` is relative to the stack file)."""
+    if getattr(stack, "fleet", None) is not None:
+        doc["fleet"] = str(stack.fleet.path.resolve())
 
 
 def _unshare(path: Path) -> None:
@@ -488,6 +495,7 @@ def ordered_stack(stack: Stack, order: tuple[str, ...], dest: Path) -> Path:
     doc = yaml.safe_load(stack.path.read_text())
     prefix = f"{stack.project}-opt"
     doc["project"] = prefix
+    _keep_fleet(stack, doc)
     for entry in (doc.get("images") or {}).values():
         entry["name"] = f"{prefix}/{entry['name']}"
     doc["order"] = list(order)
