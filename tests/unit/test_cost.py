@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from layerwise.plan.cost import summarize
 from layerwise.plan.planner import build_plan
@@ -175,8 +177,9 @@ def test_plan_costs_match_the_per_app_answers(write_stack):
     # ... but unpacks both: its snapshots are keyed by chain, and the code layer's chain changed.
     assert costs.pull(("a",), CONTAINERD, PLANNED, "lib").unpacked == 11
     # The time model's stage: lib downloaded and unpacked, then code unpacked only.
-    assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib") == Pull(10, 1, 11, (((10, 10), (0, 1)),))
-    assert costs.pull(("a",), DOCKER, PLANNED, "lib").stages == (((10, 10), (1, 1)),)
+    assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib", timed=True) == Pull(10, 1, 11, (((10, 10), (0, 1)),))
+    assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib").stages == ()     # bytes alone do without
+    assert costs.pull(("a",), DOCKER, PLANNED, "lib", timed=True).stages == (((10, 10), (1, 1)),)
     every = ((100, 100), (10, 10), (1, 1))
     assert costs.flat("a") == {None: Pull(111, 3, 111, (every,)), "tools": Pull(111, 3, 111, (every,)),
                                "lib": Pull(11, 2, 11, (every[1:],)), "code": Pull(1, 1, 1, (every[2:],))}
@@ -267,3 +270,17 @@ def test_seconds_of_a_pull_add_the_stages_and_fall_back_to_the_sum():
     assert costs.seconds(staged, 1, 800, DOCKER) == pytest.approx(0.25 + 0.1 + 7.5)
     # Without the kind (or the layers): link + per layer + unpack, summed.
     assert costs.seconds(staged, 1, 800) == pytest.approx(4.1 + 1.0 + 0.25 + 4.0)
+
+
+@given(st.lists(st.integers(0, 10_000), max_size=12), st.integers(0, 4))
+@settings(max_examples=150, derandomize=True)
+def test_the_link_is_busy_until_the_last_download_ends(sizes, downloads):
+    done = download_done(sizes, 1000.0, downloads)
+    # However the downloads share it, the link never idles while one is left: the last ends when
+    # every byte has crossed; none ends before its own bytes could have, alone on the link.
+    assert max(done, default=0.0) == pytest.approx(sum(sizes) / 1000.0)
+    assert all(d >= s / 1000.0 - 1e-9 for d, s in zip(done, sizes))
+    # Layers start in order: with one at a time they end in order, each after the one below.
+    if downloads == 1:
+        ends = [d for d, s in zip(done, sizes) if s]
+        assert ends == sorted(ends)

@@ -219,14 +219,16 @@ def stage_of(layers: Iterable[HostLayer], key: Callable[[HostLayer], Key], held:
     by an earlier pull of the same host) or unpacks (its chain likewise), bottom first. Adds what it
     takes to `fetched`."""
     stage = []
-    for h in layers:
-        blob, chain = key(h), h.chain
-        down = blob not in held and blob not in fetched
-        unpack = chain not in held and chain not in fetched
+    by_chain = key is _chain
+    for h in layers:          # runs once per layer, per host, per case: kept lean
+        chain = h[0]
+        blob = chain if by_chain else h[1]
+        down = blob not in fetched and blob not in held
+        unpack = down if by_chain else (chain not in fetched and chain not in held)
         if down or unpack:
             fetched.add(blob)
             fetched.add(chain)
-            stage.append((h.size if down else 0, h.unpacked if unpack else None))
+            stage.append((h[3] if down else 0, h[5] if unpack else None))
     return tuple(stage)
 
 
@@ -338,8 +340,9 @@ class PlanCosts:
     # -- what a host pulls ---------------------------------------------------------------------------
 
     def pull(self, apps: tuple[str, ...], host_kind: str, variant: str,
-             updated: str | None = None) -> Pull:
-        """A host running `apps`: cold (updated None) or on an update of category `updated`."""
+             updated: str | None = None, timed: bool = False) -> Pull:
+        """A host running `apps`: cold (updated None) or on an update of category `updated`; `timed`:
+        with the stages the time model needs (bytes alone do without)."""
         if variant == FLAT:
             total = Pull(0, 0)
             for app in apps:
@@ -349,13 +352,15 @@ class PlanCosts:
         built = self._nodes(variant, None)
         if updated is None:
             out = pulled((h for k in union for h in built[k][0]), host_kind)
-            out.stages = self._stages(apps, host_kind, built, None, set())
+            if timed:
+                out.stages = self._stages(apps, host_kind, built, None, set())
             return out
         after = self._nodes(variant, updated)
         held = holding(h for k in union for h in built[k][0])
         # Nodes left as built hold nothing new; only rebuilt ones are looked at.
         out = pulled((h for k in union if after[k] is not built[k] for h in after[k][0]), host_kind, held)
-        out.stages = self._stages(apps, host_kind, after, built, held)
+        if timed:
+            out.stages = self._stages(apps, host_kind, after, built, held)
         return out
 
     def _stages(self, apps: tuple[str, ...], host_kind: str, nodes: dict, unchanged: dict | None,
@@ -611,21 +616,32 @@ def download_done(sizes: list[int], bytes_per_second: float, downloads: int) -> 
     sharing the link equally; a layer of 0 bytes (held) is done at once."""
     done = [0.0] * len(sizes)
     waiting = [i for i, size in enumerate(sizes) if size > 0]
-    waiting.reverse()                         # pop() takes the lowest layer first
-    active: dict[int, float] = {}             # layer -> bytes left
+    if downloads <= 0 or len(waiting) <= downloads:
+        # All at once: the smallest ends first, then the link is shared by one fewer.
+        now, below, left = 0.0, 0, len(waiting)
+        for i in sorted(waiting, key=sizes.__getitem__):
+            now += (sizes[i] - below) * left / bytes_per_second
+            done[i], below, left = now, sizes[i], left - 1
+        return done
+    active = waiting[:downloads]                 # started, in order
+    left = [float(sizes[i]) for i in active]     # their bytes still to come
+    queued = iter(waiting[downloads:])
     now = 0.0
-    while waiting or active:
-        while waiting and (downloads <= 0 or len(active) < downloads):
-            i = waiting.pop()
-            active[i] = float(sizes[i])
-        share = bytes_per_second / len(active)
-        first = min(active.values())
-        now += first / share
-        for i in list(active):
-            active[i] -= first
-            if active[i] <= 1e-6 * sizes[i]:
-                del active[i]
+    while active:
+        first = min(left)
+        now += first * len(active) / bytes_per_second
+        still, still_left = [], []
+        for i, rest in zip(active, left):
+            if rest - first <= 1e-6 * sizes[i]:
                 done[i] = now
+                nxt = next(queued, None)
+                if nxt is not None:
+                    still.append(nxt)
+                    still_left.append(float(sizes[nxt]))
+            else:
+                still.append(i)
+                still_left.append(rest - first)
+        active, left = still, still_left
     return done
 
 
@@ -634,12 +650,13 @@ def pull_seconds(stage: Stage, bandwidth_bps: float, pipeline: Pipeline, unpack_
     """One image pull's layers through the engine's pipeline: downloads sharing the link, then each
     layer unpacked in order (uncompressed bytes / unpack rate + the fixed work of a layer). `done`:
     `download_done` of the stage, when already known."""
+    if not pipeline.overlap:      # the link is busy until the last download ends, however shared
+        return (sum(d for d, _ in stage) * 8 / bandwidth_bps
+                + sum((u / unpack_rate if unpack_rate else 0.0) + per_layer for _, u in stage if u is not None))
     if done is None:
         done = download_done([d for d, _ in stage], bandwidth_bps / 8, pipeline.downloads)
     unpacks = [(i, u / unpack_rate if unpack_rate else 0.0) for i, (_, u) in enumerate(stage) if u is not None]
     last = max(done, default=0.0)
-    if not pipeline.overlap:
-        return last + sum(t + per_layer for _, t in unpacks)
     at = 0.0
     for i, t in unpacks:
         at = max(at, done[i]) + t + per_layer
@@ -744,12 +761,13 @@ def simulate_group(plans: dict[str, tuple[PlanCosts, str]], name: str, count: in
     first = next(iter(plans.values()))[0]
     for label, (plan_costs, variant) in plans.items():
         cold[label] = Estimate()
-        cold[label].add(plan_costs.pull(apps, host_kind, variant), len(apps), 1, bandwidth_bps, costs, host_kind)
+        cold[label].add(plan_costs.pull(apps, host_kind, variant, timed=True), len(apps), 1, bandwidth_bps, costs,
+                        host_kind)
         monthly[label] = Estimate()
         for category, rate in rates.items():
             if rate:
                 pulls = sum(plan_costs.has_category(a, category) for a in apps)
-                monthly[label].add(plan_costs.pull(apps, host_kind, variant, category), pulls,
+                monthly[label].add(plan_costs.pull(apps, host_kind, variant, category, timed=True), pulls,
                                    rate, bandwidth_bps, costs, host_kind)
     floor = Estimate()
     for category, rate in rates.items():
