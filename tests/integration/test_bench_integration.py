@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 
 import pytest
 
@@ -64,12 +65,24 @@ def test_bench_pull_measures_both_host_kinds_and_the_model_predicts_it(family, t
     assert containerd_tools["measured_bytes"] >= containerd_tools["changed_bytes"]
     assert {p.name for p in out.iterdir()} >= {"bench-pull.txt", "bench-pull.json", "bench-pull.svg"}
     assert "warm pull" in (out / "bench-pull.txt").read_text()
-    # Every kind either measured or said why not; every case the median of 3 runs, with the fitted
-    # time model's seconds and the unpack rate fitted per kind.
+    # Every kind either measured or said why not; every case the median of 3 runs (9 where the first
+    # 3 gave less than a second), with the fitted time model's seconds and the unpack rate fitted
+    # per kind.
     kinds = {c["host_kind"] for c in doc["cases"]}
     assert kinds | set(doc["not_run"]) == {"docker", "docker-containerd", "containerd"}
     for c in doc["cases"]:
-        assert len(c["runs"]) == 3 and c["seconds"] == sorted(c["runs"])[1] and c["predicted_seconds"] >= 0
+        assert len(c["runs"]) == 3 or (len(c["runs"]) == 9 and statistics.median(c["runs"][:3]) < 1.0), c
+        assert c["seconds"] == statistics.median(c["runs"]) and c["predicted_seconds"] >= 0
+        assert len(c["stages"]) == len(c["pulls"])        # the time model's layers, per image pulled
+    # The floor of each update, pulled for real: the changed layers alone, on a cold host; what any
+    # scheme must move, so never more than the update itself, and its seconds in the goal figures.
+    for kind in kinds:
+        update, floor = cases[(kind, "layered", "update tools")], cases[(kind, "layered", "floor tools")]
+        layer_bytes = sum(d for stage in floor["stages"] for d, _ in stage)
+        assert layer_bytes == update["changed_bytes"]
+        assert floor["measured_bytes"] <= update["measured_bytes"]
+        goal = doc["goals"][kind]["stack"]["monthly_seconds"]
+        assert goal["floor_measured"] > 0 and goal["floor_predicted"] > 0
     assert set(doc["engine_costs"]) == kinds and all("unpack_rate" in v for v in doc["engine_costs"].values())
     # The unpacked bytes: a containerd host that holds everything but the updated tools layer still
     # unpacks the code layer above it (its chain changed).
