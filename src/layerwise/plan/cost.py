@@ -920,14 +920,16 @@ def registry_layers(ids: Ids, image: Image, unpacked: dict[str, int] | None = No
 def predict_pulls(pulls: list[Image], held: list[Image], host_kind: str,
                   unpacked: dict[str, int] | None = None) -> Pull:
     """Bytes and layers a host downloads to pull the images `pulls` (from a registry, in order)
-    while holding `held`: manifests and configs, and every layer its rule (`pulled`) does not let
+    while holding `held`: manifests and configs, and every layer its rule (`host_key`) does not let
     it reuse; and the bytes it unpacks. Exact where the cost model estimates: digests and sizes
-    come from the registry."""
+    come from the registry. The totals are those of the stages (one pass): every blob in a registry
+    has one size, and none is empty, so a layer downloaded is one of more than 0 bytes."""
     ids = Ids()
     have = holding(h for image in held for h in registry_layers(ids, image, unpacked))
-    wanted = [registry_layers(ids, image, unpacked) for image in pulls]
-    layers = pulled((h for image in wanted for h in image), host_kind, have)
     fetched: set[Key] = set()
-    stages = tuple(stage_of(image, host_key(host_kind), have, fetched) for image in wanted)
-    return Pull(layers.bytes + sum(len(image.manifest_raw or b"") + len(image.config_raw) for image in pulls),
-                layers.layers, layers.unpacked, stages)
+    stages = tuple(stage_of(registry_layers(ids, image, unpacked), host_key(host_kind), have, fetched)
+                   for image in pulls)
+    layers = [layer for stage in stages for layer in stage]
+    manifests = sum(len(image.manifest_raw or b"") + len(image.config_raw) for image in pulls)
+    return Pull(manifests + sum(d for d, _ in layers), sum(1 for d, _ in layers if d),
+                sum(u for _, u in layers if u is not None), stages)
