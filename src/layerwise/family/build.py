@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..oci.engine import ENGINE_LOST, BuildFailed, BuildOptions, ChosenBuilder, Engine, check_dockerfile, choose_builder
 from ..oci.images import EngineImage, Image, RegistryImage
 from ..oci.mediatypes import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
-from ..oci.mutate import NormalizedLayer, normalize_config, normalize_layer
+from ..oci.mutate import NormalizedLayer, config_bytes, normalize_config, normalize_layer
 from ..oci.policy import RegistryPolicy
 from ..oci.reference import Reference
 from ..oci.registry import Registry
@@ -434,11 +434,8 @@ class Builder:
                     with open(blob, "rb") as f:   # a file, not a stream: a broken upload can be sent again
                         self.registry.upload_blob(name, layer.digest, f, layer.size, progress=report)
                     uploaded += layer.size
-        config = normalize_config(config, lower_diff_ids + [layer.diff_id for layer, _ in own])
-        config_raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        config_digest = "sha256:" + hashlib.sha256(config_raw).hexdigest()
-        if not self.registry.has_blob(name, config_digest):
-            self.registry.upload_blob(name, config_digest, config_raw, len(config_raw))
+        config_raw = config_bytes(normalize_config(config, lower_diff_ids + [layer.diff_id for layer, _ in own]))
+        config_digest = self.registry.push_bytes(name, config_raw)
         manifest = {
             "schemaVersion": 2,
             "mediaType": DOCKER_MANIFEST,

@@ -36,6 +36,7 @@ from ..family.state import LOCK_SUFFIX, STATE_FILE, load_state, locked
 from ..oci.engine import BuildOptions
 from ..oci.images import RegistryImage
 from ..oci.mediatypes import OCI_MANIFEST
+from ..oci.mutate import config_bytes
 from ..oci.policy import RegistryPolicy
 from ..oci.reference import Reference
 from ..oci.registry import Registry
@@ -368,24 +369,20 @@ def floor_images(registry: Registry, refs: list[str], changed: set[str]) -> list
         taken.update(layer.digest for layer in picked)
         name = Reference.parse(ref).repository
         source = json.loads(image.config_raw)
-        config = _canonical({"architecture": source.get("architecture", "amd64"), "os": source.get("os", "linux"),
-                             "config": {}, "rootfs": {"type": "layers", "diff_ids": [l.diff_id for l in picked]}})
-        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-        registry.upload_blob(name, config_digest, config, len(config))
+        config = config_bytes({"architecture": source.get("architecture", "amd64"),
+                               "os": source.get("os", "linux"), "config": {},
+                               "rootfs": {"type": "layers", "diff_ids": [l.diff_id for l in picked]}})
+        config_digest = registry.push_bytes(name, config)
         manifest = json.loads(image.manifest_raw or b"{}")
         media_type = manifest.get("mediaType") or OCI_MANIFEST
         descriptors = {d["digest"]: d for d in manifest.get("layers", [])}
-        raw = _canonical({"schemaVersion": 2, "mediaType": media_type,
+        raw = json.dumps({"schemaVersion": 2, "mediaType": media_type,
                           "config": {**manifest["config"], "digest": config_digest, "size": len(config)},
-                          "layers": [descriptors[layer.digest] for layer in picked]})
+                          "layers": [descriptors[layer.digest] for layer in picked]}).encode()
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         registry.put_manifest_bytes(name, digest, raw, media_type)
         out.append(f"{Reference.parse(ref).registry}/{name}@{digest}")
     return out
-
-
-def _canonical(doc: dict) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 SHORT_CASE_SECONDS = 1.0     # a case this quick gets three times the runs: its noise is a larger share

@@ -9,6 +9,7 @@ content give the same diff_id, the same compressed digest and the same manifest 
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -105,6 +106,12 @@ def normalize_layer(src: BinaryIO, dst: BinaryIO, epoch: int = FIXED_MTIME) -> N
 
 def epoch_iso(epoch: int = FIXED_MTIME) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def config_bytes(config: dict) -> bytes:
+    """An image config as layerwise writes it: keys sorted, no spaces, so equal configs give equal
+    digests."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
 
 def normalize_config(config: dict, diff_ids: list[str], epoch: int = FIXED_MTIME) -> dict:

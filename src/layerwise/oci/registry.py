@@ -426,6 +426,14 @@ class Registry:
         self._check(response, f"{self.host}/{name}@{digest}")
         return False
 
+    def push_bytes(self, name: str, data: bytes) -> str:
+        """A small blob (a config) under its digest, uploaded unless the repository holds it already;
+        returns the digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not self.has_blob(name, digest):
+            self.upload_blob(name, digest, data, len(data))
+        return digest
+
     def upload_blob(self, name: str, digest: str, data, size: int,
                     progress: Callable[[int, int], None] | None = None) -> None:
         """Monolithic upload of `data` (bytes or a binary file) under its known digest; `progress`
