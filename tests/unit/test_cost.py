@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerwise.plan.cost import summarize
+from layerwise.plan.model import inflated_bytes
 from layerwise.plan.planner import build_plan
 from layerwise.plan.spec import load_stack
 
@@ -177,10 +178,12 @@ def test_plan_costs_match_the_per_app_answers(write_stack):
     # ... but unpacks both: its snapshots are keyed by chain, and the code layer's chain changed.
     assert costs.pull(("a",), CONTAINERD, PLANNED, "lib").unpacked == 11
     # The time model's stage: lib downloaded and unpacked, then code unpacked only.
-    assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib", timed=True) == Pull(10, 1, 11, (((10, 10), (0, 1)),))
+    # (Sizes from files, not measured: every byte is taken as inflated, the third figure.)
+    assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib", timed=True) == Pull(10, 1, 11,
+                                                                                  (((10, 10, 10), (0, 1, 1)),))
     assert costs.pull(("a",), DOCKER_CONTAINERD, PLANNED, "lib").stages == ()     # bytes alone do without
-    assert costs.pull(("a",), DOCKER, PLANNED, "lib", timed=True).stages == (((10, 10), (1, 1)),)
-    every = ((100, 100), (10, 10), (1, 1))
+    assert costs.pull(("a",), DOCKER, PLANNED, "lib", timed=True).stages == (((10, 10, 10), (1, 1, 1)),)
+    every = ((100, 100, 100), (10, 10, 10), (1, 1, 1))
     assert costs.flat("a") == {None: Pull(111, 3, 111, (every,)), "tools": Pull(111, 3, 111, (every,)),
                                "lib": Pull(11, 2, 11, (every[1:],)), "code": Pull(1, 1, 1, (every[2:],))}
     # b arrives on a host holding a: only its own code layer.
@@ -215,24 +218,36 @@ def test_predict_pulls():
 
     assert manifest(app1) > 100
     # Cold: everything of both, shared layers once, plus two manifests and configs.
-    # (Without uncompressed sizes, a layer's size stands for what it unpacks to.)
+    # (Without uncompressed sizes, a layer's size stands for what it unpacks to, all inflated.)
     # Per image pulled, in order, its layers for the time model: app2 finds base and tools fetched.
     assert predict_pulls([app1, app2], [], DOCKER) == Pull(manifest(app1) + manifest(app2) + 1000 + 200 + 30 + 40, 4,
                                                            1000 + 200 + 30 + 40,
-                                                           (((1000, 1000), (200, 200), (30, 30)), ((40, 40),)))
+                                                           (((1000, 1000, 1000), (200, 200, 200), (30, 30, 30)),
+                                                            ((40, 40, 40),)))
     # Warm: app2 while holding app1: only its own layer.
-    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest(app2) + 40, 1, 40, (((40, 40),),))
+    assert predict_pulls([app2], [app1], DOCKER) == Pull(manifest(app2) + 40, 1, 40, (((40, 40, 40),),))
     # Another base below: the Docker Engine pulls every layer from the first miss on ...
     assert predict_pulls([moved], [app2], DOCKER).bytes == manifest(moved) + 900 + 200 + 40
     # ... containerd only the blob it lacks, but unpacks every layer above it again (chains changed).
     unpacked = {o: 9000, t: 2000, two: 400}
-    # (The stage: the new base downloaded and unpacked; tools and the app unpacked only.)
-    unpack_only = (((900, 9000), (0, 2000), (0, 400)),)
+    # (The stage: the new base downloaded and unpacked; tools and the app unpacked only. Each
+    # shrinks to under half in its blob: all of it taken as inflated.)
+    unpack_only = (((900, 9000, 9000), (0, 2000, 2000), (0, 400, 400)),)
     assert predict_pulls([moved], [app2], CONTAINERD, unpacked) == Pull(manifest(moved) + 900, 1, 9000 + 2000 + 400,
                                                                         unpack_only)
     assert predict_pulls([moved], [app2], DOCKER_CONTAINERD, unpacked) == Pull(manifest(moved) + 900, 1, 11400,
                                                                                unpack_only)
     assert predict_pulls([app2], [app1], CONTAINERD, unpacked).unpacked == 400
+    # A blob as large as its content (stored, not coded: a model, an archive) is not inflated.
+    assert predict_pulls([app2], [app1], CONTAINERD, {two: 40}).stages == (((40, 40, 0),),)
+
+
+def test_inflated_bytes_are_the_part_that_compresses():
+    assert inflated_bytes(100, 100) == 0           # stored: copied, not decoded
+    assert inflated_bytes(101, 100) == 0           # stored blocks cost a few bytes more than the data
+    assert inflated_bytes(75, 100) == 50           # at least 50 B shrank to half or less
+    assert inflated_bytes(50, 100) == 100
+    assert inflated_bytes(10, 100) == 100
 
 
 # -- the time model: each image pull through its engine's pipeline -------------------------------
@@ -248,28 +263,42 @@ def test_downloads_share_the_link_at_most_so_many_at_once():
 
 
 def test_unpacking_overlaps_the_downloads_only_where_the_engine_does():
-    small_first = ((100, 100), (300, 300))     # bytes downloaded, bytes unpacked; 100 B/s = 800 bit/s
+    # Per layer: bytes downloaded, bytes unpacked, bytes inflated; 100 B/s = 800 bit/s.
+    small_first = ((100, 100, 0), (300, 300, 0))
+    costs = EngineCosts(per_pull=0, per_layer=0.5, source="test", unpack_rate=100)
     # Docker Engine: the small layer is in at 2 s and unpacked (1 s + 0.5 s a layer) while the big
     # one still downloads (in at 4 s), which then takes 3.5 s: 7.5 s.
-    assert pull_seconds(small_first, 800, PIPELINES[DOCKER], 100, 0.5) == pytest.approx(7.5)
+    assert pull_seconds(small_first, 800, PIPELINES[DOCKER], costs) == pytest.approx(7.5)
     # containerd (ctr): every download first (4 s), then both unpacks: 4 + 1.5 + 3.5.
-    assert pull_seconds(small_first, 800, PIPELINES[CONTAINERD], 100, 0.5) == pytest.approx(9)
+    assert pull_seconds(small_first, 800, PIPELINES[CONTAINERD], costs) == pytest.approx(9)
     # Big one first: its unpack can only start at 4 s, so overlapping gains nothing.
     big_first = small_first[::-1]
-    assert pull_seconds(big_first, 800, PIPELINES[DOCKER], 100, 0.5) == pytest.approx(9)
+    assert pull_seconds(big_first, 800, PIPELINES[DOCKER], costs) == pytest.approx(9)
     # A blob held but its chain new (containerd): unpacked, nothing downloaded; a chain held: only
     # downloaded (None), no unpack and no per-layer work.
-    assert pull_seconds(((0, 50),), 800, PIPELINES[CONTAINERD], 100, 0.5) == pytest.approx(1.0)
-    assert pull_seconds(((100, None),), 800, PIPELINES[CONTAINERD], 100, 0.5) == pytest.approx(1.0)
+    assert pull_seconds(((0, 50, 0),), 800, PIPELINES[CONTAINERD], costs) == pytest.approx(1.0)
+    assert pull_seconds(((100, None, 0),), 800, PIPELINES[CONTAINERD], costs) == pytest.approx(1.0)
 
 
-def test_seconds_of_a_pull_add_the_stages_and_fall_back_to_the_sum():
+def test_coded_bytes_cost_their_decoding_beside_the_writing():
+    costs = EngineCosts(per_pull=0, per_layer=0.5, source="test", unpack_rate=100, inflate_rate=50)
+    # 100 B written (1 s) and decoded (2 s), plus the layer's 0.5 s; stored, only written.
+    assert pull_seconds(((0, 100, 100),), 800, PIPELINES[CONTAINERD], costs) == pytest.approx(3.5)
+    assert pull_seconds(((0, 100, 0),), 800, PIPELINES[CONTAINERD], costs) == pytest.approx(1.5)
+    assert costs.unpack_seconds(100, 100) == pytest.approx(3.5)
+    # Without an inflate rate (older bench figures, fleet files without one) the unpack rate stands
+    # for both.
+    assert pull_seconds(((0, 100, 100),), 800, PIPELINES[CONTAINERD],
+                        EngineCosts.of({"per_pull": 0, "per_layer": 0.5, "unpack_rate": 100}, "old")) == 1.5
+
+
+def test_seconds_of_a_pull_add_the_stages():
     costs = EngineCosts(per_pull=0.25, per_layer=0.5, source="test", unpack_rate=100)
-    staged = Pull(410, 2, 400, (((100, 100), (300, 300)),))   # 10 B of manifests beside the layers
+    staged = Pull(410, 2, 400, (((100, 100, 0), (300, 300, 0)),))   # 10 B of manifests beside the layers
     # per pull + the manifests' 10 B at 100 B/s + the pipeline's 7.5 s
     assert costs.seconds(staged, 1, 800, DOCKER) == pytest.approx(0.25 + 0.1 + 7.5)
-    # Without the kind (or the layers): link + per layer + unpack, summed.
-    assert costs.seconds(staged, 1, 800) == pytest.approx(4.1 + 1.0 + 0.25 + 4.0)
+    # Two pulls: the second finds every layer held, and costs its per pull only.
+    assert costs.seconds(staged, 2, 800, DOCKER) == pytest.approx(0.5 + 0.1 + 7.5)
 
 
 @given(st.lists(st.integers(0, 10_000), max_size=12), st.integers(0, 4))

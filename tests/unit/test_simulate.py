@@ -67,7 +67,8 @@ def test_simulate_by_hand(files):
                                                                   "monthly": 1 * 1_000_000 + 10 * 3000}
     assert only_a["host_kind"] == "containerd" and only_a["count"] == 2
     assert doc["fleet"]["cold"]["planned"] == 3 * 1_003_000 + 2 * 1_001_000
-    assert both["engine_costs"] == {"per_pull": 0.5, "per_layer": 0.1, "unpack_rate": 2e6, "source": "fleet file"}
+    assert both["engine_costs"] == {"per_pull": 0.5, "per_layer": 0.1, "unpack_rate": 2e6, "inflate_rate": 0.0,
+                                    "source": "fleet file"}
 
 
 def test_rates_can_be_overridden_and_host_kind_forced(files):
@@ -116,3 +117,17 @@ def test_fleet_errors(files, name):
     result = simulate(files)
     assert result.returncode == 2, result.stdout
     assert f"fleet.yaml:{line}: " in result.stderr and message in result.stderr, result.stderr
+
+
+def test_an_inflate_rate_adds_the_decoding_of_unmeasured_layers(files):
+    # Sizes from hints, not measured: every byte is taken as coded, decoded at 4 MB/s beside being
+    # written at 2 MB/s.
+    (files / "fleet.yaml").write_text(FLEET.replace("unpack_rate: 2MB/s", "unpack_rate: 2MB/s\ninflate_rate: 4MB/s"))
+    doc = json.loads(simulate(files, "--json").stdout)
+    both = doc["groups"][0]
+    assert both["cold"]["planned"]["seconds"] == pytest.approx(1.003 + 0.3 + 1.0 + 1.003 / 2 + 1.003 / 4, abs=1e-3)
+    assert both["engine_costs"]["inflate_rate"] == 4e6
+    (files / "fleet.yaml").write_text(FLEET + "inflate_rate: 0MB/s\n")
+    result = simulate(files)
+    assert result.returncode == 2 and "fleet.yaml:" in result.stderr
+    assert "inflate_rate must be a rate above zero" in result.stderr

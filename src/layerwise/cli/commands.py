@@ -146,8 +146,7 @@ def _order_summary(loaded, applied_plan, state):
     if label is None:
         plans["applied"] = applied_plan
         label = "applied"
-    engine = {k: EngineCosts(**{f: v for f, v in c.items() if f in ("per_pull", "per_layer", "unpack_rate")},
-                             source="measured") for k, c in state.pull_costs.items()}
+    engine = {k: EngineCosts.of(c, "measured") for k, c in state.pull_costs.items()}
     patched = choice.declared[0]
     fleet = loaded.fleet.path if loaded.fleet else None     # named as the stack file names it
     fleet_name = str(fleet.relative_to(loaded.root) if fleet and fleet.is_relative_to(loaded.root) else fleet or "")
@@ -397,9 +396,7 @@ def simulate(stack: Path, fleet_path: Path, host_kind: str | None, compare: Path
     out = console()
     for table in simulate_tables(results, labels):
         out.print(table)
-    engine_costs = sorted({f"{r.host_kind}: {r.costs.per_pull:g} s per pull, {r.costs.per_layer:g} s per "
-                           f"layer, unpacks {r.costs.unpack_rate / 1e6:.3g} MB/s ({r.costs.source})"
-                           for r in results})
+    engine_costs = sorted({f"{r.host_kind}: {r.costs.describe()}" for r in results})
     out.print(f"[dim]{size_note(layer_sizes(the_plan))} Engine costs: {'; '.join(engine_costs)}."
               + (f" Chart: {chart}" if chart else "") + "[/]")
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..plan.cost import CostSummary
+from ..plan.cost import CostSummary, EngineCosts
 from ..plan.model import ImageNode, Plan
 from ..units import format_size
 
@@ -127,8 +127,7 @@ def order_tables(summary) -> list:
     for name, why in summary.reasons.items():
         out.append(f"  {name}: {why}")
     def costs(engine: dict) -> str:
-        return "; ".join(sorted(f"{k}: {c.per_pull:g} s/pull, {c.per_layer:g} s/layer, unpacks "
-                                f"{c.unpack_rate / 1e6:.3g} MB/s ({c.source})" for k, c in engine.items()))
+        return "; ".join(sorted(f"{k}: {c.describe()}" for k, c in engine.items()))
 
     fleet_costs = ""
     if summary.fleet:
@@ -356,10 +355,8 @@ def bench_summary(report) -> list[str]:
                              f"(ratio {warm.seconds / cold.seconds:.3f}; bytes {format_size(warm.measured)} "
                              f"vs {format_size(cold.measured)})")
     for kind, costs in sorted(report.engine_costs.items()):
-        rate = costs.get("unpack_rate") or 0
-        unpack = f"unpacks {rate / 1e6:.1f} MB/s" if rate else "no unpack time beside the link's"
-        lines.append(f"{kind}: fixed cost {costs['per_pull']:.2f} s per pull, {costs['per_layer']:.3f} s per "
-                     f"layer, {unpack} (fitted to these pulls; `layerwise simulate` uses it)")
+        lines.append(f"{kind}: {EngineCosts.of(costs, 'fitted to these pulls').describe()}; "
+                     "`layerwise simulate` uses it")
         errors = [abs(c.seconds_error) for c in report.cases if c.host_kind == kind]
         if errors:
             lines.append(f"{kind}: predicted seconds within {100 * max(errors):.1f}% of measured in every case")
@@ -373,7 +370,8 @@ def bench_summary(report) -> list[str]:
                      + (f" vs the floor's {format_seconds(s['floor_measured'])} measured "
                         f"({format_seconds(s['floor_predicted'])} predicted) = "
                         f"{s['measured'] / s['floor_measured']:.2f}× floor" if s.get("floor_measured") else "")
-                     + f", of which the floor's unpacking {format_seconds(s['floor_unpack'])}")
+                     + f"; unpacking {format_seconds(s['unpack'])} predicted vs the floor's "
+                       f"{format_seconds(s['floor_unpack'])}")
             if p:
                 line += f"; update of {p['category']} = {100 * p['measured']:.2f}% of a cold pull"
             lines.append(line)

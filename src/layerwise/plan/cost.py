@@ -10,8 +10,10 @@ Every layer of an app gets three identities:
 Every kind keys its unpacked filesystems (snapshots, layer store) by chain: a layer whose chain is
 new is unpacked again even when no byte of it is downloaded (`Pull.unpacked`).
 
-Seconds of a pull (`Estimate.add`): bytes / bandwidth + per pull + per layer downloaded + unpacked
-(uncompressed) bytes / the host's unpack rate; the engine costs are fitted by `bench pull`.
+Seconds of a pull (`EngineCosts.seconds`): per pull, plus each image pull's layers through its
+engine's pipeline (`pull_seconds`): downloads sharing the link, and each layer unpacked: the bytes
+written at the unpack rate, the bytes decoded from coded gzip blocks (`inflated_bytes`) at the
+inflate rate, and a fixed cost per layer. The engine costs are fitted by `bench pull`.
 
 Variants of the same apps:
 - **planned** (layerwise): shared images are built once; layers are byte-reproducible, so a step
@@ -41,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from .model import Plan, Step
+from .model import Plan, Step, inflated_bytes
 
 if TYPE_CHECKING:   # only types here: the pure cost rules import no I/O
     from ..oci.images import Image
@@ -78,13 +80,15 @@ class Ids:
 
 class HostLayer(NamedTuple):
     """One layer as hosts see it: `chain` (Docker Engine), `blob` (containerd), `content` (floor);
-    `size` is what crosses the link (compressed once measured), `unpacked` what is written to disk."""
+    `size` is what crosses the link (compressed once measured), `unpacked` what is written to disk,
+    `inflated` what of it is decoded from coded gzip blocks."""
     chain: Key
     blob: Key
     content: Key
     size: int
     category: str = ""
     unpacked: int = 0
+    inflated: int = 0
 
     def key(self, host_kind: str) -> Key:
         return host_key(host_kind)(self)
@@ -96,12 +100,15 @@ def next_chain(ids: Ids, chain: Key, blob: Key) -> int:
 
 
 def chained(ids: Ids, layers: Iterable[tuple]) -> list[HostLayer]:
-    """(blob, content, size[, unpacked]) bottom first → HostLayers with their chain ids: an image as
-    pulled. Without the unpacked size, the size stands for it."""
+    """(blob, content, size[, unpacked[, inflated]]) bottom first → HostLayers with their chain ids:
+    an image as pulled. Without the unpacked size, the size stands for it, all of it inflated;
+    without the inflated bytes, they are estimated from the two sizes (`inflated_bytes`)."""
     out, chain = [], None
-    for blob, content, size, *unpacked in layers:
+    for blob, content, size, *more in layers:
         chain = next_chain(ids, chain, blob)
-        out.append(HostLayer(chain, blob, content, size, "", unpacked[0] if unpacked else size))
+        unpacked = more[0] if more else size
+        inflated = more[1] if len(more) > 1 else (inflated_bytes(size, unpacked) if more else size)
+        out.append(HostLayer(chain, blob, content, size, "", unpacked, inflated))
     return out
 
 
@@ -148,21 +155,22 @@ def as_built(ids: Ids, steps: Iterable[tuple[Step, bool]], variant: str = PLANNE
         chain = table.get(parts)
         if chain is None:
             chain = table[parts] = len(table)
-        out.append(_new(HostLayer, (chain, blob, content, step.size or 0, step.category, step.unpacked)))
+        out.append(_new(HostLayer, (chain, blob, content, step.size or 0, step.category, step.unpacked,
+                                    step.inflated)))
     return out, Below(chain, content_below, rebuilt)
 
 
 # One image pull: per layer it downloads or unpacks, bottom first, (bytes downloaded, 0 if held;
-# bytes unpacked, None if its chain is held).
-Stage = tuple[tuple[int, int | None], ...]
+# bytes unpacked, None if its chain is held; of those, bytes inflated, 0 if not unpacked).
+Stage = tuple[tuple[int, int | None, int], ...]
 
 
 @dataclass
 class Pull:
     """What one host downloads in one case: bytes and layers over the link, and the uncompressed
     bytes of the layers it unpacks (every layer whose chain it did not hold). `stages`: the same
-    layers per image pulled, for the time model (`pull_seconds`); empty where only the totals are
-    known, and the seconds are then their sum."""
+    layers per image pulled, for the time model (`pull_seconds`); only where seconds are asked for
+    (`PlanCosts.pull(..., timed=True)`)."""
     bytes: int
     layers: int
     unpacked: int = 0
@@ -228,7 +236,7 @@ def stage_of(layers: Iterable[HostLayer], key: Callable[[HostLayer], Key], held:
         if down or unpack:
             fetched.add(blob)
             fetched.add(chain)
-            stage.append((h[3] if down else 0, h[5] if unpack else None))
+            stage.append((h[3] if down else 0, h[5] if unpack else None, h[6] if unpack else 0))
     return tuple(stage)
 
 
@@ -259,8 +267,9 @@ def content_pull(layers: Iterable[HostLayer], held: Container[Key] = ()) -> Pull
     for h in layers:
         if h.content not in held:
             seen[h.content] = h
-    stage = tuple((h.size, h.unpacked) for h in seen.values())
-    return Pull(sum(s for s, _ in stage), len(stage), sum(u for _, u in stage), (stage,) if stage else ())
+    stage = tuple((h.size, h.unpacked, h.inflated) for h in seen.values())
+    return Pull(sum(h.size for h in seen.values()), len(stage), sum(h.unpacked for h in seen.values()),
+                (stage,) if stage else ())
 
 
 def content_bytes(layers: Iterable[HostLayer], held: Container[Key] = ()) -> int:
@@ -427,7 +436,7 @@ class PlanCosts:
                 if s.creates_layer:
                     top = out[None]
                     out[None] = Pull(top.bytes + (s.size or 0), top.layers + 1, top.unpacked + s.unpacked,
-                                     (((s.size or 0, s.unpacked),) + top.stages[0],))
+                                     (((s.size or 0, s.unpacked, s.inflated),) + top.stages[0],))
                 out[s.category] = out[None]
             self._flat_nodes[key] = out
         return self._flat_nodes[key]
@@ -645,50 +654,69 @@ def download_done(sizes: list[int], bytes_per_second: float, downloads: int) -> 
     return done
 
 
-def pull_seconds(stage: Stage, bandwidth_bps: float, pipeline: Pipeline, unpack_rate: float,
-                 per_layer: float, done: list[float] | None = None) -> float:
+def pull_seconds(stage: Stage, bandwidth_bps: float, pipeline: Pipeline, costs: EngineCosts,
+                 done: list[float] | None = None) -> float:
     """One image pull's layers through the engine's pipeline: downloads sharing the link, then each
-    layer unpacked in order (uncompressed bytes / unpack rate + the fixed work of a layer). `done`:
-    `download_done` of the stage, when already known."""
+    layer unpacked in order (`EngineCosts.unpack_seconds`). `done`: `download_done` of the stage,
+    when already known."""
+    write = 1 / costs.unpack_rate if costs.unpack_rate else 0.0     # inlined: runs per layer, per case
+    decode = 1 / costs.inflate_rate if costs.inflate_rate else 0.0
+    per_layer = costs.per_layer
     if not pipeline.overlap:      # the link is busy until the last download ends, however shared
-        return (sum(d for d, _ in stage) * 8 / bandwidth_bps
-                + sum((u / unpack_rate if unpack_rate else 0.0) + per_layer for _, u in stage if u is not None))
+        return (sum(d for d, _, _ in stage) * 8 / bandwidth_bps
+                + sum(u * write + k * decode + per_layer for _, u, k in stage if u is not None))
     if done is None:
-        done = download_done([d for d, _ in stage], bandwidth_bps / 8, pipeline.downloads)
-    unpacks = [(i, u / unpack_rate if unpack_rate else 0.0) for i, (_, u) in enumerate(stage) if u is not None]
-    last = max(done, default=0.0)
+        done = download_done([d for d, _, _ in stage], bandwidth_bps / 8, pipeline.downloads)
     at = 0.0
-    for i, t in unpacks:
-        at = max(at, done[i]) + t + per_layer
-    return max(at, last)
+    for (_, u, k), ends in zip(stage, done):
+        if u is not None:
+            at = max(at, ends) + u * write + k * decode + per_layer
+    return max(at, max(done, default=0.0))
+
+
+# The costs an engine's figures are read and written under (bench results, the state file).
+ENGINE_COST_FIELDS = ("per_pull", "per_layer", "unpack_rate", "inflate_rate")
 
 
 @dataclass(frozen=True)
 class EngineCosts:
-    """Fixed work per pull and per layer unpacked, and the rate layers are unpacked at, beside the
-    bytes."""
+    """Fixed work per pull and per layer unpacked, and the rates a layer is unpacked at, beside the
+    bytes: `unpack_rate` the bytes written per second, `inflate_rate` the bytes decoded from coded
+    gzip blocks per second (0: not apart, the unpack rate stands for both)."""
     per_pull: float
     per_layer: float
     source: str          # "fleet file", "measured" or "assumed"
     unpack_rate: float = 100e6    # uncompressed bytes per second; 0: no time beside the link's
+    inflate_rate: float = 0.0
 
-    def seconds(self, pull: Pull, pulls: int, bandwidth_bps: float, host_kind: str | None = None) -> float:
+    @classmethod
+    def of(cls, figures: dict[str, float], source: str) -> EngineCosts:
+        """From a bench's or a state file's figures (older ones lack the inflate rate)."""
+        return cls(**{k: v for k, v in figures.items() if k in ENGINE_COST_FIELDS}, source=source)
+
+    def unpack_seconds(self, unpacked: int, inflated: int) -> float:
+        """One layer unpacked: its bytes written, the coded ones decoded, and the fixed work."""
+        return ((unpacked / self.unpack_rate if self.unpack_rate else 0.0)
+                + (inflated / self.inflate_rate if self.inflate_rate else 0.0) + self.per_layer)
+
+    def seconds(self, pull: Pull, pulls: int, bandwidth_bps: float, host_kind: str) -> float:
         """The time model: per pull (manifest, config, bookkeeping: a pull that finds every layer held
         still costs it) + each image pull's layers through the host kind's pipeline
-        (`pull_seconds`) + the bytes outside any layer (manifests, configs) over the link. Without
-        the layers (`pull.stages`) or the kind: the sum of link time, per layer and unpacking."""
-        if pull.stages and host_kind is not None:
-            pipeline = PIPELINES[host_kind]
-            staged = sum(d for stage in pull.stages for d, _ in stage)
-            return (pulls * self.per_pull + max(0, pull.bytes - staged) * 8 / bandwidth_bps
-                    + sum(pull_seconds(stage, bandwidth_bps, pipeline, self.unpack_rate, self.per_layer)
-                          for stage in pull.stages))
-        return (pull.bytes * 8 / bandwidth_bps + pull.layers * self.per_layer + pulls * self.per_pull
-                + (pull.unpacked / self.unpack_rate if self.unpack_rate else 0.0))
+        (`pull_seconds`) + the bytes outside any layer (manifests, configs) over the link."""
+        staged = sum(d for stage in pull.stages for d, _, _ in stage)
+        return (pulls * self.per_pull + max(0, pull.bytes - staged) * 8 / bandwidth_bps
+                + sum(pull_seconds(stage, bandwidth_bps, PIPELINES[host_kind], self) for stage in pull.stages))
 
     def to_dict(self) -> dict:
         return {"per_pull": self.per_pull, "per_layer": self.per_layer, "unpack_rate": self.unpack_rate,
-                "source": self.source}
+                "inflate_rate": self.inflate_rate, "source": self.source}
+
+    def describe(self) -> str:
+        unpack = (f"unpacks {self.unpack_rate / 1e6:.3g} MB/s" if self.unpack_rate
+                  else "no unpack time beside the link's")
+        if self.inflate_rate:
+            unpack += f", decodes gzip {self.inflate_rate / 1e6:.3g} MB/s"
+        return f"{self.per_pull:g} s per pull, {self.per_layer:g} s per layer, {unpack} ({self.source})"
 
 
 # Used only when neither the fleet file nor a bench measurement gives them; said so in the output.
@@ -703,7 +731,7 @@ class Estimate:
     unpacked: float = 0.0
 
     def add(self, pull: Pull, pulls: int, rate: float, bandwidth_bps: float, costs: EngineCosts,
-            host_kind: str | None = None) -> None:
+            host_kind: str) -> None:
         self.bytes += rate * pull.bytes
         self.layers += rate * pull.layers
         self.unpacked += rate * pull.unpacked
@@ -911,9 +939,10 @@ def compare_orders(plans: dict[str, Plan], applied: str, reasons: dict[str, str]
 
 def registry_layers(ids: Ids, image: Image, unpacked: dict[str, int] | None = None) -> list[HostLayer]:
     """An image's layers as hosts pulling it see them: the blob digest, chained; `unpacked`: the
-    uncompressed bytes per blob digest, when known."""
+    uncompressed bytes per blob digest, when known (else the size stands for them, all inflated)."""
     unpacked = unpacked or {}
-    return chained(ids, ((layer.digest, layer.digest, layer.size, unpacked.get(layer.digest, layer.size))
+    return chained(ids, ((layer.digest, layer.digest, layer.size, unpacked[layer.digest])
+                         if layer.digest in unpacked else (layer.digest, layer.digest, layer.size)
                          for layer in image.layers))
 
 
@@ -931,5 +960,5 @@ def predict_pulls(pulls: list[Image], held: list[Image], host_kind: str,
                    for image in pulls)
     layers = [layer for stage in stages for layer in stage]
     manifests = sum(len(image.manifest_raw or b"") + len(image.config_raw) for image in pulls)
-    return Pull(manifests + sum(d for d, _ in layers), sum(1 for d, _ in layers if d),
-                sum(u for _, u in layers if u is not None), stages)
+    return Pull(manifests + sum(d for d, _, _ in layers), sum(1 for d, _, _ in layers if d),
+                sum(u for _, u, _ in layers if u is not None), stages)

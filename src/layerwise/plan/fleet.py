@@ -8,12 +8,13 @@
     updates: {code: 30}           # changes per month, overriding the stack file's
     per_pull: 0.3s                # engine costs; measured by `layerwise bench pull` when left out
     per_layer: 50ms
-    unpack_rate: 60MB/s           # uncompressed bytes unpacked per second
+    unpack_rate: 60MB/s           # uncompressed bytes written per second
+    inflate_rate: 150MB/s         # bytes decoded from coded gzip blocks per second (left out: in unpack_rate)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,7 @@ class FleetSpec(BaseModel):
     per_pull: str | float | None = None
     per_layer: str | float | None = None
     unpack_rate: str | float | None = None
+    inflate_rate: str | float | None = None
     groups: dict[str, GroupSpec] = Field(min_length=1)
     updates: dict[str, float] = Field(default_factory=dict)
 
@@ -65,17 +67,17 @@ class Fleet:
     per_pull: float | None               # seconds, when the fleet file sets them
     per_layer: float | None
     unpack_rate: float | None = None     # bytes per second, when the fleet file sets it
+    inflate_rate: float | None = None
 
     def engine_costs(self, host_kind: str, measured: dict[str, dict[str, float]]) -> EngineCosts:
         """The costs per pull, per layer and of unpacking: the fleet file's, else the bench's, else assumed."""
-        if self.per_pull is not None or self.per_layer is not None or self.unpack_rate is not None:
-            return EngineCosts(self.per_pull if self.per_pull is not None else ASSUMED_COSTS.per_pull,
-                               self.per_layer if self.per_layer is not None else ASSUMED_COSTS.per_layer,
-                               "fleet file",
-                               self.unpack_rate if self.unpack_rate is not None else ASSUMED_COSTS.unpack_rate)
+        given = {k: v for k, v in (("per_pull", self.per_pull), ("per_layer", self.per_layer),
+                                   ("unpack_rate", self.unpack_rate), ("inflate_rate", self.inflate_rate))
+                 if v is not None}
+        if given:
+            return replace(ASSUMED_COSTS, **given, source="fleet file")
         if host_kind in measured:
-            known = {k: v for k, v in measured[host_kind].items() if k in ("per_pull", "per_layer", "unpack_rate")}
-            return EngineCosts(**known, source="measured")
+            return EngineCosts.of(measured[host_kind], "measured")
         return ASSUMED_COSTS
 
 
@@ -113,15 +115,21 @@ def load_fleet(path: str | Path, plan: Plan | Stack) -> Fleet:
         path=path, groups=tuple(groups), updates=dict(spec.updates),
         per_pull=parsed(parse_duration, spec.per_pull, ("per_pull",)) if spec.per_pull is not None else None,
         per_layer=parsed(parse_duration, spec.per_layer, ("per_layer",)) if spec.per_layer is not None else None,
-        unpack_rate=(parsed(_unpack_rate, spec.unpack_rate, ("unpack_rate",))
+        unpack_rate=(parsed(lambda t: _rate(t, "unpack_rate"), spec.unpack_rate, ("unpack_rate",))
                      if spec.unpack_rate is not None else None),
+        inflate_rate=(parsed(lambda t: _rate(t, "inflate_rate"), spec.inflate_rate, ("inflate_rate",))
+                      if spec.inflate_rate is not None else None),
     )
 
 
-def _unpack_rate(text: str | float) -> float:
+def _rate(text: str | float, key: str) -> float:
     """Bytes per second from "60MB/s" (any bandwidth unit, converted) or a plain number of bytes/s."""
-    rate = float(text) if isinstance(text, (int, float)) and not isinstance(text, bool) else parse_bandwidth(text) / 8
+    try:
+        rate = (float(text) if isinstance(text, (int, float)) and not isinstance(text, bool)
+                else parse_bandwidth(text) / 8)
+    except ValueError:
+        rate = 0.0
     if rate <= 0:
-        raise ValueError(f"unpack_rate must be above zero: {text!r}")
+        raise ValueError(f"{key} must be a rate above zero, such as 150MB/s: {text!r}")
     return rate
 

@@ -39,6 +39,15 @@ class cached:
         return value
 
 
+def inflated_bytes(compressed: int, unpacked: int) -> int:
+    """The bytes of a layer that come out of coded gzip blocks: unpacking them costs an engine
+    decoding time, while stored blocks (data that does not compress: models, archives, wheels) are
+    only copied. Known from the two sizes alone: a layer that shrinks by s bytes holds at least 2s
+    bytes of data that compresses to half or less, as coded data commonly does; the rest is taken
+    as stored."""
+    return min(unpacked, 2 * max(0, unpacked - compressed))
+
+
 @dataclass(frozen=True)
 class Category:
     name: str
@@ -78,6 +87,13 @@ class Step:
     def unpacked(self) -> int:
         """Bytes the layer takes once unpacked: hints and file sizes are uncompressed already."""
         return self.unpacked_size if self.unpacked_size is not None else (self.size or 0)
+
+    @cached
+    def inflated(self) -> int:
+        """Bytes of it an engine decodes (`inflated_bytes`); until measured, all of it."""
+        if self.unpacked_size is None:
+            return self.size or 0
+        return inflated_bytes(self.size or 0, self.unpacked_size)
 
     @cached
     def identity(self) -> str:
