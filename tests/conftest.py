@@ -51,6 +51,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           cwd=cwd, env={**os.environ, **env} if env else None)
 
 
+def two_app_stack(project: str, tools, code1, code2, base: str = "localhost:5000/os/busybox:latest") -> str:
+    """A stack file of two apps on one base, the shape most engine tests need: a `tools` category
+    both share, then each app's own `code` (each a step, a list of steps or a mapping)."""
+    import yaml
+    return yaml.safe_dump({
+        "registry": REGISTRY, "project": project, "base": base,
+        "categories": [{"name": "tools", "owner": "platform"}, {"name": "code", "owner": "apps"}],
+        "apps": {"app1": {"tools": tools, "code": code1}, "app2": {"tools": tools, "code": code2}},
+    }, sort_keys=False)
+
+
 def write_file(path: Path, text: str) -> Path:
     """Write text to path, making its folders."""
     path.parent.mkdir(parents=True, exist_ok=True)

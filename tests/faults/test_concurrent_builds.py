@@ -9,21 +9,14 @@ import subprocess
 import sys
 import time
 
-from conftest import REGISTRY, run_cli, write_file
+from conftest import REGISTRY, run_cli, two_app_stack, write_file
 from layerwise.family.state import STATE_FILE, load_state
 from layerwise.oci.registry import Registry
 
-STACK = """\
-registry: localhost:5000
-project: {ns}
-base: localhost:5000/os/busybox:latest
-categories:
-  - {{name: tools, owner: platform}}
-  - {{name: code, owner: apps}}
-apps:
-  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 20 && echo {ns}-one > /app"}}
-  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 20 && echo {ns}-two > /app"}}
-"""
+
+def stack_text(ns: str) -> str:
+    return two_app_stack(ns, "RUN echo tools > /t", f"RUN sleep 20 && echo {ns}-one > /app",
+                         f"RUN sleep 20 && echo {ns}-two > /app")
 
 
 def start(tmp_path, name, *args):
@@ -37,7 +30,7 @@ def start(tmp_path, name, *args):
 
 def test_the_second_build_waits_then_builds_nothing(services, tmp_path, namespace):
     ns = f"faults-process/{namespace}"      # in the RUN too: the engine's cache must not make it quick
-    stack = write_file(tmp_path / "stack" / "layerwise.yaml", STACK.format(ns=ns))
+    stack = write_file(tmp_path / "stack" / "layerwise.yaml", stack_text(ns))
     lock = stack.parent / (STATE_FILE + ".lock")
     first = start(tmp_path, "first", "build", str(stack), "--push", "--json")
     deadline = time.monotonic() + 120

@@ -16,23 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REGISTRY, run_cli, write_file
+from conftest import REGISTRY, run_cli, two_app_stack, write_file
 from layerwise.family.state import load_state
 from layerwise.measure.hosts import DockerHost
 from layerwise.oci.images import RegistryImage
 from layerwise.oci.registry import Registry
 
-STACK = """\
-registry: localhost:5000
-project: {ns}
-base: localhost:5000/os/busybox:latest
-categories:
-  - {{name: tools, owner: platform}}
-  - {{name: code, owner: apps}}
-apps:
-  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 8 && echo one > /app"}}
-  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 8 && echo two > /app"}}
-"""
+
+def stack_text(ns: str) -> str:
+    return two_app_stack(ns, "RUN echo tools > /t", "RUN sleep 8 && echo one > /app", "RUN sleep 8 && echo two > /app")
 
 
 @pytest.fixture
@@ -60,7 +52,7 @@ def layer_digests(ns: str) -> dict[str, list[str]]:
 def test_engine_lost_mid_build_then_the_rerun_builds_what_is_left(private_engine, tmp_path, namespace, how,
                                                                     builder):
     ns = f"faults-process/{namespace}"
-    stack = write_file(tmp_path / "stack" / "layerwise.yaml", STACK.format(ns=ns))
+    stack = write_file(tmp_path / "stack" / "layerwise.yaml", stack_text(ns))
     env = {**os.environ, "DOCKER_HOST": f"unix://{private_engine.socket}", "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "layerwise", "build", str(stack), "--push", "--builder", builder]
     with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
@@ -91,6 +83,6 @@ def test_engine_lost_mid_build_then_the_rerun_builds_what_is_left(private_engine
                         "app1": "built", "app2": "built"}
 
     whole_ns = f"faults-process/{namespace}-whole"  # the same family, never interrupted
-    whole = write_file(tmp_path / "whole" / "layerwise.yaml", STACK.format(ns=whole_ns))
+    whole = write_file(tmp_path / "whole" / "layerwise.yaml", stack_text(whole_ns))
     assert run_cli("build", str(whole), "--push", "--builder", builder, env=env).returncode == 0
     assert layer_digests(ns) == layer_digests(whole_ns)

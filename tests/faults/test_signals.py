@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REGISTRY, run_cli, write_file
+from conftest import REGISTRY, run_cli, two_app_stack, write_file
 from layerwise.family.state import STATE_FILE, load_state
 from layerwise.oci.registry import Registry
 
@@ -124,17 +124,6 @@ def no_containers_with(engine, marker: str, timeout: float = 30) -> bool:
 
 # -- build ----------------------------------------------------------------------------------------
 
-BUILD_STACK = """\
-registry: localhost:5000
-project: {ns}
-base: {base}
-categories:
-  - {{name: tools, owner: platform}}
-  - {{name: code, owner: apps}}
-apps:
-  app1: {{tools: "RUN echo tools > /t", code: "RUN sleep 10 && echo {marker}-1 > /app"}}
-  app2: {{tools: "RUN echo tools > /t", code: "RUN sleep 10 && echo {marker}-2 > /app"}}
-"""
 
 
 @pytest.mark.parametrize("sig", SIGNALS)
@@ -142,7 +131,8 @@ apps:
 def test_build(main_engine, tmp_path, namespace, sig, builder):
     marker = f"faults-process-{uuid.uuid4().hex[:8]}"
     ns = f"faults-process/{namespace}"
-    stack = write_file(tmp_path / "stack" / "layerwise.yaml", BUILD_STACK.format(ns=ns, base=BUSYBOX, marker=marker))
+    stack = write_file(tmp_path / "stack" / "layerwise.yaml", two_app_stack(ns, "RUN echo tools > /t", f"RUN sleep 10 && echo {marker}-1 > /app",
+                                     f"RUN sleep 10 && echo {marker}-2 > /app", BUSYBOX))
     run = Run(tmp_path, "build", str(stack), "--push", "--builder", builder)
     run.until(lambda: "sleep 10" in run.stdout)         # the base is pushed, the apps are in their long step
     time.sleep(0.5)
@@ -281,17 +271,6 @@ def test_audit(tmp_path, big_image, sig):
 
 # -- bench pull -----------------------------------------------------------------------------------
 
-BENCH_STACK = """\
-registry: localhost:5000
-project: {ns}
-base: {base}
-categories:
-  - {{name: tools, owner: platform}}
-  - {{name: code, owner: apps}}
-apps:
-  app1: {{tools: "RUN echo tools > /t", code: "RUN echo one > /app"}}
-  app2: {{tools: "RUN echo tools > /t", code: "RUN echo two > /app"}}
-"""
 
 
 def processes_using(folder: Path) -> list[str]:
@@ -320,7 +299,8 @@ def test_bench_pull(main_engine, tmp_path, namespace, sig, kind):
     bench_dir = Path(tempfile.mkdtemp(prefix="lwb-", dir="/tmp"))    # short: unix socket paths
     try:
         stack = write_file(tmp_path / "stack" / "layerwise.yaml",
-                           BENCH_STACK.format(ns=f"faults-process/{namespace}", base=BUSYBOX))
+                           two_app_stack(f"faults-process/{namespace}", "RUN echo tools > /t", "RUN echo one > /app",
+                                         "RUN echo two > /app", BUSYBOX))
         args = ("bench", "pull", str(stack), "--no-updates", "--bandwidth", "1Gbit")
         env = {"LAYERWISE_BENCH_DIR": str(bench_dir)}
         run = Run(tmp_path, *args, env=env)

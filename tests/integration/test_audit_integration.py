@@ -4,19 +4,7 @@ import os
 
 import pytest
 
-from conftest import run_cli
-
-STACK = """\
-registry: localhost:5000
-project: {ns}
-base: localhost:5000/os/busybox:latest
-categories:
-  - {{name: tools, owner: platform}}
-  - {{name: code, owner: apps}}
-apps:
-  app1: {{tools: COPY tools/ /opt/tools/, code: COPY code1/ /srv/}}
-  app2: {{tools: COPY tools/ /opt/tools/, code: COPY code2/ /srv/}}
-"""
+from conftest import run_cli, two_app_stack
 
 
 @pytest.mark.integration
@@ -30,7 +18,7 @@ def test_audit_flat_vs_layered_family(services, namespace, tmp_path):
     for n in (1, 2):
         (tmp_path / f"code{n}").mkdir()
         (tmp_path / f"code{n}" / "app.txt").write_text(f"app {n}\n")
-    (tmp_path / "layerwise.yaml").write_text(STACK.format(ns=namespace))
+    (tmp_path / "layerwise.yaml").write_text(two_app_stack(namespace, "COPY tools/ /opt/tools/", "COPY code1/ /srv/", "COPY code2/ /srv/"))
     stack = load_stack(tmp_path / "layerwise.yaml")
     plan, _, _ = build_family(stack, push=True)
     flat = build_flat(stack, plan, lambda line: None)

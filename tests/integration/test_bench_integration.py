@@ -78,12 +78,16 @@ def test_bench_pull_measures_both_host_kinds_and_the_model_predicts_it(family, t
     # scheme must move, so never more than the update itself, and its seconds in the goal figures.
     for kind in kinds:
         update, floor = cases[(kind, "layered", "update tools")], cases[(kind, "layered", "floor tools")]
-        layer_bytes = sum(d for stage in floor["stages"] for d, _ in stage)
+        layer_bytes = sum(d for stage in floor["stages"] for d, _, _ in stage)
         assert layer_bytes == update["changed_bytes"]
         assert floor["measured_bytes"] <= update["measured_bytes"]
         goal = doc["goals"][kind]["stack"]["monthly_seconds"]
         assert goal["floor_measured"] > 0 and goal["floor_predicted"] > 0
-    assert set(doc["engine_costs"]) == kinds and all("unpack_rate" in v for v in doc["engine_costs"].values())
+    assert set(doc["engine_costs"]) == kinds
+    assert all({"unpack_rate", "inflate_rate"} <= set(v) for v in doc["engine_costs"].values())
+    # Per layer: bytes downloaded, unpacked (None: its chain held) and, of those, inflated.
+    layers = [layer for c in doc["cases"] for stage in c["stages"] for layer in stage]
+    assert all(u is None and k == 0 or 0 <= k <= u for _, u, k in layers)
     # The unpacked bytes: a containerd host that holds everything but the updated tools layer still
     # unpacks the code layer above it (its chain changed).
     assert containerd_tools["unpacked_bytes"] > 3_000_000 + 200_000

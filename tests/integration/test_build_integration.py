@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import REGISTRY, run_cli
+from conftest import REGISTRY, run_cli, two_app_stack
 from layerwise.oci.images import RegistryImage
 from layerwise.oci.registry import Registry
 
@@ -83,22 +83,13 @@ def test_seed_family_builds_shares_layers_and_rebuilds_exactly_what_changed(seed
     assert reasons[keys["dust"]] == "parent env-anaconda rebuilt"
 
 
-BUSYBOX_STACK = """\
-registry: localhost:5000
-project: {ns}
-base: {base}
-categories:
-  - {{name: tools, owner: platform}}
-  - {{name: code, owner: apps}}
-apps:
-  app1: {{tools: [RUN mkdir -p /opt/t, "RUN echo tools > /opt/t/v"], code: RUN echo one > /app}}
-  app2: {{tools: [RUN mkdir -p /opt/t, "RUN echo tools > /opt/t/v"], code: {code2}}}
-"""
+def busybox_stack(ns: str, base: str, code2) -> str:
+    return two_app_stack(ns, ["RUN mkdir -p /opt/t", "RUN echo tools > /opt/t/v"], "RUN echo one > /app", code2, base)
 
 
 def test_failure_stops_only_its_subtree_and_a_rerun_resumes(services, namespace, write_stack):
     base = f"{REGISTRY}/os/busybox:latest"
-    stack = write_stack(BUSYBOX_STACK.format(ns=namespace, base=base, code2="RUN exit 3"))
+    stack = write_stack(busybox_stack(namespace, base, "RUN exit 3"))
     result, doc = build(stack)
     assert result.returncode == 1
     assert statuses(doc)[f"{namespace}/app1"] == "built"
@@ -107,7 +98,7 @@ def test_failure_stops_only_its_subtree_and_a_rerun_resumes(services, namespace,
         assert reg.manifest_digest(f"{namespace}/app1", "latest") is not None
         assert reg.manifest_digest(f"{namespace}/app2", "latest") is None
 
-    stack.write_text(BUSYBOX_STACK.format(ns=namespace, base=base, code2="RUN echo two > /app"))
+    stack.write_text(busybox_stack(namespace, base, "RUN echo two > /app"))
     result, doc = build(stack)
     assert result.returncode == 0, result.stdout
     assert [s for k, s in statuses(doc).items() if s == "built"] == ["built"]
@@ -115,8 +106,7 @@ def test_failure_stops_only_its_subtree_and_a_rerun_resumes(services, namespace,
 
 
 def test_missing_base_is_a_clear_error_before_any_build(services, namespace, write_stack):
-    stack = write_stack(BUSYBOX_STACK.format(ns=namespace, base=f"{REGISTRY}/os/nothere:1",
-                                             code2="RUN echo two > /app"))
+    stack = write_stack(busybox_stack(namespace, f"{REGISTRY}/os/nothere:1", "RUN echo two > /app"))
     result = run_cli("build", str(stack), "--push")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert ("base image localhost:5000/os/nothere:1 is not in the local engine, and localhost:5000 does "
@@ -126,8 +116,7 @@ def test_missing_base_is_a_clear_error_before_any_build(services, namespace, wri
 
 
 def test_dry_run_builds_nothing(services, namespace, write_stack):
-    stack = write_stack(BUSYBOX_STACK.format(ns=namespace, base=f"{REGISTRY}/os/busybox:latest",
-                                             code2="RUN echo two > /app"))
+    stack = write_stack(busybox_stack(namespace, f"{REGISTRY}/os/busybox:latest", "RUN echo two > /app"))
     result = run_cli("build", str(stack), "--push", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("not built before") == 3
@@ -148,9 +137,9 @@ def test_identical_content_built_twice_gets_identical_digests(services, write_st
         for rel, content in files.items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_text(content)
-        (folder / "layerwise.yaml").write_text(BUSYBOX_STACK.format(
-            ns=ns, base=f"{REGISTRY}/os/busybox:latest",
-            code2='[COPY code/ /srv/code/, COPY etc/app.conf /etc/app/app.conf, "RUN cat /proc/sys/kernel/random/uuid > /built-id"]'))
+        (folder / "layerwise.yaml").write_text(busybox_stack(
+            ns, f"{REGISTRY}/os/busybox:latest",
+            ["COPY code/ /srv/code/", "COPY etc/app.conf /etc/app/app.conf", "RUN cat /proc/sys/kernel/random/uuid > /built-id"]))
         result = run_cli("build", str(folder / "layerwise.yaml"), "--push", "--no-cache", "--json")
         assert result.returncode == 0, result.stdout + result.stderr
         with RegistryImage(f"{REGISTRY}/{ns}/app2:latest") as app2:
@@ -162,9 +151,8 @@ def test_identical_content_built_twice_gets_identical_digests(services, write_st
 
 
 def test_registry_down_is_one_clear_error(services, namespace, write_stack):
-    stack = write_stack(BUSYBOX_STACK.format(ns=namespace, base=f"{REGISTRY}/os/busybox:latest",
-                                             code2="RUN echo two > /app").replace("registry: localhost:5000",
-                                                                                  "registry: localhost:5999"))
+    text = busybox_stack(namespace, f"{REGISTRY}/os/busybox:latest", "RUN echo two > /app")
+    stack = write_stack(text.replace("registry: localhost:5000", "registry: localhost:5999"))
     result = run_cli("build", str(stack), "--push")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "registry localhost:5999 is not answering" in result.stderr
