@@ -399,9 +399,10 @@ def run_cases(host, proxy, registry: Registry, cases: list[Case], setups: dict[s
     runs in a row: the machine drifts (seen: identical 0.1 s pulls 20 % apart for minutes), and in
     rounds a drift falls on every case alike. Before each measured pull the host's disk is synced,
     so that no case pays for the writeback of the one before or of its own setup."""
+    held = {id(case): setups.get(f"{case.name}/{case.variant}/{case.order}", []) for case in cases}
     for case in cases:
-        held = setups.get(f"{case.name}/{case.variant}/{case.order}", [])
-        predicted = predict_pulls(_images(registry, case.pulls), _images(registry, held), host.kind, unpacked)
+        predicted = predict_pulls(_images(registry, case.pulls), _images(registry, held[id(case)]), host.kind,
+                                  unpacked)
         case.predicted, case.layers, case.unpacked = predicted.bytes, predicted.layers, predicted.unpacked
         case.stages = predicted.stages
         case.runs = []
@@ -412,7 +413,7 @@ def run_cases(host, proxy, registry: Registry, cases: list[Case], setups: dict[s
             break
         say(f"{host.kind}: round {round_}, {len(todo)} case(s)")
         for case in todo:
-            case.runs.append(_run_once(host, proxy, case, setups.get(f"{case.name}/{case.variant}/{case.order}", [])))
+            case.runs.append(_run_once(host, proxy, case, held[id(case)]))
             if len(case.runs) == runs and statistics.median(case.runs) < SHORT_CASE_SECONDS:
                 wanted[id(case)] = 3 * runs
     for case in cases:

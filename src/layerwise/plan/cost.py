@@ -100,15 +100,14 @@ def next_chain(ids: Ids, chain: Key, blob: Key) -> int:
 
 
 def chained(ids: Ids, layers: Iterable[tuple]) -> list[HostLayer]:
-    """(blob, content, size[, unpacked[, inflated]]) bottom first → HostLayers with their chain ids:
-    an image as pulled. Without the unpacked size, the size stands for it, all of it inflated;
-    without the inflated bytes, they are estimated from the two sizes (`inflated_bytes`)."""
+    """(blob, content, size[, unpacked]) bottom first → HostLayers with their chain ids: an image as
+    pulled. The bytes inflated are estimated from the two sizes (`inflated_bytes`); without the
+    unpacked size, the size stands for it, all of it inflated."""
     out, chain = [], None
-    for blob, content, size, *more in layers:
+    for blob, content, size, *unpacked in layers:
         chain = next_chain(ids, chain, blob)
-        unpacked = more[0] if more else size
-        inflated = more[1] if len(more) > 1 else (inflated_bytes(size, unpacked) if more else size)
-        out.append(HostLayer(chain, blob, content, size, "", unpacked, inflated))
+        out.append(HostLayer(chain, blob, content, size, "", unpacked[0] if unpacked else size,
+                             inflated_bytes(size, unpacked[0]) if unpacked else size))
     return out
 
 
