@@ -120,3 +120,29 @@ def test_remove_temporaries_deletes_what_is_being_written(tmp_path):
     finally:
         _temporaries.discard(half)
     assert not half.exists()
+
+
+def test_a_state_file_without_uncompressed_sizes_still_serves_the_plan(write_stack):
+    """Older state files recorded compressed sizes only: the plan keeps the hinted uncompressed size
+    for those layers, and takes the recorded one where there is one."""
+    from layerwise.family.state import with_measured_sizes
+    from layerwise.plan.planner import build_plan
+    from layerwise.plan.spec import load_stack
+
+    stack = write_stack(STACK.replace("app1: {code: RUN echo one > /app}",
+                                      "app1: {code: {steps: RUN echo one > /app, size: 5000}}")
+                             .replace("app2: {code: RUN echo two > /app}",
+                                      "app2: {code: {steps: RUN echo two > /app, size: 6000}}"))
+    plan = build_plan(load_stack(stack))
+    one, two = (next(s for s in plan.image(plan.apps[app]).steps if s.creates_layer) for app in ("app1", "app2"))
+    record = {"fingerprint": "ab", "parent_fingerprint": None, "base": "b", "category_steps": {}}
+    (stack.parent / STATE_FILE).write_text(json.dumps({"schema": "layerwise.state/v1", "images": {
+        "app1": {**record, "layers": [{"step": one.identity, "digest": "sha256:1", "size": 100}]},
+        "app2": {**record, "layers": [{"step": two.identity, "digest": "sha256:2", "size": 200, "unpacked": 10240}]},
+    }}))
+    measured = with_measured_sizes(plan, load_state(stack).measured_sizes())
+    one, two = (next(s for s in measured.image(measured.apps[app]).steps if s.creates_layer)
+                for app in ("app1", "app2"))
+    assert (one.size, one.unpacked, one.size_source) == (100, 5000, "measured")
+    assert (two.size, two.unpacked) == (200, 10240)
+    assert one.inflated == 5000 and two.inflated == 10240      # both shrink to under half: coded

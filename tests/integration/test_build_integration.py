@@ -58,10 +58,19 @@ def test_seed_family_builds_shares_layers_and_rebuilds_exactly_what_changed(seed
         assert reg.manifest_digest(keys["app1"], fp_tag) == app1.manifest_digest
         assert reg.manifest_digest(keys["tools"], "12") is not None
 
-    # State file has measured sizes; plan uses them.
+    # State file has measured sizes, compressed and uncompressed (the tar each blob unpacks to, as a
+    # host reads it); plan uses them.
+    from layerwise.family.state import load_state
+    from layerwise.measure.bench import uncompressed_sizes
+    with Registry(REGISTRY) as reg:
+        truth = uncompressed_sizes(reg, [f"{REGISTRY}/{keys['app1']}:latest", f"{REGISTRY}/{keys['app2']}:latest"])
+    recorded = load_state(stack).unpacked_sizes()
+    assert recorded and all(truth[digest] == size for digest, size in recorded.items())
     plan = json.loads(run_cli("plan", str(stack), "--json").stdout)
-    sources = {s["size_source"] for i in plan["plan"]["images"] for s in i["steps"] if s["creates_layer"]}
-    assert sources == {"measured"}
+    layers = [s for i in plan["plan"]["images"] for s in i["steps"] if s["creates_layer"]]
+    assert {s["size_source"] for s in layers} == {"measured"}
+    by_step = load_state(stack).measured_sizes()        # step -> (compressed, uncompressed)
+    assert sorted(s["unpacked_size"] for s in layers) == sorted(u for _, u in by_step.values())
 
     result, doc = build(stack)
     assert result.returncode == 0 and statuses(doc) == {k: "skipped" for k in keys.values()}

@@ -53,6 +53,7 @@ def test_digests_describe_the_blob_written():
     assert result.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
     assert result.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
     assert result.size == len(blob)
+    assert result.unpacked == len(tar)    # what a host writes out: the tar, padding included
     assert blob[4:8] == bytes(4)          # the gzip header's own timestamp is zero
 
 

@@ -228,6 +228,7 @@ class Builder:
         self._lock = threading.Lock()
         # key -> manifest digest (pushed) or image ID (local); "" is the OS base
         self._digests: dict[str, str] = {"": plan.base_digest or ""}
+        self._unpacked: dict[str, int] = {}    # blob digest -> uncompressed bytes, of the layers written here
 
     def progress(self, key: str, phase: str, event: dict) -> None:
         """Pass an event on; in a worker of an interrupted build, stop here instead."""
@@ -427,6 +428,8 @@ class Builder:
                 # Not linkable (another registry, or a registry without cross-repository mounts): copy it.
                 with lower.open_layer(i) as blob:
                     self.registry.upload_blob(name, layer.digest, blob, layer.size)
+            with self._lock:
+                self._unpacked.update((layer.digest, layer.unpacked) for layer, _ in own)
             for layer, blob in own:
                 if not self.registry.has_blob(name, layer.digest):
                     report = lambda done, total, d=layer.digest: self.progress(
@@ -460,8 +463,8 @@ class Builder:
             self.registry.put_manifest_bytes(name, img.tag, pushed.manifest_raw, pushed.manifest_media_type)
         record = ImageRecord.of(self.plan, img)
         record.digest = digest
-        record.layers = _own_layers(img, pushed)
         with self._lock:
+            record.layers = _own_layers(img, pushed, {**self.state.unpacked_sizes(), **self._unpacked})
             self.state.images[img.key] = record
             self._digests[img.key] = digest
         return digest, sum(l.size for l in record.layers)
@@ -549,8 +552,9 @@ def _name(repository: str) -> str:
     return Reference.parse(repository).repository
 
 
-def _own_layers(img: ImageNode, image: RegistryImage) -> list[LayerRecord]:
-    """Match the image's own layers (the top of the manifest) to the steps that made them.
+def _own_layers(img: ImageNode, image: RegistryImage, unpacked: dict[str, int]) -> list[LayerRecord]:
+    """Match the image's own layers (the top of the manifest) to the steps that made them;
+    `unpacked`: the uncompressed bytes of the blobs layerwise wrote (this build, or recorded before).
 
     The config's history has one entry per instruction, parents first; entries with
     `empty_layer` made no layer. The layerwise labels add one empty entry at the end.
@@ -562,5 +566,5 @@ def _own_layers(img: ImageNode, image: RegistryImage) -> list[LayerRecord]:
     own = layers[len(layers) - len(layer_steps):] if layer_steps else ()
     if len(nonempty) != len(layers) or len(own) != len(layer_steps):
         return []   # an unexpected shape: better no measurement than a wrong one
-    return [LayerRecord(step=s.identity, digest=l.digest, size=l.size, diff_id=l.diff_id)
-            for s, l in zip(layer_steps, own)]
+    return [LayerRecord(step=s.identity, digest=l.digest, size=l.size, diff_id=l.diff_id,
+                        unpacked=unpacked.get(l.digest)) for s, l in zip(layer_steps, own)]

@@ -35,6 +35,7 @@ class LayerRecord:
     digest: str        # compressed blob digest in the registry
     size: int          # compressed bytes
     diff_id: str = ""  # digest of the uncompressed tar
+    unpacked: int | None = None   # bytes of the uncompressed tar, where layerwise wrote it
 
 
 @dataclass
@@ -62,9 +63,14 @@ class State:
     base_digest: str | None = None     # the OS base's digest at the last build
     pull_costs: dict[str, dict[str, float]] = field(default_factory=dict)   # host kind -> measured
 
-    def measured_sizes(self) -> dict[str, int]:
-        """Step identity → compressed bytes of the layer it made, from every pushed image."""
-        return {l.step: l.size for rec in self.images.values() for l in rec.layers}
+    def measured_sizes(self) -> dict[str, tuple[int, int | None]]:
+        """Step identity → (compressed bytes, uncompressed bytes or None) of the layer it made, from
+        every pushed image."""
+        return {l.step: (l.size, l.unpacked) for rec in self.images.values() for l in rec.layers}
+
+    def unpacked_sizes(self) -> dict[str, int]:
+        """Blob digest → bytes of the uncompressed tar, where known."""
+        return {l.digest: l.unpacked for rec in self.images.values() for l in rec.layers if l.unpacked is not None}
 
     def save(self) -> None:
         doc = {"schema": STATE_SCHEMA, "base_digest": self.base_digest, "pull_costs": self.pull_costs,
@@ -150,15 +156,20 @@ def locked(stack_path: Path, wait: bool = True, say=None) -> Iterator[None]:
         os.close(fd)     # drops the lock
 
 
-def with_measured_sizes(plan: Plan, sizes: dict[str, int]) -> Plan:
-    """The plan with each layer's size replaced by its measured compressed size where known (the
-    size it had, from hints or files, stays as its unpacked size)."""
+def with_measured_sizes(plan: Plan, sizes: dict[str, tuple[int, int | None]]) -> Plan:
+    """The plan with each layer's size replaced by its measured compressed size where known, and its
+    unpacked size by the measured one (a state file written before layerwise recorded it has none:
+    the size from hints or files then stays as the unpacked size)."""
     if not sizes:
         return plan
+
+    def measured(s):
+        size, unpacked = sizes[s.identity]
+        return replace(s, size=size, size_source="measured",
+                       unpacked_size=unpacked if unpacked is not None else s.unpacked)
+
     images = tuple(
-        replace(img, steps=tuple(
-            replace(s, size=sizes[s.identity], size_source="measured", unpacked_size=s.unpacked)
-            if s.creates_layer and s.identity in sizes else s
-            for s in img.steps))
+        replace(img, steps=tuple(measured(s) if s.creates_layer and s.identity in sizes else s
+                                 for s in img.steps))
         for img in plan.images)
     return replace(plan, images=images)

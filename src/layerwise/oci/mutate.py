@@ -82,6 +82,7 @@ class NormalizedLayer:
     diff_id: str      # sha256 of the uncompressed tar
     digest: str       # sha256 of the gzip blob
     size: int         # bytes of the gzip blob
+    unpacked: int     # bytes of the uncompressed tar
 
 
 def normalize_layer(src: BinaryIO, dst: BinaryIO, epoch: int = FIXED_MTIME) -> NormalizedLayer:
@@ -101,7 +102,7 @@ def normalize_layer(src: BinaryIO, dst: BinaryIO, epoch: int = FIXED_MTIME) -> N
                 data = tin.extractfile(member) if member.isreg() else None
                 tout.addfile(member, data)
         batches.flush()
-    return NormalizedLayer(tar_out.digest, blob.digest, blob.size)
+    return NormalizedLayer(tar_out.digest, blob.digest, blob.size, tar_out.size)
 
 
 def epoch_iso(epoch: int = FIXED_MTIME) -> str:
