@@ -126,9 +126,7 @@ class BenchReport:
                 fitted = self.engine_costs.get(kind)
                 costs = EngineCosts.of(fitted, "measured") if fitted else None
                 floor_bytes = sum(r * (c.floor or 0) for r, c in updates)
-                floor_unpack, unpack = (sum(r * costs.unpack_seconds(u, k) for r, c in which
-                                            for stage in c.stages for _, u, k in stage if u is not None)
-                                        if costs else 0.0 for which in (floors, updates))
+                floor_unpack, unpack = _unpacking(costs, floors), _unpacking(costs, updates)
                 cold = next((c for n, c in cases.items() if n.startswith("cold ")), None)
                 patch = cases.get(f"update {first}")
                 out.setdefault(kind, {})[order] = {
@@ -168,6 +166,14 @@ class BenchReport:
 
 
 # ----------------------------------------------------------------------------- the images
+
+def _unpacking(costs: EngineCosts | None, rated: list[tuple[float, Case]]) -> float:
+    """Monthly seconds the time model gives these (rate, case) pairs' layers to unpack."""
+    if costs is None:
+        return 0.0
+    return sum(r * costs.unpack_seconds(u, k) for r, c in rated for stage in c.stages for _, u, k in stage
+               if u is not None)
+
 
 def _name_tag(ref: str) -> tuple[str, str]:
     parsed = Reference.parse(ref)

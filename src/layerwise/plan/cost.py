@@ -106,8 +106,9 @@ def chained(ids: Ids, layers: Iterable[tuple]) -> list[HostLayer]:
     out, chain = [], None
     for blob, content, size, *unpacked in layers:
         chain = next_chain(ids, chain, blob)
-        out.append(HostLayer(chain, blob, content, size, "", unpacked[0] if unpacked else size,
-                             inflated_bytes(size, unpacked[0]) if unpacked else size))
+        known = unpacked[0] if unpacked else None
+        out.append(HostLayer(chain, blob, content, size, "", size if known is None else known,
+                             inflated_bytes(size, known)))
     return out
 
 

@@ -39,12 +39,14 @@ class cached:
         return value
 
 
-def inflated_bytes(compressed: int, unpacked: int) -> int:
+def inflated_bytes(compressed: int, unpacked: int | None) -> int:
     """The bytes of a layer that come out of coded gzip blocks: unpacking them costs an engine
     decoding time, while stored blocks (data that does not compress: models, archives, wheels) are
     only copied. Known from the two sizes alone: a layer that shrinks by s bytes holds at least 2s
     bytes of data that compresses to half or less, as coded data commonly does; the rest is taken
-    as stored."""
+    as stored. Without the uncompressed size (`compressed` is then all that is known), all of it."""
+    if unpacked is None:
+        return compressed
     return min(unpacked, 2 * max(0, unpacked - compressed))
 
 
@@ -91,8 +93,6 @@ class Step:
     @cached
     def inflated(self) -> int:
         """Bytes of it an engine decodes (`inflated_bytes`); until measured, all of it."""
-        if self.unpacked_size is None:
-            return self.size or 0
         return inflated_bytes(self.size or 0, self.unpacked_size)
 
     @cached
